@@ -1,0 +1,48 @@
+"""``python -m mechlib``: train the organism, run one chapter, build the book."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+import yaml
+
+
+def _overrides(pairs: list[list[str]]) -> dict:
+    """``-p key value`` pairs; values parse as YAML (``-p n_per_cell 50``, ``-p operators '[+]'``)."""
+    return {k: yaml.safe_load(v) for k, v in pairs}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m mechlib", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("organism", help="train (or find in the cache) the embedded model organism and print its path")
+
+    chapter = sub.add_parser("chapter", help="execute one chapter with papermill into book/chapters/")
+    chapter.add_argument("name", help="chapter file stem, e.g. 01_baseline")
+    chapter.add_argument("--params", default="default", help="parameter set in params/ or a .yaml path")
+    chapter.add_argument("-p", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"), help="override one parameter")
+
+    build = sub.add_parser("build", help="execute every chapter, then jupyter-book build")
+    build.add_argument("--params", default="default", help="parameter set in params/ or a .yaml path")
+    build.add_argument("--chapters", nargs="*", help="only these chapters (default: all)")
+
+    args = parser.parse_args(argv)
+    if args.command == "organism":
+        from .organism import ensure_organism, training_info
+
+        path = ensure_organism()
+        info = training_info(path)
+        print(f"{path}  (trained in {info['train_seconds']} s, final loss {info['losses'][-1]:.4f})")
+    elif args.command == "chapter":
+        from .book import execute_chapter
+
+        print(execute_chapter(args.name, args.params, _overrides(args.p), log=True))
+    elif args.command == "build":
+        from .book import build_book
+
+        print(build_book(args.params, args.chapters))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
