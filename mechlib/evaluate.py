@@ -15,7 +15,7 @@ from typing import Callable, Sequence
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from .taxonomy import ERROR_CLASSES, classify, parse_answer
 
@@ -27,7 +27,7 @@ def encode(model, texts: Sequence[str], prepend_bos: bool | None = None) -> list
     cfg = model.cfg
     prepend_bos = cfg.default_prepend_bos if prepend_bos is None else prepend_bos
     tok = model.tokenizer
-    ids = tok(list(texts), add_special_tokens=bool(prepend_bos and cfg.tokenizer_prepends_bos))["input_ids"]
+    ids = tok([str(t) for t in texts], add_special_tokens=bool(prepend_bos and cfg.tokenizer_prepends_bos))["input_ids"]
     if prepend_bos and not cfg.tokenizer_prepends_bos:
         ids = [[tok.bos_token_id] + row for row in ids]
     return ids
@@ -69,29 +69,55 @@ def greedy_decode(
     forward: Forward | None = None,
     progress: bool = False,
 ) -> list[str]:
-    """Greedy continuation of each prompt, cut at EOS or a newline, batched by length."""
-    forward = forward or model
+    """Greedy continuation of each prompt, cut at EOS or a newline, batched by length.
+
+    With the model's own forward pass, keys and values are cached so each new token costs
+    one position; a custom ``forward`` recomputes the whole sequence at every step."""
+    prompts = list(prompts)  # a datasets Column iterates slowly
     prompt_ids = encode(model, prompts)
     stops = _stop_ids(model.tokenizer)
     device = model.cfg.device
+    stop_tensor = torch.tensor(sorted(stops), device=device)
     outputs: list[list[int]] = [[] for _ in prompts]
     batches = list(_buckets([len(p) for p in prompt_ids], batch_size))
     for idx in tqdm(batches, desc="greedy decode", disable=not progress):
         tokens = torch.tensor([prompt_ids[i] for i in idx], device=device)
+        step = _cached_stepper(model, len(idx)) if forward is None else _full_stepper(forward)
         done = torch.zeros(len(idx), dtype=torch.bool, device=device)
         new = []
+        nxt = step(tokens)
         for _ in range(max_new_tokens):
-            nxt = forward(tokens)[:, -1].argmax(-1)
             new.append(nxt)
-            done |= torch.isin(nxt, torch.tensor(sorted(stops), device=device))
-            if bool(done.all()):
+            done |= torch.isin(nxt, stop_tensor)
+            if bool(done.all()) or len(new) == max_new_tokens:
                 break
             tokens = torch.cat([tokens, nxt[:, None]], dim=1)
+            nxt = step(tokens)
         generated = torch.stack(new, 1).tolist()
         for row, i in zip(generated, idx):
             cut = next((j for j, t in enumerate(row) if t in stops), len(row))
             outputs[i] = row[:cut]
     return model.tokenizer.batch_decode(outputs, skip_special_tokens=True)
+
+
+def _full_stepper(forward: Forward):
+    return lambda tokens: forward(tokens)[:, -1].argmax(-1)
+
+
+def _cached_stepper(model, batch: int):
+    """Next-token argmax that feeds the model only the tokens it has not seen yet."""
+    from transformer_lens import TransformerLensKeyValueCache
+
+    cache = TransformerLensKeyValueCache.init_cache(model.cfg, model.cfg.device, batch)
+    seen = 0
+
+    def step(tokens):
+        nonlocal seen
+        logits = model(tokens[:, seen:], past_kv_cache=cache)
+        seen = tokens.shape[1]
+        return logits[:, -1].argmax(-1)
+
+    return step
 
 
 @torch.inference_mode()
@@ -181,4 +207,6 @@ def typical_errors(results: pd.DataFrame, per_class: int = 3) -> pd.DataFrame:
     """A few wrong answers of each class per operator, deterministic (first by row order)."""
     wrong = results[~results["correct"]]
     cols = ["op", "difficulty", "prompt", "target", "output", "error"]
-    return wrong.groupby(["op", "error"], sort=True).head(per_class)[cols].reset_index(drop=True)
+    table = wrong.groupby(["op", "error"], sort=True).head(per_class)[cols].reset_index(drop=True)
+    table["output"] = table["output"].map(repr)  # shows '' and stray spaces
+    return table

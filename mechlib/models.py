@@ -13,6 +13,8 @@ Weights load from safetensors; ``trust_remote_code`` stays off.
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 from pathlib import Path
 
@@ -20,6 +22,7 @@ import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 from transformer_lens.pretrained.weight_conversions.gpt2 import convert_gpt2_weights
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+from transformers.utils import logging as hf_logging
 
 from .hub import require_hub
 from .organism import ORGANISM_NAME, ensure_organism
@@ -74,6 +77,7 @@ def load_hf(name_or_path: str | Path, device: str | None = "cpu", dtype: torch.d
     """(Hugging Face causal LM, tokenizer, resolved source), for training with peft."""
     source, local = resolve_source(name_or_path)
     kwargs = {"local_files_only": True} if local or _hub_cached(source) else {}
+    hf_logging.disable_progress_bar()
     model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, use_safetensors=True, **kwargs)
     tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
     return model.to(resolve_device(device)).eval(), tokenizer, source
@@ -104,12 +108,18 @@ def hooked_from_hf_gpt2(hf_model: PreTrainedModel, tokenizer, model_name: str, d
     """Convert an in-memory HF GPT-2 into a HookedTransformer (fold LN, centre weights)."""
     cfg = hooked_config_from_gpt2(hf_model.config, model_name)
     cfg.device = device
-    model = HookedTransformer(cfg, tokenizer=tokenizer)
-    state_dict = convert_gpt2_weights(hf_model.float().cpu(), cfg)
-    model.load_and_process_state_dict(
-        state_dict, fold_ln=True, center_writing_weights=True, center_unembed=True, fold_value_biases=True
-    )
-    return model.to(device).eval()
+    with _quiet():
+        model = HookedTransformer(cfg, tokenizer=tokenizer)
+        state_dict = convert_gpt2_weights(hf_model.float().cpu(), cfg)
+        model.load_and_process_state_dict(
+            state_dict, fold_ln=True, center_writing_weights=True, center_unembed=True, fold_value_biases=True
+        )
+        return model.to(device).eval()
+
+
+def _quiet():
+    """TransformerLens prints 'Moving model to device' and the like; keep chapters clean."""
+    return contextlib.redirect_stdout(io.StringIO())
 
 
 def load_model(name_or_path: str | Path = ORGANISM_NAME, device: str | None = "auto", dtype: str = "float32"):
@@ -123,12 +133,15 @@ def load_model(name_or_path: str | Path = ORGANISM_NAME, device: str | None = "a
     source, local = resolve_source(name_or_path)
     name = str(name_or_path)
     if not local:
-        model = HookedTransformer.from_pretrained(source, device=device, dtype=dtype)
+        with _quiet():
+            model = HookedTransformer.from_pretrained(source, device=device, dtype=dtype)
         return model.eval(), model.tokenizer
     hf_model, tokenizer, _ = load_hf(source, device="cpu")
     if hf_model.config.model_type == "gpt2":
         model = hooked_from_hf_gpt2(hf_model, tokenizer, name, device)
-        return model.to(getattr(torch, dtype)), model.tokenizer
+        with _quiet():
+            model = model.to(getattr(torch, dtype))
+        return model, model.tokenizer
     base = _source_base(Path(source))
     if base is None:
         raise ValueError(
@@ -136,7 +149,8 @@ def load_model(name_or_path: str | Path = ORGANISM_NAME, device: str | None = "a
             f"GPT-2 checkpoints itself, and for other architectures needs {SOURCE_FILE} in the directory "
             'naming the TransformerLens model it derives from, e.g. {"base": "google/gemma-2-2b"}'
         )
-    model = HookedTransformer.from_pretrained(base, hf_model=hf_model, tokenizer=tokenizer, device=device, dtype=dtype)
+    with _quiet():
+        model = HookedTransformer.from_pretrained(base, hf_model=hf_model, tokenizer=tokenizer, device=device, dtype=dtype)
     return model.eval(), model.tokenizer
 
 

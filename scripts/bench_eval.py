@@ -25,7 +25,7 @@ def main() -> None:
     torch.set_grad_enabled(False)
     model, _ = load_model(args.model, device="auto")
     ds = data.make_problems(["+", "-", "*"], ["1x1", "1x2", "2x2", "3x3"], args.n_per_cell, seed=0)
-    prompts = ds["prompt"]
+    prompts = list(ds["prompt"])
     greedy_decode(model, prompts[:8], args.max_new_tokens)  # warm-up
 
     start = time.perf_counter()

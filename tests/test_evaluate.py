@@ -23,9 +23,11 @@ def per_example_greedy(model, prompt, n):
 
 
 def test_batched_greedy_equals_one_at_a_time(tiny_model):
-    got = greedy_decode(tiny_model, PROMPTS, max_new_tokens=5, batch_size=2)
     want = [per_example_greedy(tiny_model, p, 5).split("\n")[0] for p in PROMPTS]
-    assert got == want
+    cached = greedy_decode(tiny_model, PROMPTS, max_new_tokens=5, batch_size=2)
+    recomputed = greedy_decode(tiny_model, PROMPTS, max_new_tokens=5, batch_size=2, forward=tiny_model)
+    assert cached == want
+    assert recomputed == want
 
 
 def test_batched_greedy_equals_transformer_lens_generate(organism):
