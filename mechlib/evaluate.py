@@ -17,6 +17,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
+from .blocks import BlockOrder
 from .taxonomy import ERROR_CLASSES, classify, parse_answer
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
@@ -68,21 +69,22 @@ def greedy_decode(
     batch_size: int = 512,
     forward: Forward | None = None,
     progress: bool = False,
+    stop_at_newline: bool = True,
 ) -> list[str]:
-    """Greedy continuation of each prompt, cut at EOS or a newline, batched by length.
+    """Greedy continuation of each prompt, cut at EOS (or a newline), batched by length.
 
-    With the model's own forward pass, keys and values are cached so each new token costs
-    one position; a custom ``forward`` recomputes the whole sequence at every step."""
+    ``forward`` defaults to the model itself; a :class:`~mechlib.blocks.BlockOrder` (the
+    default included) decodes with a key/value cache, any other callable recomputes."""
     prompts = list(prompts)  # a datasets Column iterates slowly
     prompt_ids = encode(model, prompts)
-    stops = _stop_ids(model.tokenizer)
+    stops = _stop_ids(model.tokenizer) if stop_at_newline else frozenset({model.tokenizer.eos_token_id} - {None})
     device = model.cfg.device
     stop_tensor = torch.tensor(sorted(stops), device=device)
     outputs: list[list[int]] = [[] for _ in prompts]
     batches = list(_buckets([len(p) for p in prompt_ids], batch_size))
     for idx in tqdm(batches, desc="greedy decode", disable=not progress):
         tokens = torch.tensor([prompt_ids[i] for i in idx], device=device)
-        step = _cached_stepper(model, len(idx)) if forward is None else _full_stepper(forward)
+        step = _stepper(model, forward, len(idx))
         done = torch.zeros(len(idx), dtype=torch.bool, device=device)
         new = []
         nxt = step(tokens)
@@ -100,20 +102,19 @@ def greedy_decode(
     return model.tokenizer.batch_decode(outputs, skip_special_tokens=True)
 
 
-def _full_stepper(forward: Forward):
-    return lambda tokens: forward(tokens)[:, -1].argmax(-1)
-
-
-def _cached_stepper(model, batch: int):
-    """Next-token argmax that feeds the model only the tokens it has not seen yet."""
-    from transformer_lens import TransformerLensKeyValueCache
-
-    cache = TransformerLensKeyValueCache.init_cache(model.cfg, model.cfg.device, batch)
+def _stepper(model, forward, batch: int):
+    """Next-token argmax. Block orders (the model's own included) keep a key/value cache
+    and feed only unseen tokens; any other forward recomputes the whole sequence."""
+    if forward is None:
+        forward = BlockOrder(model, range(model.cfg.n_layers))
+    if not isinstance(forward, BlockOrder):
+        return lambda tokens: forward(tokens)[:, -1].argmax(-1)
+    cache = forward.new_cache(batch)
     seen = 0
 
     def step(tokens):
         nonlocal seen
-        logits = model(tokens[:, seen:], past_kv_cache=cache)
+        logits = forward(tokens[:, seen:], cache=cache)
         seen = tokens.shape[1]
         return logits[:, -1].argmax(-1)
 

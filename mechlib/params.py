@@ -65,8 +65,37 @@ PROBLEMS = {
     "prompt_format": (one_of(*PROMPT_FORMATS), f"one of {list(PROMPT_FORMATS)}"),
 }
 
+def is_corruption_list(v) -> bool:
+    """Syntax only (any depth); the notebook re-checks layers against the loaded model."""
+    from .interventions import DEPTH_UNKNOWN, parse_corruptions
+
+    try:
+        parse_corruptions(v, DEPTH_UNKNOWN)
+        return True
+    except (ValueError, TypeError):
+        return False
+
+
+def _explain_corruptions(v) -> str:
+    from .interventions import DEPTH_UNKNOWN, SPEC_HELP, parse_corruptions
+
+    try:
+        parse_corruptions(v, DEPTH_UNKNOWN)
+    except (ValueError, TypeError) as err:
+        return str(err)
+    return SPEC_HELP
+
+
 SCHEMAS: dict[str, dict] = {
     "01_baseline": {**COMMON, **PROBLEMS},
+    "02_layers": {
+        **COMMON,
+        **PROBLEMS,
+        "corruptions": (is_corruption_list, _explain_corruptions),
+        "generation_prompts": (list_of(is_str), "a non-empty list of prompt strings"),
+        "generation_corruptions": (is_corruption_list, _explain_corruptions),
+        "max_new_tokens": (is_int(1, 256), "an integer in 1..256"),
+    },
 }
 
 
@@ -88,6 +117,7 @@ def validate(chapter: str, params: dict) -> dict:
         raise ParamError(f"{chapter}: missing parameter(s) {missing}")
     for name, (check, allowed) in schema.items():
         if not check(params[name]):
+            allowed = allowed(params[name]) if callable(allowed) else allowed
             raise ParamError(f"{chapter}: parameter {name!r} = {params[name]!r} is not allowed; expected {allowed}")
     return params
 

@@ -52,9 +52,9 @@ def accuracy_heatmap(table: pd.DataFrame, title: str = "Exact-match accuracy") -
     """Heat map of an accuracy_table (rows x columns, values 0..1), annotated."""
     row_name = table.index.name or "row"
     col_name = table.columns.name or "column"
-    long = table.reset_index().melt(id_vars=row_name, var_name=col_name, value_name="accuracy")
+    long = table.reset_index().melt(id_vars=row_name, var_name=col_name, value_name="accuracy").dropna()
     base = alt.Chart(long, title=title).encode(
-        x=alt.X(f"{col_name}:N", title=col_name, sort=list(table.columns)),
+        x=alt.X(f"{col_name}:O", title=col_name, sort=list(table.columns)),
         y=alt.Y(f"{row_name}:N", title=row_name, sort=list(table.index)),
     )
     rect = base.mark_rect().encode(

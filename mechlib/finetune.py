@@ -1,0 +1,244 @@
+"""Supervised LoRA fine-tuning (peft) on arithmetic problems, with the loss on the answer.
+
+The recipe: train LoRA adapters on the attention and MLP weights with problems of the new
+skill (plus, optionally, a share of "replay" problems of a skill the model already has),
+evaluate a held-out set that never appears in training in either operand order, record
+the loss curve and held-out accuracy, merge the adapters, and save the merged model as a
+Hugging Face checkpoint under a stable name in the cache, where :func:`mechlib.models.load_model`
+finds it by that name.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from peft import LoraConfig, get_peft_model
+from tqdm import tqdm
+
+from . import data
+from .models import load_hf, write_source
+from .organism import cache_root
+
+
+@dataclasses.dataclass(frozen=True)
+class FinetuneRecipe:
+    """Everything that determines the fine-tuned weights; its hash is part of the cache key."""
+
+    base: str = "arith-organism"
+    operators: tuple[str, ...] = ("-",)
+    difficulties: tuple[str, ...] = ("1x1", "1x2", "2x2")
+    replay_operators: tuple[str, ...] = ("+",)
+    replay_fraction: float = 0.25
+    prompt_format: str = "bare"
+    heldout_fraction: float = 0.1
+    steps: int = 800
+    batch_size: int = 128
+    lr: float = 3e-3
+    rank: int = 16
+    alpha: int = 32
+    target_modules: tuple[str, ...] = ("c_attn", "c_proj", "c_fc")
+    eval_every: int = 50
+    seed: int = 0
+
+    def key(self) -> str:
+        blob = json.dumps(dataclasses.asdict(self), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:10]
+
+    def validate(self) -> "FinetuneRecipe":
+        data.validate_problem_args(list(self.operators), list(self.difficulties), 1, self.prompt_format)
+        if self.replay_operators:
+            data.validate_problem_args(list(self.replay_operators), list(self.difficulties), 1, self.prompt_format)
+        checks = {
+            "replay_fraction": 0 <= self.replay_fraction < 1,
+            "heldout_fraction": 0 < self.heldout_fraction < 1,
+            "steps": self.steps >= 1,
+            "batch_size": self.batch_size >= 1,
+            "lr": 0 < self.lr < 1,
+            "rank": self.rank >= 1,
+            "alpha": self.alpha >= 1,
+            "eval_every": self.eval_every >= 1,
+        }
+        bad = [k for k, ok in checks.items() if not ok]
+        if bad:
+            raise ValueError(f"fine-tuning parameter(s) {bad} out of range: {[(k, getattr(self, k)) for k in bad]}")
+        return self
+
+
+def finetuned_dir(name: str) -> Path:
+    """Where a fine-tuned checkpoint called ``name`` lives: ``<cache>/finetuned/<name>``."""
+    return cache_root() / "finetuned" / name
+
+
+def default_name(recipe: FinetuneRecipe) -> str:
+    ops = "".join({"+": "add", "-": "sub", "*": "mul"}[op] for op in recipe.operators)
+    base = Path(recipe.base).name if Path(recipe.base).exists() else recipe.base.replace("/", "_")
+    return f"{base}-lora-{ops}"
+
+
+def all_problems(operators: Sequence[str], difficulties: Sequence[str], prompt_format: str) -> pd.DataFrame:
+    """Every problem of the cells (capped at 20,000 per cell), deterministic order."""
+    return data.make_problems(list(operators), list(difficulties), 20_000, prompt_format, seed=0).to_pandas()
+
+
+def split_heldout(problems: pd.DataFrame, fraction: float, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(train, held-out), split by unordered problem so neither operand order leaks."""
+    keys = sorted({data.pair_key(a, op, b) for a, op, b in zip(problems.a, problems.op, problems.b)})
+    rng = np.random.default_rng(seed)
+    held = {k for k, r in zip(keys, rng.random(len(keys))) if r < fraction}
+    is_held = np.array([data.pair_key(a, op, b) in held for a, op, b in zip(problems.a, problems.op, problems.b)])
+    return problems[~is_held].reset_index(drop=True), problems[is_held].reset_index(drop=True)
+
+
+def encode_supervised(tokenizer, prompts: Sequence[str], targets: Sequence[str]):
+    """Right-padded ids, attention mask and labels that score the answer and a final EOS."""
+    p_ids = tokenizer(list(prompts), add_special_tokens=True)["input_ids"]
+    if tokenizer.bos_token_id is not None and (not p_ids[0] or p_ids[0][0] != tokenizer.bos_token_id):
+        p_ids = [[tokenizer.bos_token_id] + p for p in p_ids]
+    t_ids = [t + [tokenizer.eos_token_id] for t in tokenizer(list(targets), add_special_tokens=False)["input_ids"]]
+    rows = [p + t for p, t in zip(p_ids, t_ids)]
+    width = max(map(len, rows))
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    labels = torch.full((len(rows), width), -100, dtype=torch.long)
+    for i, (p, r) in enumerate(zip(p_ids, rows)):
+        ids[i, : len(r)] = torch.tensor(r)
+        mask[i, : len(r)] = 1
+        labels[i, len(p) : len(r)] = torch.tensor(r[len(p) :])
+    return ids, mask, labels
+
+
+@torch.no_grad()
+def teacher_forced_accuracy(model, ids, mask, labels, batch_size: int = 1024) -> np.ndarray:
+    """Per row: is every scored token (answer and EOS) the argmax? Equals greedy exact match."""
+    out = []
+    for s in range(0, len(ids), batch_size):
+        logits = model(input_ids=ids[s : s + batch_size], attention_mask=mask[s : s + batch_size]).logits
+        pred, lab = logits[:, :-1].argmax(-1), labels[s : s + batch_size, 1:]
+        out.append(((pred == lab) | (lab == -100)).all(1).cpu().numpy())
+    return np.concatenate(out)
+
+
+def lora_model(hf_model, recipe: FinetuneRecipe):
+    """Wrap the model with LoRA adapters; only the adapter weights require gradients."""
+    config = LoraConfig(
+        r=recipe.rank,
+        lora_alpha=recipe.alpha,
+        target_modules=list(recipe.target_modules),
+        lora_dropout=0.0,
+        bias="none",
+        fan_in_fan_out=hf_model.config.model_type == "gpt2",
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(hf_model, config)
+
+
+def train(recipe: FinetuneRecipe, progress: bool = True, device: str = "cpu"):
+    """Fine-tune; return (merged HF model, tokenizer, history DataFrame, split dict)."""
+    recipe.validate()
+    torch.manual_seed(recipe.seed)
+    hf_model, tokenizer, _ = load_hf(recipe.base, device=device)
+    new = all_problems(recipe.operators, recipe.difficulties, recipe.prompt_format)
+    train_new, held_new = split_heldout(new, recipe.heldout_fraction, recipe.seed)
+    old = all_problems(recipe.replay_operators, recipe.difficulties, recipe.prompt_format) if recipe.replay_operators else new.iloc[:0]
+    train_old, held_old = split_heldout(old, recipe.heldout_fraction, recipe.seed)
+
+    enc = lambda df: tuple(t.to(device) for t in encode_supervised(tokenizer, df.prompt.tolist(), df.target.tolist()))
+    tr_new, tr_old = enc(train_new), enc(train_old) if len(train_old) else None
+    ev_new, ev_old = enc(held_new), enc(held_old) if len(held_old) else None
+
+    model = lora_model(hf_model, recipe)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=recipe.lr, weight_decay=0.0)
+    rng = np.random.default_rng(recipe.seed)
+    n_old = int(round(recipe.batch_size * recipe.replay_fraction)) if tr_old is not None else 0
+    history = []
+    start = time.time()
+
+    def record(step: int, loss: float | None):
+        model.eval()
+        row = {"step": step, "loss": loss, "heldout_acc_new": float(teacher_forced_accuracy(model, *ev_new).mean())}
+        if ev_old is not None:
+            row["heldout_acc_old"] = float(teacher_forced_accuracy(model, *ev_old).mean())
+        history.append(row)
+        model.train()
+
+    record(0, None)
+    model.train()
+    for step in tqdm(range(1, recipe.steps + 1), desc="LoRA fine-tuning", disable=not progress, mininterval=2):
+        lr = recipe.lr * min(1.0, step / 50) * 0.5 * (1 + np.cos(np.pi * step / recipe.steps))
+        for group in opt.param_groups:
+            group["lr"] = lr
+        batch = _sample(tr_new, recipe.batch_size - n_old, rng)
+        if n_old:
+            batch = tuple(torch.cat(pair) for pair in zip(batch, _sample(tr_old, n_old, rng)))
+        ids, mask, labels = batch
+        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if step % recipe.eval_every == 0 or step == recipe.steps:
+            record(step, round(loss.item(), 6))
+        else:
+            history.append({"step": step, "loss": round(loss.item(), 6)})
+    train_seconds = time.time() - start
+    model.eval()
+    merged = model.merge_and_unload()
+    split = {"train_new": train_new, "heldout_new": held_new, "train_old": train_old, "heldout_old": held_old}
+    hist = pd.DataFrame(history)
+    hist.attrs["train_seconds"] = train_seconds
+    return merged, tokenizer, hist, split
+
+
+def _sample(tensors, n: int, rng: np.random.Generator):
+    rows = torch.from_numpy(rng.integers(0, len(tensors[0]), n))
+    return tuple(t[rows] for t in tensors)
+
+
+def save_finetuned(merged, tokenizer, history: pd.DataFrame, split: dict, recipe: FinetuneRecipe, name: str) -> Path:
+    """Save the merged model, tokenizer, history and held-out problems, atomically."""
+    out = finetuned_dir(name)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=out.parent))
+    try:
+        merged.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        write_source(tmp, recipe.base, recipe=dataclasses.asdict(recipe), recipe_key=recipe.key())
+        history.to_json(tmp / "history.json", orient="records")
+        (tmp / "train_seconds.txt").write_text(f"{history.attrs.get('train_seconds', 0):.1f}\n")
+        for part in ("heldout_new", "heldout_old"):
+            split[part].to_parquet(tmp / f"{part}.parquet")
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def is_current(name: str, recipe: FinetuneRecipe) -> bool:
+    meta = finetuned_dir(name) / "mechlib_source.json"
+    return meta.is_file() and json.loads(meta.read_text()).get("recipe_key") == recipe.key()
+
+
+def ensure_finetuned(recipe: FinetuneRecipe, name: str | None = None, progress: bool = True) -> Path:
+    """The fine-tuned checkpoint for this recipe, training it if the cache lacks it."""
+    name = name or default_name(recipe)
+    if not is_current(name, recipe):
+        merged, tok, hist, split = train(recipe, progress=progress)
+        save_finetuned(merged, tok, hist, split, recipe, name)
+    return finetuned_dir(name)
+
+
+def load_history(path: Path) -> pd.DataFrame:
+    return pd.read_json(Path(path) / "history.json", orient="records")
