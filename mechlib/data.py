@@ -1,7 +1,7 @@
 """Arithmetic problems as Hugging Face `datasets`: generate, save, load, convert.
 
-A difficulty such as ``"1x2"`` means one operand has 1 digit and the other 2 (1-digit
-numbers include 0). Generation is deterministic in (seed, operator, difficulty).
+A difficulty such as ``"1x2"`` means one operand has 1 digit and the other 2, in either
+order (1-digit numbers include 0). Generation is deterministic in (seed, operator, difficulty).
 """
 from __future__ import annotations
 
@@ -108,9 +108,11 @@ def _operand_range(digits: int) -> tuple[int, int]:
 
 
 def _cell_pairs(op: str, da: int, db: int, n: int, rng: np.random.Generator, allow_negative: bool):
-    """Up to n distinct (a, b) pairs for one cell; all of them if the cell holds fewer."""
-    (lo_a, hi_a), (lo_b, hi_b) = _operand_range(da), _operand_range(db)
-    size = (hi_a - lo_a + 1) * (hi_b - lo_b + 1)
+    """Up to n distinct (a, b) pairs for one cell; all of them if the cell holds fewer.
+    A cell with unequal digit counts holds both operand orders (``7+45`` and ``45+7``)."""
+    orientations = [(da, db)] if da == db else [(da, db), (db, da)]
+    ranges = [(_operand_range(x), _operand_range(y)) for x, y in orientations]
+    size = sum((ha - la + 1) * (hb - lb + 1) for (la, ha), (lb, hb) in ranges)
 
     def normalise(a, b):
         if op == "-" and not allow_negative:
@@ -118,15 +120,18 @@ def _cell_pairs(op: str, da: int, db: int, n: int, rng: np.random.Generator, all
         return a, b
 
     if size <= _ENUMERATE_LIMIT:
-        a, b = np.meshgrid(np.arange(lo_a, hi_a + 1), np.arange(lo_b, hi_b + 1), indexing="ij")
-        a, b = normalise(a.ravel(), b.ravel())
+        grids = [np.meshgrid(np.arange(la, ha + 1), np.arange(lb, hb + 1), indexing="ij") for (la, ha), (lb, hb) in ranges]
+        a = np.concatenate([g[0].ravel() for g in grids])
+        b = np.concatenate([g[1].ravel() for g in grids])
+        a, b = normalise(a, b)
         pairs = np.unique(np.stack([a, b], axis=1), axis=0)
         rng.shuffle(pairs)
         return [tuple(map(int, p)) for p in pairs[:n]]
     seen: dict[tuple[int, int], None] = {}
     while len(seen) < n:
-        a = rng.integers(lo_a, hi_a + 1, size=n)
-        b = rng.integers(lo_b, hi_b + 1, size=n)
+        which = rng.integers(0, len(ranges), size=n)
+        a = np.array([rng.integers(ranges[w][0][0], ranges[w][0][1] + 1) for w in which])
+        b = np.array([rng.integers(ranges[w][1][0], ranges[w][1][1] + 1) for w in which])
         a, b = normalise(a, b)
         for pair in zip(a.tolist(), b.tolist()):
             seen.setdefault(pair)

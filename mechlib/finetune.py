@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from . import data
 from .models import load_hf, write_source
-from .organism import cache_root
+from .cache import finetuned_dir
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,14 +38,14 @@ class FinetuneRecipe:
     operators: tuple[str, ...] = ("-",)
     difficulties: tuple[str, ...] = ("1x1", "1x2", "2x2")
     replay_operators: tuple[str, ...] = ("+",)
-    replay_fraction: float = 0.25
+    replay_fraction: float = 0.5
     prompt_format: str = "bare"
     heldout_fraction: float = 0.1
-    steps: int = 800
+    steps: int = 1600
     batch_size: int = 128
     lr: float = 3e-3
-    rank: int = 16
-    alpha: int = 32
+    rank: int = 32
+    alpha: int = 64
     target_modules: tuple[str, ...] = ("c_attn", "c_proj", "c_fc")
     eval_every: int = 50
     seed: int = 0
@@ -72,11 +72,6 @@ class FinetuneRecipe:
         if bad:
             raise ValueError(f"fine-tuning parameter(s) {bad} out of range: {[(k, getattr(self, k)) for k in bad]}")
         return self
-
-
-def finetuned_dir(name: str) -> Path:
-    """Where a fine-tuned checkpoint called ``name`` lives: ``<cache>/finetuned/<name>``."""
-    return cache_root() / "finetuned" / name
 
 
 def default_name(recipe: FinetuneRecipe) -> str:
@@ -153,9 +148,14 @@ def train(recipe: FinetuneRecipe, progress: bool = True, device: str = "cpu"):
     old = all_problems(recipe.replay_operators, recipe.difficulties, recipe.prompt_format) if recipe.replay_operators else new.iloc[:0]
     train_old, held_old = split_heldout(old, recipe.heldout_fraction, recipe.seed)
 
-    enc = lambda df: tuple(t.to(device) for t in encode_supervised(tokenizer, df.prompt.tolist(), df.target.tolist()))
-    tr_new, tr_old = enc(train_new), enc(train_old) if len(train_old) else None
-    ev_new, ev_old = enc(held_new), enc(held_old) if len(held_old) else None
+    parts = [train_new, train_old, held_new, held_old]
+    everything = pd.concat(parts, ignore_index=True)  # one encoding, so every part has one width
+    ids, mask, labels = (t.to(device) for t in encode_supervised(tokenizer, everything.prompt.tolist(), everything.target.tolist()))
+    bounds = np.cumsum([0] + [len(p) for p in parts])
+    tr_new, tr_old, ev_new, ev_old = (
+        (ids[a:b], mask[a:b], labels[a:b]) if b > a else None for a, b in zip(bounds[:-1], bounds[1:])
+    )
+    w_new, w_old = cell_weights(train_new), cell_weights(train_old)
 
     model = lora_model(hf_model, recipe)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -179,9 +179,9 @@ def train(recipe: FinetuneRecipe, progress: bool = True, device: str = "cpu"):
         lr = recipe.lr * min(1.0, step / 50) * 0.5 * (1 + np.cos(np.pi * step / recipe.steps))
         for group in opt.param_groups:
             group["lr"] = lr
-        batch = _sample(tr_new, recipe.batch_size - n_old, rng)
+        batch = _sample(tr_new, w_new, recipe.batch_size - n_old, rng)
         if n_old:
-            batch = tuple(torch.cat(pair) for pair in zip(batch, _sample(tr_old, n_old, rng)))
+            batch = tuple(torch.cat(pair) for pair in zip(batch, _sample(tr_old, w_old, n_old, rng)))
         ids, mask, labels = batch
         loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
         loss.backward()
@@ -200,8 +200,18 @@ def train(recipe: FinetuneRecipe, progress: bool = True, device: str = "cpu"):
     return merged, tokenizer, hist, split
 
 
-def _sample(tensors, n: int, rng: np.random.Generator):
-    rows = torch.from_numpy(rng.integers(0, len(tensors[0]), n))
+def cell_weights(problems: pd.DataFrame) -> np.ndarray:
+    """Sampling weights giving every (operator, difficulty) cell the same mass, so the small
+    1x1 and 1x2 cells are not drowned by the 2x2 one."""
+    if not len(problems):
+        return np.zeros(0)
+    sizes = problems.groupby(["op", "difficulty"])["a"].transform("size").to_numpy()
+    w = 1.0 / sizes
+    return w / w.sum()
+
+
+def _sample(tensors, weights: np.ndarray, n: int, rng: np.random.Generator):
+    rows = torch.from_numpy(rng.choice(len(tensors[0]), n, p=weights))
     return tuple(t[rows] for t in tensors)
 
 
@@ -231,14 +241,63 @@ def is_current(name: str, recipe: FinetuneRecipe) -> bool:
     return meta.is_file() and json.loads(meta.read_text()).get("recipe_key") == recipe.key()
 
 
-def ensure_finetuned(recipe: FinetuneRecipe, name: str | None = None, progress: bool = True) -> Path:
+def ensure_finetuned(recipe: FinetuneRecipe, name: str | None = None, progress: bool = True, device: str = "cpu") -> Path:
     """The fine-tuned checkpoint for this recipe, training it if the cache lacks it."""
     name = name or default_name(recipe)
     if not is_current(name, recipe):
-        merged, tok, hist, split = train(recipe, progress=progress)
+        merged, tok, hist, split = train(recipe, progress=progress, device=device)
         save_finetuned(merged, tok, hist, split, recipe, name)
     return finetuned_dir(name)
 
 
 def load_history(path: Path) -> pd.DataFrame:
     return pd.read_json(Path(path) / "history.json", orient="records")
+
+
+def load_heldout(path: Path) -> pd.DataFrame:
+    """Both held-out sets (new skill and replayed skill) saved with a fine-tune."""
+    parts = [pd.read_parquet(Path(path) / f"{p}.parquet") for p in ("heldout_new", "heldout_old")]
+    return pd.concat(parts, ignore_index=True)
+
+
+def train_seconds(path: Path) -> float:
+    return float((Path(path) / "train_seconds.txt").read_text())
+
+
+def recipe_from_params(params: dict) -> FinetuneRecipe:
+    """The chapter's parameters as a recipe (validated)."""
+    fields = {f.name for f in dataclasses.fields(FinetuneRecipe)}
+    kw = {k: tuple(v) if isinstance(v, list) else v for k, v in params.items() if k in fields}
+    kw["base"] = params["model"]
+    kw["batch_size"] = params["lora_batch_size"]
+    return FinetuneRecipe(**kw).validate()
+
+
+def before_after(models: dict, problems: pd.DataFrame, batch_size: int = 512) -> pd.DataFrame:
+    """Evaluate each model (name -> HookedTransformer) on the same problems, stacked."""
+    from .evaluate import evaluate
+
+    frames = [evaluate(m, problems, batch_size=batch_size).assign(model=name) for name, m in models.items()]
+    return pd.concat(frames, ignore_index=True)
+
+
+def findings(results: pd.DataFrame, new_ops: Sequence[str], before: str = "before", after: str = "after") -> dict:
+    """Gains on the new skill and costs on the old ones, per difficulty, in points (0..100)."""
+    acc = results.pivot_table(index=["op", "difficulty"], columns="model", values="correct", aggfunc="mean")
+    delta = (acc[after] - acc[before]) * 100
+    new = delta[delta.index.get_level_values("op").isin(new_ops)]
+    old = delta[~delta.index.get_level_values("op").isin(new_ops)]
+    out = {
+        "best_gain_points": float(new.max()),
+        "best_gain_cell": " ".join(new.idxmax()),
+        "new_acc_before": float(results[(results.model == before) & results.op.isin(new_ops)].correct.mean()),
+        "new_acc_after": float(results[(results.model == after) & results.op.isin(new_ops)].correct.mean()),
+    }
+    if len(old):
+        out.update(
+            worst_cost_points=float(-old.min()),
+            worst_cost_cell=" ".join(old.idxmin()),
+            old_acc_before=float(results[(results.model == before) & ~results.op.isin(new_ops)].correct.mean()),
+            old_acc_after=float(results[(results.model == after) & ~results.op.isin(new_ops)].correct.mean()),
+        )
+    return out

@@ -4,6 +4,7 @@ One entry point, :func:`load_model`, for all three kinds of source:
 
 * ``"arith-organism"``: the embedded model organism (trained and cached on first use);
 * a local directory holding a Hugging Face checkpoint (``save_pretrained`` output);
+* the name of a fine-tune saved by :mod:`mechlib.finetune` (``arith-organism-lora-sub``);
 * a Hub name such as ``"gpt2"`` or ``"google/gemma-2-2b"`` (needs the Hub, or its cache).
 
 GPT-2-architecture checkpoints (the organism, local GPT-2s, fine-tunes of them) are
@@ -24,6 +25,7 @@ from transformer_lens.pretrained.weight_conversions.gpt2 import convert_gpt2_wei
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 from transformers.utils import logging as hf_logging
 
+from .cache import finetuned_dir
 from .hub import require_hub
 from .organism import ORGANISM_NAME, ensure_organism
 
@@ -55,6 +57,8 @@ def resolve_source(name_or_path: str | Path) -> tuple[str, bool]:
     name = str(name_or_path)
     if name == ORGANISM_NAME:
         return str(ensure_organism()), True
+    if "/" not in name and (finetuned_dir(name) / "config.json").is_file():
+        return str(finetuned_dir(name)), True
     path = Path(name).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():

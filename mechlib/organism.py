@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import shutil
 import tempfile
 import time
@@ -21,6 +20,7 @@ import torch
 from tqdm import tqdm
 from transformers import GPT2Config, GPT2LMHeadModel
 
+from .cache import cache_root
 from .char_tokenizer import build_char_tokenizer
 
 ORGANISM_NAME = "arith-organism"
@@ -46,14 +46,6 @@ class OrganismRecipe:
     def key(self) -> str:
         blob = json.dumps(dataclasses.asdict(self), sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:10]
-
-
-def cache_root() -> Path:
-    """``$MECHLIB_CACHE``, else ``$XDG_CACHE_HOME/mechlib``, else ``~/.cache/mechlib``."""
-    if os.environ.get("MECHLIB_CACHE"):
-        return Path(os.environ["MECHLIB_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "mechlib"
 
 
 def organism_dir(recipe: OrganismRecipe = OrganismRecipe()) -> Path:

@@ -44,6 +44,12 @@ def list_of(check: Check, min_len: int = 1) -> Check:
     return lambda v: isinstance(v, (list, tuple)) and len(v) >= min_len and all(check(x) for x in v)
 
 
+def is_name(v) -> bool:
+    import re
+
+    return isinstance(v, str) and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", v) is not None
+
+
 def is_difficulty(v) -> bool:
     try:
         parse_difficulty(v)
@@ -95,6 +101,23 @@ SCHEMAS: dict[str, dict] = {
         "generation_prompts": (list_of(is_str), "a non-empty list of prompt strings"),
         "generation_corruptions": (is_corruption_list, _explain_corruptions),
         "max_new_tokens": (is_int(1, 256), "an integer in 1..256"),
+    },
+    "03_finetune": {
+        **COMMON,
+        "operators": PROBLEMS["operators"],
+        "difficulties": PROBLEMS["difficulties"],
+        "prompt_format": PROBLEMS["prompt_format"],
+        "replay_operators": (list_of(one_of(*OPERATORS), min_len=0), f"a list (possibly empty) drawn from {list(OPERATORS)}"),
+        "replay_fraction": (is_number(0, 0.95), "a number in 0..0.95 (share of each batch from the replay operators)"),
+        "heldout_fraction": (is_number(0.01, 0.5), "a number in 0.01..0.5"),
+        "steps": (is_int(1, 1_000_000), "an integer >= 1"),
+        "lora_batch_size": (is_int(1, 65536), "an integer in 1..65536"),
+        "lr": (is_number(1e-6, 0.1), "a number in 1e-6..0.1"),
+        "rank": (is_int(1, 1024), "an integer in 1..1024"),
+        "alpha": (is_int(1, 4096), "an integer in 1..4096"),
+        "target_modules": (list_of(is_str), "a non-empty list of module names, e.g. ['c_attn', 'c_proj', 'c_fc'] for GPT-2"),
+        "eval_every": (is_int(1, 100_000), "an integer >= 1"),
+        "finetuned_name": (is_name, "a name of letters, digits, '-', '_' and '.' (where the fine-tune is cached)"),
     },
 }
 

@@ -100,3 +100,22 @@ def line_chart(df: pd.DataFrame, x: str, y: str, color: str | None = None, title
     if color:
         enc["color"] = alt.Color(f"{color}:N", title=color)
     return alt.Chart(df, title=title).mark_line(point=True).encode(**enc).properties(width=420, height=240)
+
+
+def before_after_bars(results: pd.DataFrame, title: str = "Accuracy before and after fine-tuning") -> alt.Chart:
+    """Grouped bars: accuracy per difficulty, one bar per model, one panel per operator."""
+    acc = results.groupby(["op", "difficulty", "model"], as_index=False)["correct"].mean()
+    order = list(dict.fromkeys(results["model"]))
+    return (
+        alt.Chart(acc, title=title)
+        .mark_bar()
+        .encode(
+            x=alt.X("difficulty:N", title="difficulty"),
+            xOffset=alt.XOffset("model:N", sort=order),
+            y=alt.Y("correct:Q", title="exact-match accuracy", axis=alt.Axis(format="%"), scale=alt.Scale(domain=[0, 1])),
+            color=alt.Color("model:N", sort=order, title="model"),
+            column=alt.Column("op:N", title="operator"),
+            tooltip=["op", "difficulty", "model", alt.Tooltip("correct:Q", format=".1%")],
+        )
+        .properties(width=alt.Step(22), height=220)
+    )

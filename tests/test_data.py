@@ -109,3 +109,11 @@ def test_exclude_pairs_in_both_orders():
     assert len(both_orders) >= 1
     assert len(kept) == len(ds) - len(both_orders)
     assert not ((kept.a == first["b"]) & (kept.b == first["a"])).any()
+
+
+def test_unequal_cells_hold_both_operand_orders():
+    ds = data.make_problems(["+"], ["1x2"], 500, seed=0).to_pandas()
+    assert (ds.digits_a == 1).any() and (ds.digits_a == 2).any()
+    assert set(ds.difficulty) == {"1x2"}
+    sub = data.make_problems(["-"], ["1x2"], 500, seed=0).to_pandas()
+    assert (sub.digits_a == 2).all() and (sub.answer >= 0).all()
