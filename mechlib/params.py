@@ -50,6 +50,10 @@ def is_name(v) -> bool:
     return isinstance(v, str) and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", v) is not None
 
 
+def is_base_source(v) -> bool:
+    return v == "train" or (isinstance(v, str) and v.startswith("saelens:") and v.count(":") >= 2)
+
+
 def is_difficulty(v) -> bool:
     try:
         parse_difficulty(v)
@@ -119,6 +123,31 @@ SCHEMAS: dict[str, dict] = {
         "eval_every": (is_int(1, 100_000), "an integer >= 1"),
         "finetuned_name": (is_name, "a name of letters, digits, '-', '_' and '.' (where the fine-tune is cached)"),
     },
+    "04_sae_delta": {
+        **COMMON,
+        "finetuned": (is_str, "the fine-tuned model: a name saved by chapter 3, or a checkpoint directory"),
+        "new_operators": PROBLEMS["operators"],
+        "old_operators": (list_of(one_of(*OPERATORS), min_len=0), f"a list (possibly empty) drawn from {list(OPERATORS)}"),
+        "difficulties": PROBLEMS["difficulties"],
+        "prompt_format": PROBLEMS["prompt_format"],
+        "n_train_per_cell": (is_int(1, 100_000), "an integer in 1..100000"),
+        "n_val_per_cell": (is_int(1, 100_000), "an integer in 1..100000"),
+        "n_eval_per_cell": (is_int(1, 100_000), "an integer in 1..100000"),
+        "layers": (list_of(is_int(0), min_len=0), "a list of layer indices; [] means every layer"),
+        "kind": (one_of("sae", "transcoder"), "'sae' (MLP output from itself) or 'transcoder' (MLP output from its input)"),
+        "activation": (one_of("topk", "relu"), "'topk' or 'relu' (with an L1 penalty)"),
+        "base_source": (is_base_source, "'train', or 'saelens:RELEASE:ID' with {layer} in ID (pretrained, needs the Hub)"),
+        "base_width": (is_int(1, 10_000_000), "an integer >= 1"),
+        "base_k": (is_int(1, 100_000), "an integer >= 1 (TopK's k)"),
+        "delta_widths": (list_of(is_int(1, 1_000_000)), "a non-empty list of integers (delta dictionary widths)"),
+        "delta_ks": (list_of(is_int(1, 100_000)), "a non-empty list of integers (TopK's k for the delta)"),
+        "l1": (is_number(0, 1000), "a number >= 0 (L1 coefficient, used by 'relu')"),
+        "lr": (is_number(1e-6, 1), "a number in 1e-6..1"),
+        "n_tokens": (is_int(1, 10**9), "an integer >= 1 (activation rows per dictionary)"),
+        "batch_tokens": (is_int(1, 1_000_000), "an integer >= 1"),
+        "buffer_tokens": (is_int(2, 100_000_000), "an integer >= 2 (activation rows held in memory)"),
+        "alphas": (list_of(is_number(0, 100)), "a non-empty list of numbers >= 0 including 0 and 1"),
+    },
 }
 
 
@@ -138,6 +167,8 @@ def validate(chapter: str, params: dict) -> dict:
     missing = sorted(set(schema) - set(params))
     if missing:
         raise ParamError(f"{chapter}: missing parameter(s) {missing}")
+    if chapter == "04_sae_delta" and isinstance(params.get("alphas"), list) and not {0, 1} <= set(params["alphas"]):
+        raise ParamError(f"{chapter}: parameter 'alphas' = {params['alphas']!r} must include 0 (no_delta) and 1 (full)")
     for name, (check, allowed) in schema.items():
         if not check(params[name]):
             allowed = allowed(params[name]) if callable(allowed) else allowed

@@ -119,3 +119,22 @@ def before_after_bars(results: pd.DataFrame, title: str = "Accuracy before and a
         )
         .properties(width=alt.Step(22), height=220)
     )
+
+
+def condition_bars(table: pd.DataFrame, value_cols: list[str], title: str) -> alt.Chart:
+    """Grouped bars of some columns per condition label, one panel per layer."""
+    long = table.melt(id_vars=["layer", "label"], value_vars=value_cols, var_name="metric")
+    order = list(dict.fromkeys(table["label"]))
+    return (
+        alt.Chart(long, title=title)
+        .mark_bar()
+        .encode(
+            x=alt.X("label:N", sort=order, title="condition"),
+            xOffset="metric:N",
+            y=alt.Y("value:Q", axis=alt.Axis(format="%"), scale=alt.Scale(domain=[0, 1]), title="accuracy"),
+            color=alt.Color("metric:N", title=""),
+            column=alt.Column("layer:O", title="layer"),
+            tooltip=["layer", "label", "metric", alt.Tooltip("value:Q", format=".1%")],
+        )
+        .properties(width=alt.Step(16), height=200)
+    )
