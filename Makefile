@@ -8,7 +8,7 @@ TORCH  ?= torch==2.13.0
 PARAMS ?= default
 STAMP  := $(VENV)/.mechlib-installed
 
-.PHONY: install book test bench organism clean
+.PHONY: install book test bench organism sweep pdf site-test browser-deps clean
 
 install: $(STAMP)
 
@@ -27,6 +27,11 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python scripts/bench_eval.py
+
+# A resumable parameter sweep of one chapter (run it again after an interrupt to resume).
+SWEEP ?= 01_baseline --grid seed '[0, 1, 2]' --grid n_per_cell '[50]'
+sweep: $(STAMP)
+	$(BIN)/python -m mechlib sweep $(SWEEP)
 
 organism: $(STAMP)
 	$(BIN)/python -m mechlib organism

@@ -80,16 +80,20 @@ def execute_chapter(
     overrides: dict | None = None,
     out_dir: Path = CHAPTERS_OUT,
     log: bool = False,
+    out_name: str | None = None,
 ) -> Path:
-    """Execute one chapter with papermill; return the executed notebook's path."""
+    """Execute one chapter with papermill; return the executed notebook's path.
+
+    The notebook is written under a ``.tmp-`` name and renamed when complete, so the final
+    name never holds a half-executed notebook."""
     import papermill
 
     if chapter not in chapter_names():
         raise ValueError(f"chapter {chapter!r} does not exist; chapters: {chapter_names()}")
     params = chapter_params(param_set, chapter, overrides)
     out_dir.mkdir(parents=True, exist_ok=True)
-    out = out_dir / f"{chapter}.ipynb"
-    tmp = out_dir / f".tmp-{chapter}.ipynb"
+    out = out_dir / f"{out_name or chapter}.ipynb"
+    tmp = out_dir / f".tmp-{out_name or chapter}.ipynb"
     os.environ.setdefault("MECHLIB_RUN_STORE", str(ROOT / "_build" / "runs"))
     try:
         papermill.execute_notebook(
@@ -119,12 +123,22 @@ def build_book(param_set: str | Path = "default", chapters: list[str] | None = N
         print(f"[mechlib] executing {chapter} with params {param_set!s}", flush=True)
         execute_chapter(chapter, param_set, log=log)
         print(f"[mechlib] {chapter} done in {time.time() - start:.0f} s", flush=True)
+    write_runs_page()
     jb = Path(sys.executable).parent / "jupyter-book"
     subprocess.run([str(jb), "build", str(ROOT), "--keep-going"], check=True)
     index = ROOT / "_build" / "html" / "index.html"
     if not index.is_file():
         raise RuntimeError(f"jupyter-book build produced no {index}")
     return index
+
+
+def write_runs_page(store: Path | None = None) -> Path:
+    """``book/runs.md`` from the run store (generated at every build, not committed)."""
+    from .runs import load_runs, runs_page
+
+    path = ROOT / "book" / "runs.md"
+    path.write_text(runs_page(load_runs(store or Path(os.environ.get("MECHLIB_RUN_STORE", ROOT / "_build" / "runs")))))
+    return path
 
 
 def glued_values(executed: Path) -> dict:

@@ -27,6 +27,14 @@ def main(argv: list[str] | None = None) -> None:
     build.add_argument("--params", default="default", help="parameter set in params/ or a .yaml path")
     build.add_argument("--chapters", nargs="*", help="only these chapters (default: all)")
 
+    sweep = sub.add_parser("sweep", help="run a chapter over a parameter grid, skipping recorded runs (resumable)")
+    sweep.add_argument("name", help="chapter file stem, e.g. 01_baseline")
+    sweep.add_argument("--params", default="default", help="parameter set in params/ or a .yaml path")
+    sweep.add_argument("--grid", nargs=2, action="append", default=[], metavar=("KEY", "VALUES"),
+                       help="a parameter and a YAML list of values, e.g. --grid seed '[0, 1, 2]'")
+    sweep.add_argument("--out", default=None, help="folder for executed notebooks (default _build/sweeps)")
+    sweep.add_argument("--store", default=None, help="run store (default $MECHLIB_RUN_STORE or _build/runs)")
+
     args = parser.parse_args(argv)
     if args.command == "organism":
         from .organism import ensure_organism, training_info
@@ -38,6 +46,20 @@ def main(argv: list[str] | None = None) -> None:
         from .book import execute_chapter
 
         print(execute_chapter(args.name, args.params, _overrides(args.p), log=True))
+    elif args.command == "sweep":
+        import os
+        import signal
+
+        from .book import ROOT
+        from .sweep import run_sweep
+
+        def stop(signum, frame):  # let `finally` blocks remove temporary files on `kill`
+            raise KeyboardInterrupt(f"signal {signum}")
+
+        signal.signal(signal.SIGTERM, stop)
+        store = args.store or os.environ.get("MECHLIB_RUN_STORE") or str(ROOT / "_build" / "runs")
+        for row in run_sweep(args.name, args.params, _overrides(args.grid), out_dir=args.out, store=store):
+            print(row)
     elif args.command == "build":
         from .book import build_book
 

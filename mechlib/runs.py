@@ -82,12 +82,15 @@ class Run:
         self.id = run_id(chapter, self.params)
         self.started = time.time()
 
-    def finish(self, metrics: dict, store: Path | None = None) -> Path:
+    def finish(self, metrics: dict, timings: dict | None = None, store: Path | None = None) -> Path:
+        """Write the record. ``metrics`` must be reproducible (same params, same numbers);
+        wall-clock measurements go in ``timings``."""
         record = {
             "id": self.id,
             "chapter": self.chapter,
             "params": self.params,
             "metrics": _jsonable(metrics),
+            "timings": _jsonable(timings or {}),
             "git_commit": git_commit(),
             "versions": versions(),
             "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.started)),
@@ -105,3 +108,31 @@ def load_runs(store: Path | None = None) -> list[dict]:
 
 def is_recorded(chapter: str, params: dict, store: Path | None = None) -> bool:
     return (Path(store or store_dir()) / chapter / f"{run_id(chapter, _jsonable(dict(params)))}.json").is_file()
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def runs_page(records: list[dict], headline: int = 6) -> str:
+    """Markdown for the book's Runs page: one table row per recorded run."""
+    lines = [
+        "# Runs",
+        "",
+        "Every chapter execution recorded in this build's run store (`_build/runs/`): its parameters'",
+        "hash, when it started, how long it took, the code's git commit, and its first headline metrics.",
+        "The full records (parameters, library versions, all metrics) are the JSON files themselves.",
+        "",
+    ]
+    if not records:
+        return "\n".join(lines + ["No runs are recorded yet.", ""])
+    lines += ["| chapter | run id | model | started (UTC) | wall s | commit | headline metrics |", "|---|---|---|---|---|---|---|"]
+    for r in records:
+        metrics = ", ".join(f"{k} = {_fmt(v)}" for k, v in list(r.get("metrics", {}).items())[:headline] if not isinstance(v, (dict, list)))
+        commit = (r.get("git_commit") or "")[:8]
+        lines.append(
+            f"| {r['chapter']} | `{r['id']}` | {r['params'].get('model', '')} | {r['started']} | {r['wall_seconds']} | `{commit}` | {metrics} |"
+        )
+    return "\n".join(lines + [""])
