@@ -8,6 +8,7 @@ leaves no executed notebook behind.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -124,12 +125,41 @@ def build_book(param_set: str | Path = "default", chapters: list[str] | None = N
         execute_chapter(chapter, param_set, log=log)
         print(f"[mechlib] {chapter} done in {time.time() - start:.0f} s", flush=True)
     write_runs_page()
+    shutil.rmtree(ROOT / "_build" / "html", ignore_errors=True)  # no stale pages from earlier builds
     jb = Path(sys.executable).parent / "jupyter-book"
     subprocess.run([str(jb), "build", str(ROOT), "--keep-going"], check=True)
     index = ROOT / "_build" / "html" / "index.html"
     if not index.is_file():
         raise RuntimeError(f"jupyter-book build produced no {index}")
     return index
+
+
+def build_pdf(param_set: str | Path = "default", out: Path | None = None) -> Path:
+    """The whole book as one PDF, offline: Jupyter Book's ``singlehtml`` builder, then
+    headless Chromium prints it (after the charts have drawn). Chapters already executed in
+    ``book/chapters/`` are reused; missing ones are executed first."""
+    from .site_check import CHROMIUM, CHROMIUM_ARGS
+
+    missing = [c for c in chapter_names() if not (CHAPTERS_OUT / f"{c}.ipynb").is_file()]
+    write_vega_bundle()
+    for chapter in missing:
+        execute_chapter(chapter, param_set)
+    write_runs_page()
+    single = ROOT / "_build" / "singlehtml"
+    shutil.rmtree(single, ignore_errors=True)
+    jb = Path(sys.executable).parent / "jupyter-book"
+    subprocess.run([str(jb), "build", str(ROOT), "--builder", "singlehtml", "--keep-going"], check=True)
+    out = Path(out or ROOT / "_build" / "pdf" / "book.pdf")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp.pdf")
+    subprocess.run(
+        [CHROMIUM, "--headless", *CHROMIUM_ARGS, f"--user-data-dir={ROOT / '_build' / '.chromium'}",
+         "--virtual-time-budget=20000", "--no-pdf-header-footer", f"--print-to-pdf={tmp}",
+         (single / "index.html").as_uri()],
+        check=True, capture_output=True, timeout=300,
+    )
+    os.replace(tmp, out)
+    return out
 
 
 def write_runs_page(store: Path | None = None) -> Path:

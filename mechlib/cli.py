@@ -35,6 +35,13 @@ def main(argv: list[str] | None = None) -> None:
     sweep.add_argument("--out", default=None, help="folder for executed notebooks (default _build/sweeps)")
     sweep.add_argument("--store", default=None, help="run store (default $MECHLIB_RUN_STORE or _build/runs)")
 
+    check = sub.add_parser("check-site", help="open every page of the built site in headless Chromium")
+    check.add_argument("--html", default="_build/html")
+    check.add_argument("--shots", default="_build/screenshots")
+
+    pdf = sub.add_parser("pdf", help="the whole book as one PDF (singlehtml + headless Chromium)")
+    pdf.add_argument("--params", default="default", help="parameter set for chapters not yet executed")
+
     args = parser.parse_args(argv)
     if args.command == "organism":
         from .organism import ensure_organism, training_info
@@ -60,6 +67,14 @@ def main(argv: list[str] | None = None) -> None:
         store = args.store or os.environ.get("MECHLIB_RUN_STORE") or str(ROOT / "_build" / "runs")
         for row in run_sweep(args.name, args.params, _overrides(args.grid), out_dir=args.out, store=store):
             print(row)
+    elif args.command == "check-site":
+        from .site_check import main as check_main
+
+        raise SystemExit(check_main(args.html, args.shots))
+    elif args.command == "pdf":
+        from .book import build_pdf
+
+        print(build_pdf(args.params))
     elif args.command == "build":
         from .book import build_book
 

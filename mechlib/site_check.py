@@ -1,0 +1,103 @@
+"""Open every page of the built site in headless Chromium and fail on what a reader would hit.
+
+Checks, per page: console errors, any request that leaves the site, charts without drawn
+marks, and glue placeholders that were never filled in. Saves a full-page screenshot of
+each chapter. Uses Python Playwright driving the system Chromium (no browser download).
+"""
+from __future__ import annotations
+
+import functools
+import http.server
+import threading
+from pathlib import Path
+from urllib.parse import urlparse
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--disable-default-apps",
+]
+CHART_MARKS = "svg g[class*='mark-'] path, svg g[class*='mark-'] text, svg g[class*='mark-'] line"
+
+
+class _Quiet(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+def serve(root: Path) -> tuple[http.server.ThreadingHTTPServer, str]:
+    handler = functools.partial(_Quiet, directory=str(root))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_address[1]}"
+
+
+def check_page(page, url: str, origin: str) -> list[str]:
+    """Problems found on one page (empty when it is clean)."""
+    problems: list[str] = []
+    page.on("console", lambda m: problems.append(f"console {m.type}: {m.text}") if m.type == "error" else None)
+    page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
+    page.goto(url, wait_until="load")
+    page.wait_for_load_state("networkidle")
+    charts = page.locator(".mechlib-chart")
+    for i in range(charts.count()):
+        chart = charts.nth(i)
+        try:
+            chart.locator(CHART_MARKS).first.wait_for(state="attached", timeout=10_000)
+        except Exception:
+            problems.append(f"chart {i} ({chart.get_attribute('id')}) has no drawn marks")
+    text = page.inner_text("body")
+    for needle in ("{glue", "glue:text", "glue:md"):
+        if needle in text:
+            problems.append(f"unrendered glue placeholder ({needle!r}) in the page text")
+    return problems
+
+
+def check_site(html_dir: Path, shots_dir: Path, chapters_prefix: str = "book/chapters/") -> dict:
+    """Check every page; return {"pages": n, "problems": {page: [...]}, "outside": [...]}."""
+    from playwright.sync_api import sync_playwright
+
+    html_dir = Path(html_dir)
+    pages = sorted(p.relative_to(html_dir).as_posix() for p in html_dir.rglob("*.html") if "_static" not in p.parts)
+    server, origin = serve(html_dir)
+    outside: list[str] = []
+    report: dict[str, list[str]] = {}
+    shots_dir.mkdir(parents=True, exist_ok=True)
+
+    def gate(route):
+        url = route.request.url
+        if url.startswith(origin) or urlparse(url).scheme in ("data", "blob", "about"):
+            route.continue_()
+        else:
+            outside.append(url)
+            route.abort()
+
+    try:
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            context = browser.new_context(viewport={"width": 1200, "height": 900})
+            context.route("**/*", gate)
+            for rel in pages:
+                page = context.new_page()
+                before = len(outside)
+                problems = check_page(page, f"{origin}/{rel}", origin)
+                problems += [f"request outside the site: {u}" for u in outside[before:]]
+                if rel.startswith(chapters_prefix):
+                    page.screenshot(path=str(shots_dir / (Path(rel).stem + ".png")), full_page=True)
+                if problems:
+                    report[rel] = problems
+                page.close()
+            browser.close()
+    finally:
+        server.shutdown()
+    return {"pages": len(pages), "problems": report, "outside": sorted(set(outside))}
+
+
+def main(html_dir: str = "_build/html", shots_dir: str = "_build/screenshots") -> int:
+    result = check_site(Path(html_dir), Path(shots_dir))
+    for page, problems in result["problems"].items():
+        for problem in problems:
+            print(f"FAIL {page}: {problem}")
+    print(f"site check: {result['pages']} pages, {len(result['problems'])} with problems, "
+          f"{len(result['outside'])} outside requests; screenshots in {shots_dir}")
+    return 1 if result["problems"] else 0
