@@ -15,7 +15,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet "$(TORCH)"
+	$(BIN)/python -m pip install --quiet $(TORCH)
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev]"
 	touch $(STAMP)
 
@@ -35,6 +35,20 @@ sweep: $(STAMP)
 
 organism: $(STAMP)
 	$(BIN)/python -m mechlib organism
+
+# The whole book as one PDF (reuses executed chapters; runs missing ones).
+pdf: $(STAMP) browser-deps
+	$(BIN)/python -m mechlib pdf --params $(PARAMS)
+
+# Open every page of the built site in headless Chromium: console errors, outside requests,
+# undrawn charts, unfilled glue. Screenshots of each chapter go to _build/screenshots/.
+site-test: $(STAMP) browser-deps
+	$(BIN)/python -m mechlib check-site
+
+# Debian's Chromium for the browser test and the PDF (Playwright drives it; no download).
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+browser-deps:
+	@command -v chromium >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium >/dev/null; }
 
 clean:
 	rm -rf _build book/chapters book/_assets

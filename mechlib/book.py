@@ -138,7 +138,7 @@ def build_pdf(param_set: str | Path = "default", out: Path | None = None) -> Pat
     """The whole book as one PDF, offline: Jupyter Book's ``singlehtml`` builder, then
     headless Chromium prints it (after the charts have drawn). Chapters already executed in
     ``book/chapters/`` are reused; missing ones are executed first."""
-    from .site_check import CHROMIUM, CHROMIUM_ARGS
+    from .site_check import CHROMIUM, CHROMIUM_ARGS, serve
 
     missing = [c for c in chapter_names() if not (CHAPTERS_OUT / f"{c}.ipynb").is_file()]
     write_vega_bundle()
@@ -152,13 +152,21 @@ def build_pdf(param_set: str | Path = "default", out: Path | None = None) -> Pat
     out = Path(out or ROOT / "_build" / "pdf" / "book.pdf")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp.pdf")
-    subprocess.run(
-        [CHROMIUM, "--headless", *CHROMIUM_ARGS, f"--user-data-dir={ROOT / '_build' / '.chromium'}",
-         "--virtual-time-budget=20000", "--no-pdf-header-footer", f"--print-to-pdf={tmp}",
-         (single / "index.html").as_uri()],
-        check=True, capture_output=True, timeout=300,
-    )
-    os.replace(tmp, out)
+    root_page = yaml.safe_load((ROOT / "_toc.yml").read_text())["root"]
+    # the single page lives at book/intro.html but links its assets from the site root
+    shutil.copy(single / f"{root_page}.html", single / "print.html")
+    server, origin = serve(single)  # over HTTP, as a reader's browser would load it
+    try:
+        subprocess.run(
+            [CHROMIUM, "--headless", *CHROMIUM_ARGS, f"--user-data-dir={ROOT / '_build' / '.chromium'}",
+             "--virtual-time-budget=20000", "--no-pdf-header-footer", f"--print-to-pdf={tmp}",
+             f"{origin}/print.html"],
+            check=True, capture_output=True, timeout=300,
+        )
+        os.replace(tmp, out)
+    finally:
+        server.shutdown()
+        tmp.unlink(missing_ok=True)
     return out
 
 
