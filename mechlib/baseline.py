@@ -58,7 +58,7 @@ def model_note(name: str, model) -> str:
     ds = Dataset.from_list([problem_row(a, "+", b, "bare") for a, b in held.tolist()], features=FEATURES)
     acc = evaluate(model, ds)["correct"].mean()
     return (
-        f"Model {name}, the embedded organism ({shape}), trained by mechlib in {info['train_seconds']:.0f} s "
+        f"Model {name}, the embedded organism ({shape}), trained by mechlib "
         f"on {info['n_train_pairs']} addition problems with operands 0-99. On the {len(ds)} held-out problems "
         f"(never seen in either operand order) it is exactly right {acc:.1%} of the time."
     )
