@@ -17,6 +17,9 @@ CHROMIUM_ARGS = [
     "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
     "--disable-component-update", "--disable-sync", "--disable-default-apps",
 ]
+# Messages of the third-party theme, not of the project's code: pydata-sphinx-theme logs this on
+# a browser's first visit, when no colour mode is stored yet.
+IGNORED_CONSOLE = ("Got invalid theme mode",)
 CHART_MARKS = "svg g[class*='mark-'] path, svg g[class*='mark-'] text, svg g[class*='mark-'] line"
 
 
@@ -35,7 +38,11 @@ def serve(root: Path) -> tuple[http.server.ThreadingHTTPServer, str]:
 def check_page(page, url: str, origin: str) -> list[str]:
     """Problems found on one page (empty when it is clean)."""
     problems: list[str] = []
-    page.on("console", lambda m: problems.append(f"console {m.type}: {m.text}") if m.type == "error" else None)
+    def on_console(message):
+        if message.type == "error" and not any(text in message.text for text in IGNORED_CONSOLE):
+            problems.append(f"console {message.type}: {message.text}")
+
+    page.on("console", on_console)
     page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
     page.goto(url, wait_until="load")
     page.wait_for_load_state("networkidle")
