@@ -44,8 +44,15 @@ def check_page(page, url: str, origin: str) -> list[str]:
 
     page.on("console", on_console)
     page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
-    page.goto(url, wait_until="load")
-    page.wait_for_load_state("networkidle")
+    try:
+        page.goto(url, wait_until="load", timeout=60_000)
+    except Exception as err:  # report the page, keep checking the others
+        problems.append(f"did not load: {type(err).__name__}: {str(err).splitlines()[0]}")
+        return problems
+    try:
+        page.wait_for_load_state("networkidle", timeout=15_000)
+    except Exception:
+        pass  # a busy page is judged by what follows: its charts, console and requests
     charts = page.locator(".mechlib-chart")
     for i in range(charts.count()):
         chart = charts.nth(i)
