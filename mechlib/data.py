@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
-from datasets import Dataset, Features, Value, concatenate_datasets, load_dataset, load_from_disk
+from datasets import Dataset, Features, Value, load_dataset, load_from_disk
 
 from .hub import require_hub
 
@@ -273,7 +273,6 @@ __all__ = [
     "OPERATORS",
     "PROMPT_FORMATS",
     "apply_op",
-    "concatenate_datasets",
     "count_carries",
     "exclude_pairs",
     "format_prompt",

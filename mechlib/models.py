@@ -30,7 +30,6 @@ from .hub import require_hub
 from .organism import ORGANISM_NAME, ensure_organism
 
 SOURCE_FILE = "mechlib_source.json"
-EXAMPLE_HUB_MODELS = ("gpt2", "gpt2-medium", "EleutherAI/pythia-70m", "google/gemma-2-2b")
 
 
 def resolve_device(device: str | None) -> str:
