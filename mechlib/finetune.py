@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from . import data
 from .models import load_hf, write_source
+from .organism import encode_supervised
 from .cache import finetuned_dir
 
 
@@ -92,25 +93,6 @@ def split_heldout(problems: pd.DataFrame, fraction: float, seed: int) -> tuple[p
     held = {k for k, r in zip(keys, rng.random(len(keys))) if r < fraction}
     is_held = np.array([data.pair_key(a, op, b) in held for a, op, b in zip(problems.a, problems.op, problems.b)])
     return problems[~is_held].reset_index(drop=True), problems[is_held].reset_index(drop=True)
-
-
-def encode_supervised(tokenizer, prompts: Sequence[str], targets: Sequence[str]):
-    """Right-padded ids, attention mask and labels that score the answer and a final EOS."""
-    p_ids = tokenizer(list(prompts), add_special_tokens=True)["input_ids"]
-    if tokenizer.bos_token_id is not None and (not p_ids[0] or p_ids[0][0] != tokenizer.bos_token_id):
-        p_ids = [[tokenizer.bos_token_id] + p for p in p_ids]
-    t_ids = [t + [tokenizer.eos_token_id] for t in tokenizer(list(targets), add_special_tokens=False)["input_ids"]]
-    rows = [p + t for p, t in zip(p_ids, t_ids)]
-    width = max(map(len, rows))
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    labels = torch.full((len(rows), width), -100, dtype=torch.long)
-    for i, (p, r) in enumerate(zip(p_ids, rows)):
-        ids[i, : len(r)] = torch.tensor(r)
-        mask[i, : len(r)] = 1
-        labels[i, len(p) : len(r)] = torch.tensor(r[len(p) :])
-    return ids, mask, labels
 
 
 @torch.no_grad()

@@ -14,6 +14,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -66,23 +67,29 @@ def split_pairs(recipe: OrganismRecipe) -> tuple[np.ndarray, np.ndarray]:
     return pairs[~is_held], pairs[is_held]
 
 
-def encode_examples(tokenizer, texts: list[str], prompt_lens: list[int]):
-    """Right-padded ids and labels that score only the answer and the final <eos>."""
-    ids = [tokenizer(t)["input_ids"] + [tokenizer.eos_token_id] for t in texts]
-    width = max(map(len, ids))
-    input_ids = torch.full((len(ids), width), tokenizer.pad_token_id, dtype=torch.long)
-    labels = torch.full((len(ids), width), -100, dtype=torch.long)
-    for i, (row, plen) in enumerate(zip(ids, prompt_lens)):
-        input_ids[i, : len(row)] = torch.tensor(row)
-        start = plen + 1  # <bos> + prompt
-        labels[i, start : len(row)] = torch.tensor(row[start:])
-    return input_ids, labels
+def encode_supervised(tokenizer, prompts: Sequence[str], targets: Sequence[str]):
+    """Right-padded ids, attention mask and labels that score the answer and a final EOS."""
+    p_ids = tokenizer(list(prompts), add_special_tokens=True)["input_ids"]
+    if tokenizer.bos_token_id is not None and (not p_ids[0] or p_ids[0][0] != tokenizer.bos_token_id):
+        p_ids = [[tokenizer.bos_token_id] + p for p in p_ids]
+    t_ids = [t + [tokenizer.eos_token_id] for t in tokenizer(list(targets), add_special_tokens=False)["input_ids"]]
+    rows = [p + t for p, t in zip(p_ids, t_ids)]
+    width = max(map(len, rows))
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    labels = torch.full((len(rows), width), -100, dtype=torch.long)
+    for i, (p, r) in enumerate(zip(p_ids, rows)):
+        ids[i, : len(r)] = torch.tensor(r)
+        mask[i, : len(r)] = 1
+        labels[i, len(p) : len(r)] = torch.tensor(r[len(p) :])
+    return ids, mask, labels
 
 
 def addition_batch(tokenizer, pairs: np.ndarray):
     prompts = [f"{a}+{b}=" for a, b in pairs.tolist()]
-    texts = [p + str(a + b) for p, (a, b) in zip(prompts, pairs.tolist())]
-    return encode_examples(tokenizer, texts, [len(p) for p in prompts])
+    input_ids, _, labels = encode_supervised(tokenizer, prompts, [str(a + b) for a, b in pairs.tolist()])
+    return input_ids, labels
 
 
 def cell_balanced_weights(pairs: np.ndarray) -> np.ndarray:

@@ -146,7 +146,10 @@ SCHEMAS: dict[str, dict] = {
         "n_tokens": (is_int(1, 10**9), "an integer >= 1 (activation rows per dictionary)"),
         "batch_tokens": (is_int(1, 1_000_000), "an integer >= 1"),
         "buffer_tokens": (is_int(2, 100_000_000), "an integer >= 2 (activation rows held in memory)"),
-        "alphas": (list_of(is_number(0, 100)), "a non-empty list of numbers >= 0 including 0 and 1"),
+        "alphas": (
+            lambda v: list_of(is_number(0, 100))(v) and {0, 1} <= set(v),
+            "a list of numbers >= 0 that includes 0 (no_delta) and 1 (full)",
+        ),
     },
 }
 
@@ -167,8 +170,6 @@ def validate(chapter: str, params: dict) -> dict:
     missing = sorted(set(schema) - set(params))
     if missing:
         raise ParamError(f"{chapter}: missing parameter(s) {missing}")
-    if chapter == "04_sae_delta" and isinstance(params.get("alphas"), list) and not {0, 1} <= set(params["alphas"]):
-        raise ParamError(f"{chapter}: parameter 'alphas' = {params['alphas']!r} must include 0 (no_delta) and 1 (full)")
     for name, (check, allowed) in schema.items():
         if not check(params[name]):
             allowed = allowed(params[name]) if callable(allowed) else allowed
