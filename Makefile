@@ -8,7 +8,7 @@ TORCH  ?= torch==2.13.0
 PARAMS ?= default
 STAMP  := $(VENV)/.mechlib-installed
 
-.PHONY: install book test bench organism sweep pdf site-test browser-deps clean
+.PHONY: install book test test-fast lint bench organism sweep pdf site-test browser-deps clean
 
 install: $(STAMP)
 
@@ -22,8 +22,19 @@ $(STAMP): pyproject.toml constraints.txt
 book: $(STAMP)
 	$(BIN)/python -m mechlib build --params $(PARAMS)
 
+# Everything, slow tests included: organism training, every chapter through papermill on
+# params/tiny.yaml, every chapter's GPT-2 set on a GPT-2-shaped model, the browser.
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+# The tests not marked slow (seconds to a minute).
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow"
+
+# ruff (lint and format check) and source notebooks stripped of outputs.
+lint: $(STAMP)
+	$(BIN)/ruff check mechlib tests scripts
+	$(BIN)/nbstripout --verify chapters/*.ipynb
 
 bench: $(STAMP)
 	$(BIN)/python scripts/bench_eval.py

@@ -12,8 +12,36 @@ def _overrides(pairs: list[list[str]]) -> dict:
     return {k: yaml.safe_load(v) for k, v in pairs}
 
 
+def _on_sigterm(signum, frame):  # let `finally` blocks remove temporary files on `kill`
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m mechlib", description=__doc__)
+    """Run a command; a bad parameter prints its message alone (``--traceback`` for more)."""
+    import signal
+
+    from .chapters.base import ParamError
+    from .core.hub import HubUnavailableError
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    show_traceback = "--traceback" in argv
+    argv = [a for a in argv if a != "--traceback"]
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        _main(argv)
+    except (ParamError, HubUnavailableError) as err:
+        if show_traceback:
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        print("interrupted; temporary files removed", file=sys.stderr)
+        raise SystemExit(130) from None
+
+
+def _main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog="python -m mechlib", description=__doc__,
+                                     epilog="Add --traceback to see the full traceback of an error.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     sub.add_parser("organism", help="train (or find in the cache) the embedded model organism and print its path")
@@ -42,44 +70,44 @@ def main(argv: list[str] | None = None) -> None:
     pdf = sub.add_parser("pdf", help="the whole book as one PDF (singlehtml + headless Chromium)")
     pdf.add_argument("--params", default="default", help="parameter set for chapters not yet executed")
 
+    show = sub.add_parser("params", help="print a chapter's parameters (defaults, or a set with overrides) as YAML")
+    show.add_argument("name", help="chapter file stem, e.g. 01_baseline")
+    show.add_argument("--params", default="default", help="parameter set in params/ or a .yaml path")
+    show.add_argument("-p", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"), help="override one parameter")
+
     args = parser.parse_args(argv)
-    if args.command == "organism":
-        from .organism import ensure_organism, training_info
+    if args.command == "params":
+        from .chapters import params as chapter_params
+
+        print(yaml.safe_dump(chapter_params(args.name, args.params, _overrides(args.p)).to_dict(), sort_keys=False), end="")
+    elif args.command == "organism":
+        from .core.organism import ensure_organism, training_info
 
         path = ensure_organism()
         info = training_info(path)
         print(f"{path}  (trained in {info['train_seconds']} s, final loss {info['losses'][-1]:.4f})")
     elif args.command == "chapter":
-        from .book import execute_chapter
+        from .book.build import execute_chapter
 
         print(execute_chapter(args.name, args.params, _overrides(args.p), log=True))
     elif args.command == "sweep":
-        import os
-        import signal
+        from .book.sweep import run_sweep
 
-        from .book import ROOT
-        from .sweep import run_sweep
-
-        def stop(signum, frame):  # let `finally` blocks remove temporary files on `kill`
-            raise KeyboardInterrupt(f"signal {signum}")
-
-        signal.signal(signal.SIGTERM, stop)
-        store = args.store or os.environ.get("MECHLIB_RUN_STORE") or str(ROOT / "_build" / "runs")
-        for row in run_sweep(args.name, args.params, _overrides(args.grid), out_dir=args.out, store=store):
+        for row in run_sweep(args.name, args.params, _overrides(args.grid), out_dir=args.out, store=args.store):
             print(row)
     elif args.command == "check-site":
-        from .site_check import main as check_main
+        from .book.site_check import main as check_main
 
         raise SystemExit(check_main(args.html, args.shots))
     elif args.command == "pdf":
-        from .book import build_pdf
+        from .book.build import build_pdf
 
         print(build_pdf(args.params))
     elif args.command == "build":
-        from .book import build_book
+        from .book.build import build_book
 
         print(build_book(args.params, args.chapters))
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main()

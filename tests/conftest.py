@@ -2,7 +2,10 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from mechlib.char_tokenizer import build_char_tokenizer
+from mechlib.core.char_tokenizer import build_char_tokenizer
+
+# One thread: on a busy 2-core machine torch's default ran up to 10x slower.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")
@@ -22,7 +25,7 @@ def tiny_gpt2_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_model(tiny_gpt2_dir):
-    from mechlib.models import load_model
+    from mechlib.core.models import load_model
 
     return load_model(str(tiny_gpt2_dir), device="cpu")[0]
 
@@ -30,17 +33,61 @@ def tiny_model(tiny_gpt2_dir):
 @pytest.fixture(scope="session")
 def organism():
     """The real embedded organism (trained on first use, then cached)."""
-    from mechlib.models import load_model
-    from mechlib.organism import ORGANISM_NAME
+    from mechlib.core.models import load_model
+    from mechlib.core.organism import ORGANISM_NAME
 
     return load_model(ORGANISM_NAME, device="cpu")[0]
 
 
 @pytest.fixture
 def offline(monkeypatch):
-    from mechlib import hub
+    from mechlib.core import hub
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     hub.hub_reachable.cache_clear()
     yield
     hub.hub_reachable.cache_clear()
+
+
+FIXTURES = __import__("pathlib").Path(__file__).resolve().parent / "fixtures"
+
+
+def gpt2_tokenizer():
+    """GPT-2's real BPE tokenizer, built offline from the vendored files."""
+    from transformers import GPT2TokenizerFast
+
+    files = FIXTURES / "gpt2_tokenizer"
+    return GPT2TokenizerFast(vocab=str(files / "encoder.json"), merges=str(files / "vocab.bpe"))
+
+
+def save_gpt2_shaped(path, n_layer=12, n_embd=48, n_head=4, n_positions=64, seed=0):
+    """A GPT-2-shaped model (GPT-2's tokenizer and depth, small width), random weights."""
+    torch.manual_seed(seed)
+    tok = gpt2_tokenizer()
+    cfg = GPT2Config(vocab_size=len(tok), n_positions=n_positions, n_embd=n_embd, n_layer=n_layer, n_head=n_head,
+                     bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    model = GPT2LMHeadModel(cfg).eval()
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def gpt2_shaped_dir(tmp_path_factory):
+    """12 layers, width 48, GPT-2's 50257-token BPE vocabulary, saved with save_pretrained."""
+    return save_gpt2_shaped(tmp_path_factory.mktemp("gpt2-shaped"))
+
+
+@pytest.fixture
+def isolated_cache(tmp_path, monkeypatch):
+    """A fresh MECHLIB_CACHE that still sees the trained organism (linked, not retrained)."""
+    from mechlib.core.cache import cache_root
+    from mechlib.core.organism import ensure_organism
+
+    organism = ensure_organism(progress=False)
+    root = tmp_path / "cache"
+    (root / "models").mkdir(parents=True)
+    (root / "models" / organism.name).symlink_to(organism)
+    monkeypatch.setenv("MECHLIB_CACHE", str(root))
+    assert cache_root() == root
+    return root

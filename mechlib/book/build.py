@@ -1,0 +1,239 @@
+"""Build the book: execute each chapter with papermill, then render with Jupyter Book.
+
+Chapters run with a parameter set from ``params/``; executed copies land in
+``book/chapters/`` (never committed) and Jupyter Book renders them with execution off.
+A chapter's parameters are validated before its kernel starts, and a failed execution
+leaves no executed notebook behind.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import nbformat
+import yaml
+
+from .. import chapters
+from .paths import project_root
+
+VEGA_BUNDLE = "vega-bundle.js"
+COLAB_BADGE = "../images/colab-badge.svg"
+
+
+def chapter_names() -> list[str]:
+    return chapters.names()
+
+
+def write_vega_bundle(dest: Path | None = None) -> Path:
+    """Vega, Vega-Lite and Vega-Embed in one local script, wrapped in a function scope so
+    its top-level names cannot clash with the theme's scripts; it sets window.vegaEmbed."""
+    import altair as alt
+    import vl_convert
+
+    dest = Path(dest or project_root() / "book" / "_assets" / VEGA_BUNDLE)
+    major_minor = ".".join(alt.VEGALITE_VERSION.split(".")[:2])
+    if dest.is_file() and dest.read_text()[:200].find(f"vega-lite {major_minor}") >= 0:
+        return dest
+    bundle = vl_convert.javascript_bundle(vl_version=major_minor)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_suffix(".tmp")
+    tmp.write_text(f"/* vega-lite {major_minor} bundle from vl-convert {vl_convert.__version__} */\n(function () {{\n{bundle}\n}})();\n")
+    os.replace(tmp, dest)
+    return dest
+
+
+def book_config() -> dict:
+    return yaml.safe_load((project_root() / "_config.yml").read_text())
+
+
+def colab_url(chapter: str) -> str:
+    repo = book_config().get("repository", {})
+    github = repo.get("url", "").replace("https://github.com/", "")
+    return f"https://colab.research.google.com/github/{github}/blob/{repo.get('branch', 'main')}/chapters/{chapter}.ipynb"
+
+
+def tidy_executed(path: Path, chapter: str) -> None:
+    """Hide papermill's injected-parameters cell behind a toggle, drop the superseded
+    defaults cell, and put an Open-in-Colab badge (a local image) under the title."""
+    nb = nbformat.read(path, as_version=4)
+    injected = any("injected-parameters" in c.metadata.get("tags", []) for c in nb.cells)
+    for cell in nb.cells:
+        tags = cell.metadata.setdefault("tags", [])
+        if "injected-parameters" in tags:
+            tags.append("hide-input")
+        elif "parameters" in tags and injected:
+            tags.append("remove-cell")
+    badge = nbformat.v4.new_markdown_cell(f"[![Open in Colab]({COLAB_BADGE})]({colab_url(chapter)})")
+    badge.metadata["tags"] = ["colab-badge"]
+    nb.cells.insert(1, badge)
+    nbformat.write(nb, path)
+
+
+def check_chapter(chapter: str, param_set: str | Path | None = "default", overrides: dict | None = None):
+    """Validated parameters plus the chapter's preflight (model, device, cache, context):
+    everything that can fail without weights fails here, before a kernel starts."""
+    mod = chapters.module(chapter)
+    params = mod.Params.from_set(param_set, overrides)
+    mod.check(params)
+    return params
+
+
+def execute_chapter(
+    chapter: str,
+    param_set: str | Path | None = "default",
+    overrides: dict | None = None,
+    out_dir: Path | None = None,
+    log: bool = False,
+    out_name: str | None = None,
+) -> Path:
+    """Execute one chapter with papermill; return the executed notebook's path.
+
+    The notebook is executed in a private temporary folder (outside anything Jupyter Book
+    reads) and moved into place when complete, so the final name never holds a
+    half-executed notebook, and two runs never share a temporary file."""
+    import papermill
+
+    root = project_root()
+    params = check_chapter(chapter, param_set, overrides)
+    out_dir = Path(out_dir or root / "book" / "chapters")
+    out = out_dir / f"{out_name or chapter}.ipynb"
+    os.environ.setdefault("MECHLIB_RUN_STORE", str(root / "_build" / "runs"))
+    scratch = root / "_build" / ".scratch"
+    scratch.mkdir(parents=True, exist_ok=True)
+    tmpdir = Path(tempfile.mkdtemp(prefix=f"{chapter}-", dir=scratch))
+    tmp = tmpdir / f"{chapter}.ipynb"
+    try:
+        papermill.execute_notebook(
+            str(root / "chapters" / f"{chapter}.ipynb"),
+            str(tmp),
+            parameters={"param_set": None, **params.to_dict()},
+            cwd=str(root),
+            kernel_name="python3",
+            progress_bar=False,
+            log_output=log,
+        )
+        tidy_executed(tmp, chapter)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+    return out
+
+
+def build_book(param_set: str | Path = "default", only: list[str] | None = None, log: bool = False) -> Path:
+    """Execute the chapters (all, or ``only`` these), then ``jupyter-book build``; return
+    the site's index.html."""
+    todo = only or chapter_names()
+    for chapter in todo:  # every chapter's parameters are checked before any runs
+        check_chapter(chapter, param_set)
+    with build_lock(project_root()):
+        write_vega_bundle()
+        for chapter in todo:
+            start = time.time()
+            print(f"[mechlib] executing {chapter} with params {param_set!s}", flush=True)
+            execute_chapter(chapter, param_set, log=log)
+            print(f"[mechlib] {chapter} done in {time.time() - start:.0f} s", flush=True)
+        write_runs_page()
+        return render_site()
+
+
+@contextlib.contextmanager
+def build_lock(root: Path):
+    """One build at a time per folder: a second one fails at once, saying why."""
+    import fcntl
+
+    (root / "_build").mkdir(parents=True, exist_ok=True)
+    with open(root / "_build" / ".build.lock", "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RuntimeError(f"another book build is running in {root} (lock {root / '_build' / '.build.lock'}); "
+                               "wait for it to finish") from None
+        yield
+
+
+def render_site(builder: str = "html") -> Path:
+    """``jupyter-book build`` into a staging folder, then swap it in: an interrupt leaves
+    the previous site whole. Returns the new site's folder (``_build/html``)."""
+    root = project_root()
+    jb = Path(sys.executable).parent / "jupyter-book"
+    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=root / "_build"))
+    try:
+        subprocess.run([str(jb), "build", str(root), "--builder", builder, "--keep-going", "--path-output", str(staging)],
+                       check=True)
+        new = staging / "_build" / builder
+        if not (new / "index.html").is_file():
+            raise RuntimeError(f"jupyter-book build produced no index.html in {new}")
+        final = root / "_build" / builder
+        old = root / "_build" / f".old-{builder}"
+        shutil.rmtree(old, ignore_errors=True)
+        if final.exists():
+            os.replace(final, old)
+        os.replace(new, final)
+        shutil.rmtree(old, ignore_errors=True)
+        return final / "index.html" if builder == "html" else final
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def build_pdf(param_set: str | Path = "default", out: Path | None = None) -> Path:
+    """The whole book as one PDF, offline: Jupyter Book's ``singlehtml`` builder, then
+    headless Chromium prints it (after the charts have drawn). Chapters already executed in
+    ``book/chapters/`` are reused; missing ones are executed first."""
+    from .site_check import CHROMIUM, CHROMIUM_ARGS, serve
+
+    root = project_root()
+    missing = [c for c in chapter_names() if not (root / "book" / "chapters" / f"{c}.ipynb").is_file()]
+    write_vega_bundle()
+    for chapter in missing:
+        execute_chapter(chapter, param_set)
+    write_runs_page()
+    single = render_site("singlehtml")
+    out = Path(out or root / "_build" / "pdf" / "book.pdf")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp.pdf")
+    root_page = yaml.safe_load((root / "_toc.yml").read_text())["root"]
+    # the single page lives at book/intro.html but links its assets from the site root
+    shutil.copy(single / f"{root_page}.html", single / "print.html")
+    server, origin = serve(single)  # over HTTP, as a reader's browser would load it
+    try:
+        subprocess.run(
+            [CHROMIUM, "--headless", *CHROMIUM_ARGS, f"--user-data-dir={root / '_build' / '.chromium'}",
+             "--virtual-time-budget=20000", "--no-pdf-header-footer", f"--print-to-pdf={tmp}",
+             f"{origin}/print.html"],
+            check=True, capture_output=True, timeout=300,
+        )
+        os.replace(tmp, out)
+    finally:
+        server.shutdown()
+        tmp.unlink(missing_ok=True)
+    return out
+
+
+def write_runs_page(store: Path | None = None) -> Path:
+    """``book/runs.md`` from the run store (generated at every build, not committed)."""
+    from .runs import load_runs, runs_page, store_dir
+
+    path = project_root() / "book" / "runs.md"
+    path.write_text(runs_page(load_runs(store or store_dir())))
+    return path
+
+
+def glued_values(executed: Path) -> dict:
+    """The text/plain values a notebook glued, by name (for tests and run records)."""
+    nb = nbformat.read(executed, as_version=4)
+    values = {}
+    for cell in nb.cells:
+        for output in cell.get("outputs", []):
+            meta = output.get("metadata", {}).get("scrapbook", {})
+            if meta.get("name"):
+                data = output.get("data", {})
+                values[meta["name"]] = data.get(meta.get("mime_prefix", "") + "text/plain", data.get("text/plain"))
+    return values
+

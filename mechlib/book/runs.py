@@ -1,0 +1,140 @@
+"""Run records: every chapter execution writes its params, environment, wall time and
+headline metrics as one JSON file in a run store (a directory), atomically.
+
+A record's id is a hash of (chapter, params), so re-running the same parameters replaces
+the record rather than adding a duplicate, and a sweep can tell what is already done.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import tempfile
+import time
+from importlib import metadata
+from pathlib import Path
+
+TRACKED_PACKAGES = ("torch", "transformers", "transformer-lens", "datasets", "peft", "sae-lens", "altair", "papermill")
+
+
+def store_dir() -> Path:
+    """The run store: see :func:`mechlib.book.paths.run_store` (the one rule)."""
+    from .paths import run_store
+
+    return run_store()
+
+
+def run_id(chapter: str, params: dict) -> str:
+    blob = json.dumps({"chapter": chapter, "params": params}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def git_commit(cwd: Path | None = None) -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd or Path(__file__).parent, capture_output=True, text=True, timeout=10)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def versions() -> dict[str, str]:
+    found = {"python": platform.python_version()}
+    for name in TRACKED_PACKAGES:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return found
+
+
+def _jsonable(value):
+    """Numpy / pandas scalars and nested containers to plain JSON types."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if hasattr(value, "item") and callable(value.item):
+        return value.item()
+    return value
+
+
+def write_json_atomic(path: Path, data) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=1, sort_keys=True)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+class Run:
+    """Times a chapter run and records it: ``run = Run(chapter, params)`` at the start,
+    ``run.finish(metrics)`` at the end."""
+
+    def __init__(self, chapter: str, params: dict):
+        self.chapter, self.params = chapter, _jsonable(dict(params))
+        self.id = run_id(chapter, self.params)
+        self.started = time.time()
+
+    def finish(self, metrics: dict, timings: dict | None = None, store: Path | None = None) -> Path:
+        """Write the record. ``metrics`` must be reproducible (same params, same numbers);
+        wall-clock measurements go in ``timings``."""
+        record = {
+            "id": self.id,
+            "chapter": self.chapter,
+            "params": self.params,
+            "metrics": _jsonable(metrics),
+            "timings": _jsonable(timings or {}),
+            "git_commit": git_commit(),
+            "versions": versions(),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.started)),
+            "wall_seconds": round(time.time() - self.started, 2),
+        }
+        return write_json_atomic(Path(store or store_dir()) / self.chapter / f"{self.id}.json", record)
+
+
+def load_runs(store: Path | None = None) -> list[dict]:
+    """Every complete record in the store, oldest first."""
+    root = Path(store or store_dir())
+    records = [json.loads(p.read_text()) for p in root.glob("*/*.json") if not p.name.startswith(".tmp-")]
+    return sorted(records, key=lambda r: (r["started"], r["chapter"]))
+
+
+def is_recorded(chapter: str, params: dict, store: Path | None = None) -> bool:
+    return (Path(store or store_dir()) / chapter / f"{run_id(chapter, _jsonable(dict(params)))}.json").is_file()
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def runs_page(records: list[dict], headline: int = 6) -> str:
+    """Markdown for the book's Runs page: one table row per recorded run."""
+    lines = [
+        "# Runs",
+        "",
+        "Every chapter execution recorded in this build's run store (`_build/runs/`): its parameters'",
+        "hash, when it started, how long it took, the code's git commit, and its first headline metrics.",
+        "The full records (parameters, library versions, all metrics) are the JSON files themselves.",
+        "",
+    ]
+    if not records:
+        return "\n".join(lines + ["No runs are recorded yet.", ""])
+    lines += ["| chapter | run id | model | started (UTC) | wall s | commit | headline metrics |", "|---|---|---|---|---|---|---|"]
+    for r in records:
+        metrics = ", ".join(f"{k} = {_fmt(v)}" for k, v in list(r.get("metrics", {}).items())[:headline] if not isinstance(v, (dict, list)))
+        commit = (r.get("git_commit") or "")[:8]
+        lines.append(
+            f"| {r['chapter']} | `{r['id']}` | {r['params'].get('model', '')} | {r['started']} | {r['wall_seconds']} | `{commit}` | {metrics} |"
+        )
+    return "\n".join(lines + [""])

@@ -1,0 +1,239 @@
+"""Chapter 2, breaking the model layer by layer: a sweep of corruptions, the logit lens,
+generations under corruption, and the numbers the prose quotes."""
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Sequence
+
+import pandas as pd
+from tqdm import tqdm
+
+from ..core.data import make_problems
+from ..core.evaluate import answer_scores, evaluate, greedy_decode
+from ..core.interventions import DEPTH_UNKNOWN, SPEC_HELP, Corruption, activation_stats, corrupted, logit_lens, mean_activations, parse_corruptions
+from ..core.models import load_model
+from . import preflight
+from .base import (
+    ChapterParams,
+    batch_size_field,
+    device_field,
+    difficulties_field,
+    is_int,
+    is_str,
+    list_of,
+    model_field,
+    operators_field,
+    param,
+    prompt_format_field,
+    seed_field,
+)
+
+CHAPTER = "02_layers"
+
+
+def _is_corruption_list(v) -> bool:
+    try:
+        parse_corruptions(list(v) if isinstance(v, tuple) else v, DEPTH_UNKNOWN)
+        return True
+    except (ValueError, TypeError):
+        return False
+
+
+def _explain_corruptions(v) -> str:
+    try:
+        parse_corruptions(list(v) if isinstance(v, tuple) else v, DEPTH_UNKNOWN)
+    except (ValueError, TypeError) as err:
+        return str(err)
+    return SPEC_HELP
+
+
+DEFAULT_CORRUPTIONS = (
+    "none", "skip:*", "skip_last:2", "skip_range:1-2", "repeat:*x2", "repeat:1x3", "permute:1,0,2,3",
+    "permute:0,2,1,3", "permute:0,1,3,2", "permute:3,2,1,0", "ablate:attn*:zero", "ablate:mlp*:zero", "ablate:mlp*:mean",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Params(ChapterParams):
+    chapter = CHAPTER
+    model: str = model_field()
+    device: str = device_field()
+    seed: int = seed_field()
+    batch_size: int = batch_size_field()
+    operators: tuple[str, ...] = operators_field(("+",))
+    difficulties: tuple[str, ...] = difficulties_field(("1x1", "1x2", "2x2"))
+    n_per_cell: int = param(450, is_int(1, 100_000), "an integer in 1..100000 (problems per operator x difficulty cell)")
+    prompt_format: str = prompt_format_field()
+    corruptions: tuple[str, ...] = param(DEFAULT_CORRUPTIONS, _is_corruption_list, _explain_corruptions,
+                                         "corruption specs; '*' stands for every layer")
+    generation_prompts: tuple[str, ...] = param(("12+34=", "7+8=", "99+99=", "5+0=", "57-23=", "123+456="), list_of(is_str),
+                                                "a non-empty list of prompt strings")
+    generation_corruptions: tuple[str, ...] = param(("none", "skip:0", "skip:3", "repeat:1x2", "permute:0,2,1,3", "ablate:mlp1:mean"),
+                                                    _is_corruption_list, _explain_corruptions)
+    max_new_tokens: int = param(8, is_int(1, 256), "an integer in 1..256 (tokens generated per prompt)")
+
+
+@dataclasses.dataclass
+class Result:
+    params: Params
+    n_layers: int
+    problems: pd.DataFrame
+    results: pd.DataFrame  # one row per (corruption, problem)
+    summary: pd.DataFrame  # one row per corruption
+    lens: pd.DataFrame  # logit lens per (difficulty, layer)
+    stats: pd.DataFrame  # activation statistics per layer
+    generations: pd.DataFrame
+    timings: dict
+
+
+def check(params: Params) -> None:
+    """Corruption layers against the model's depth, and every prompt against its context."""
+    spec = preflight.model(params)
+    if spec.n_layers is not None:
+        for name in ("corruptions", "generation_corruptions"):
+            try:
+                parse_corruptions(list(getattr(params, name)), spec.n_layers)
+            except ValueError as err:
+                params.fail(name, f"{err} (model {params.model!r} has {spec.n_layers} layers)")
+    preflight.fits_context(spec, params.operators, params.difficulties, params.prompt_format, chapter=CHAPTER)
+    if spec.n_ctx is not None:
+        tok = spec.tokenizer()
+        longest = max(params.generation_prompts, key=lambda p: len(tok(p, add_special_tokens=False)["input_ids"]))
+        need = len(tok(longest, add_special_tokens=False)["input_ids"]) + params.max_new_tokens
+        if need > spec.n_ctx:
+            params.fail("max_new_tokens", f"the prompt {longest!r} plus {params.max_new_tokens} new tokens needs {need} "
+                                          f"positions, and model {params.model!r} has a context of {spec.n_ctx}")
+
+
+def run(params: Params, progress: bool = False) -> Result:
+    check(params)
+    lm, _ = load_model(params.model, device=params.device)
+    conditions = parse_corruptions(list(params.corruptions), lm.cfg.n_layers)
+    speaking = parse_corruptions(list(params.generation_corruptions), lm.cfg.n_layers)
+    problems = make_problems(params.operators, params.difficulties, params.n_per_cell, params.prompt_format, params.seed).to_pandas()
+    start = time.perf_counter()
+    results = sweep(lm, problems, conditions, batch_size=params.batch_size, progress=progress)
+    sweep_seconds = time.perf_counter() - start
+    return Result(
+        params=params,
+        n_layers=lm.cfg.n_layers,
+        problems=problems,
+        results=results,
+        summary=summarise(results),
+        lens=lens_by_difficulty(lm, problems, batch_size=params.batch_size),
+        stats=activation_stats(lm, problems["prompt"].tolist(), batch_size=params.batch_size),
+        generations=generations(lm, list(params.generation_prompts), speaking, params.max_new_tokens, problems["prompt"].tolist()),
+        timings={"sweep_seconds": round(sweep_seconds, 2)},
+    )
+
+
+def findings(result: Result) -> dict:
+    """Headline numbers, plus the activation statistics (reproducible to the last digit)."""
+    out = layer_findings(result.summary, result.lens, result.n_layers)
+    out.update(n_problems=int(len(result.problems)), n_layers=int(result.n_layers), model=result.params.model)
+    out.update({f"stat_{k}_{int(r['layer'])}": v for r in result.stats.to_dict("records") for k, v in r.items() if k != "layer"})
+    return out
+
+
+def sweep(model, problems: pd.DataFrame, corruptions: Sequence[Corruption], batch_size: int = 512, progress: bool = False) -> pd.DataFrame:
+    """One row per (corruption, problem): greedy answer, error class, answer loss, p(first)."""
+    prompts, targets = problems["prompt"].tolist(), problems["target"].tolist()
+    sites = sorted({(s, l) for c in corruptions for s, l, mode in c.ablations if mode == "mean"})
+    means = mean_activations(model, prompts, sites, batch_size) if sites else {}
+    frames = []
+    for c in tqdm(corruptions, desc="corruptions", disable=not progress):
+        with corrupted(model, c, means) as forward:
+            res = evaluate(model, problems, batch_size=batch_size, forward=forward)
+            scores = answer_scores(model, prompts, targets, batch_size=batch_size, forward=forward)
+        res = pd.concat([res.reset_index(drop=True), scores[["answer_loss", "p_first"]]], axis=1)
+        res.insert(0, "corruption", c.spec)
+        res.insert(1, "family", c.family)
+        res.insert(2, "layer", c.layer)
+        frames.append(res)
+    return pd.concat(frames, ignore_index=True)
+
+
+def summarise(results: pd.DataFrame) -> pd.DataFrame:
+    """Per corruption, in sweep order: accuracy, mean answer loss, mean p(first answer token)."""
+    order = list(dict.fromkeys(results["corruption"]))
+    table = results.groupby("corruption", sort=False).agg(
+        family=("family", "first"),
+        layer=("layer", "first"),
+        accuracy=("correct", "mean"),
+        answer_loss=("answer_loss", "mean"),
+        p_first=("p_first", "mean"),
+    )
+    return table.loc[order].reset_index()
+
+
+def by_difficulty(results: pd.DataFrame) -> pd.DataFrame:
+    """Accuracy per corruption x difficulty (corruptions in sweep order)."""
+    order = list(dict.fromkeys(results["corruption"]))
+    return results.pivot_table(index="corruption", columns="difficulty", values="correct", aggfunc="mean").loc[order]
+
+
+def lens_by_difficulty(model, problems: pd.DataFrame, batch_size: int = 512) -> pd.DataFrame:
+    """Logit-lens p(first answer token), first-token top-1 and teacher-forced exact match,
+    averaged per (difficulty, layer); layer -1 is the embedding."""
+    lens = logit_lens(model, problems["prompt"].tolist(), problems["target"].tolist(), batch_size)
+    lens["difficulty"] = problems["difficulty"].to_numpy()[lens["problem"].to_numpy()]
+    return lens.groupby(["difficulty", "layer"], as_index=False)[["p_first", "top1_first", "tf_correct"]].mean()
+
+
+def generations(model, prompts: Sequence[str], corruptions: Sequence[Corruption], max_new_tokens: int, prompts_for_means: Sequence[str]) -> pd.DataFrame:
+    """Greedy continuations (newlines kept) of each prompt under each corruption: a wide table."""
+    sites = sorted({(s, l) for c in corruptions for s, l, mode in c.ablations if mode == "mean"})
+    means = mean_activations(model, prompts_for_means, sites) if sites else {}
+    table = {"prompt": list(prompts)}
+    for c in corruptions:
+        with corrupted(model, c, means) as forward:
+            table[c.spec] = greedy_decode(model, prompts, max_new_tokens, forward=forward, stop_at_newline=False)
+    return pd.DataFrame(table)
+
+
+def layer_findings(summary: pd.DataFrame, lens: pd.DataFrame, n_layers: int) -> dict:
+    """Headline numbers: the most indispensable layer, where the answer becomes top-1, and
+    what repeating a layer does, all relative to the clean model."""
+    clean = summary.loc[summary["corruption"] == "none", "accuracy"]
+    clean_acc = float(clean.iloc[0]) if len(clean) else float("nan")
+    out: dict = {"clean_acc": clean_acc, "n_conditions": int(len(summary))}
+    skips = summary[(summary["family"] == "skip") & summary["layer"].notna()]
+    if len(skips):
+        worst = skips.sort_values(["accuracy", "layer"]).iloc[0]
+        best = skips.sort_values(["accuracy", "layer"], ascending=[False, True]).iloc[0]
+        out.update(
+            indispensable_layer=int(worst["layer"]),
+            indispensable_acc=float(worst["accuracy"]),
+            dispensable_layer=int(best["layer"]),
+            dispensable_acc=float(best["accuracy"]),
+        )
+    repeats = summary[summary["family"].str.startswith("repeat")]
+    if len(repeats):
+        out.update(
+            repeat_mean_drop=float(clean_acc - repeats["accuracy"].mean()),
+            repeat_best=str(repeats.sort_values("accuracy", ascending=False).iloc[0]["corruption"]),
+            repeat_best_acc=float(repeats["accuracy"].max()),
+            repeat_worst=str(repeats.sort_values("accuracy").iloc[0]["corruption"]),
+            repeat_worst_acc=float(repeats["accuracy"].min()),
+        )
+    overall = lens.groupby("layer")["top1_first"].mean()
+    reached = overall[overall >= 0.5]
+    out["lens_first_top1_layer"] = int(reached.index[0]) if len(reached) else None
+    out["lens_first_top1_text"] = (
+        f"from layer {int(reached.index[0])} on" if len(reached)
+        else "at no layer: it never becomes top-1 for half of the problems"
+    )
+    out["lens_final_top1"] = float(overall.loc[n_layers - 1])
+    out["lens_last_layer_minus_one_top1"] = float(overall.loc[n_layers - 2]) if n_layers >= 2 else None
+    return out
+
+
+def layer_heatmap_table(summary: pd.DataFrame) -> pd.DataFrame:
+    """Accuracy of the per-layer corruptions as family x layer (for the heat map)."""
+    per_layer = summary[summary["layer"].notna()].copy()
+    per_layer["layer"] = per_layer["layer"].astype(int)
+    table = per_layer.pivot_table(index="family", columns="layer", values="accuracy", aggfunc="mean")
+    table.columns.name, table.index.name = "layer", "corruption"
+    return table
+

@@ -1,0 +1,240 @@
+"""Batched scoring of arithmetic problems: greedy answers, exact match, taxonomy, and
+teacher-forced answer loss / probability.
+
+Prompts are grouped by token length, so a batch never needs padding and every position
+id is the one the model saw in training (no left-padding offsets to get wrong).
+``forward`` lets a caller swap the model's forward pass (a layer permutation, say);
+hooks set with ``model.hooks(...)`` around a call apply as usual.
+"""
+from __future__ import annotations
+
+import functools
+from collections import defaultdict
+from collections.abc import Callable, Iterator, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from jaxtyping import Int
+from tqdm import tqdm
+
+from .blocks import BlockOrder
+from .taxonomy import ERROR_CLASSES, classify, parse_answer
+
+Forward = Callable[[torch.Tensor], torch.Tensor]
+
+
+def encode(model, texts: Sequence[str], prepend_bos: bool | None = None) -> list[list[int]]:
+    """Token ids per text, with BOS handled the way ``HookedTransformer.to_tokens`` does."""
+    cfg = model.cfg
+    prepend_bos = cfg.default_prepend_bos if prepend_bos is None else prepend_bos
+    tok = model.tokenizer
+    ids = tok([str(t) for t in texts], add_special_tokens=bool(prepend_bos and cfg.tokenizer_prepends_bos))["input_ids"]
+    if prepend_bos and not cfg.tokenizer_prepends_bos:
+        ids = [[tok.bos_token_id] + row for row in ids]
+    return ids
+
+
+def encode_targets(model, targets: Sequence[str]) -> list[list[int]]:
+    return model.tokenizer(list(targets), add_special_tokens=False)["input_ids"]
+
+
+@functools.lru_cache(maxsize=8)
+def _stop_ids(tokenizer) -> frozenset[int]:
+    """EOS plus every token whose text holds a newline: an answer ends there."""
+    stops = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+    vocab = tokenizer.get_vocab()
+    ids = list(vocab.values())
+    for i, text in zip(ids, tokenizer.batch_decode([[i] for i in ids])):
+        if "\n" in text:
+            stops.add(i)
+    return frozenset(stops)
+
+
+def check_context(model, longest: int, what: str) -> None:
+    """A clear error, not an IndexError deep in the forward pass, when ``longest`` positions
+    do not fit the model's context (``model.cfg.n_ctx``)."""
+    n_ctx = getattr(model.cfg, "n_ctx", None)
+    if n_ctx is not None and longest > n_ctx:
+        raise ValueError(f"{what} needs {longest} positions, and the model's context is {n_ctx}: "
+                         "use shorter prompts or operands, or fewer new tokens (max_new_tokens)")
+
+
+def _buckets(keys: Sequence, batch_size: int):
+    """Indices grouped by key, each group cut into batches of at most batch_size."""
+    groups: dict = defaultdict(list)
+    for i, k in enumerate(keys):
+        groups[k].append(i)
+    for k in sorted(groups):
+        idx = groups[k]
+        for s in range(0, len(idx), batch_size):
+            yield idx[s : s + batch_size]
+
+
+@torch.inference_mode()
+def greedy_decode(
+    model,
+    prompts: Sequence[str],
+    max_new_tokens: int = 8,
+    batch_size: int = 512,
+    forward: Forward | None = None,
+    progress: bool = False,
+    stop_at_newline: bool = True,
+) -> list[str]:
+    """Greedy continuation of each prompt, cut at EOS (or a newline), batched by length.
+
+    ``forward`` defaults to the model itself; a :class:`~mechlib.blocks.BlockOrder` (the
+    default included) decodes with a key/value cache, any other callable recomputes."""
+    prompts = list(prompts)  # a datasets Column iterates slowly
+    prompt_ids = encode(model, prompts)
+    if prompt_ids:
+        longest = max(range(len(prompts)), key=lambda i: len(prompt_ids[i]))
+        check_context(model, len(prompt_ids[longest]) + max_new_tokens - 1,
+                      f"the prompt {prompts[longest]!r} plus max_new_tokens = {max_new_tokens}")
+    stops = _stop_ids(model.tokenizer) if stop_at_newline else frozenset({model.tokenizer.eos_token_id} - {None})
+    device = model.cfg.device
+    stop_tensor = torch.tensor(sorted(stops), device=device)
+    outputs: list[list[int]] = [[] for _ in prompts]
+    batches = list(_buckets([len(p) for p in prompt_ids], batch_size))
+    for idx in tqdm(batches, desc="greedy decode", disable=not progress):
+        tokens = torch.tensor([prompt_ids[i] for i in idx], device=device)
+        step = _stepper(model, forward, len(idx))
+        done = torch.zeros(len(idx), dtype=torch.bool, device=device)
+        new = []
+        nxt = step(tokens)
+        for _ in range(max_new_tokens):
+            new.append(nxt)
+            done |= torch.isin(nxt, stop_tensor)
+            if bool(done.all()) or len(new) == max_new_tokens:
+                break
+            tokens = torch.cat([tokens, nxt[:, None]], dim=1)
+            nxt = step(tokens)
+        generated = torch.stack(new, 1).tolist()
+        for row, i in zip(generated, idx):
+            cut = next((j for j, t in enumerate(row) if t in stops), len(row))
+            outputs[i] = row[:cut]
+    return model.tokenizer.batch_decode(outputs, skip_special_tokens=True)
+
+
+def _stepper(model, forward, batch: int):
+    """Next-token argmax. Block orders (the model's own included) keep a key/value cache
+    and feed only unseen tokens; any other forward recomputes the whole sequence."""
+    if forward is None:
+        forward = BlockOrder(model, range(model.cfg.n_layers))
+    if not isinstance(forward, BlockOrder):
+        return lambda tokens: forward(tokens)[:, -1].argmax(-1)
+    cache = forward.new_cache(batch)
+    seen = 0
+
+    def step(tokens):
+        nonlocal seen
+        logits = forward(tokens[:, seen:], cache=cache)
+        seen = tokens.shape[1]
+        return logits[:, -1].argmax(-1)
+
+    return step
+
+
+@torch.inference_mode()
+def generate_one_by_one(model, prompts: Sequence[str], max_new_tokens: int = 8) -> list[str]:
+    """Reference decoder: TransformerLens ``generate`` (KV cache), one prompt at a time.
+
+    Slow; the benchmark and the tests compare :func:`greedy_decode` with it."""
+    stops = _stop_ids(model.tokenizer)
+    outs = []
+    for p in prompts:
+        tokens = model.to_tokens(p)
+        gen = model.generate(tokens, max_new_tokens=max_new_tokens, do_sample=False, stop_at_eos=True, verbose=False)
+        new = gen[0, tokens.shape[1] :].tolist()
+        cut = next((j for j, t in enumerate(new) if t in stops), len(new))
+        outs.append(model.tokenizer.decode(new[:cut], skip_special_tokens=True))
+    return outs
+
+
+def score_answers(df: pd.DataFrame, outputs: Sequence[str]) -> pd.DataFrame:
+    """Attach output, parsed prediction, correctness and error class to a problem table."""
+    out = df.copy()
+    out["output"] = list(outputs)
+    preds = [parse_answer(t) for t in outputs]
+    out["pred"] = pd.array(preds, dtype="Int64")
+    out["error"] = [classify(a, op, b, p) for a, op, b, p in zip(out["a"], out["op"], out["b"], preds)]
+    out["correct"] = out["error"] == "correct"
+    return out
+
+
+def evaluate(
+    model,
+    problems,
+    max_new_tokens: int | None = None,
+    batch_size: int = 512,
+    forward: Forward | None = None,
+    progress: bool = False,
+) -> pd.DataFrame:
+    """One row per problem: the problem's columns plus output, pred, error, correct."""
+    df = problems.to_pandas() if hasattr(problems, "to_pandas") else pd.DataFrame(problems)
+    if max_new_tokens is None:
+        max_new_tokens = max(len(t) for t in encode_targets(model, df["target"])) + 2
+    outputs = greedy_decode(model, df["prompt"].tolist(), max_new_tokens, batch_size, forward, progress)
+    return score_answers(df, outputs)
+
+
+def teacher_forced_batches(
+    model, prompts: Sequence[str], targets: Sequence[str], batch_size: int = 512
+) -> Iterator[tuple[list[int], Int[torch.Tensor, "batch seq"], int, int]]:
+    """The one teacher-forcing loop: yield (row indices, prompt+answer tokens, prompt length,
+    answer length) per batch of problems with equal prompt and answer token lengths, so no
+    batch needs padding. Positions ``plen - 1 .. plen + tlen - 2`` predict the answer."""
+    p_ids, t_ids = encode(model, prompts), encode_targets(model, targets)
+    if p_ids:
+        i = max(range(len(p_ids)), key=lambda j: len(p_ids[j]) + len(t_ids[j]))
+        check_context(model, len(p_ids[i]) + len(t_ids[i]), f"the prompt {prompts[i]!r} with its answer {targets[i]!r}")
+    for idx in _buckets([(len(p), len(t)) for p, t in zip(p_ids, t_ids)], batch_size):
+        plen, tlen = len(p_ids[idx[0]]), len(t_ids[idx[0]])
+        tokens = torch.tensor([p_ids[i] + t_ids[i] for i in idx], device=model.cfg.device)
+        yield idx, tokens, plen, tlen
+
+
+@torch.inference_mode()
+def answer_scores(
+    model,
+    prompts: Sequence[str],
+    targets: Sequence[str],
+    batch_size: int = 512,
+    forward: Forward | None = None,
+) -> pd.DataFrame:
+    """Teacher-forced scores of the target answer, per problem.
+
+    ``answer_loss``: mean cross-entropy over the answer tokens; ``p_first``: probability of
+    the first answer token; ``tf_correct``: every answer token is the argmax."""
+    forward = forward or model
+    loss = np.zeros(len(prompts))
+    p_first = np.zeros(len(prompts))
+    tf_correct = np.zeros(len(prompts), dtype=bool)
+    for idx, tokens, plen, tlen in teacher_forced_batches(model, prompts, targets, batch_size):
+        logp = forward(tokens)[:, plen - 1 : plen + tlen - 1].float().log_softmax(-1)
+        tgt = tokens[:, plen:]
+        tok_logp = logp.gather(-1, tgt[..., None])[..., 0]
+        loss[idx] = (-tok_logp.mean(1)).cpu().numpy()
+        p_first[idx] = tok_logp[:, 0].exp().cpu().numpy()
+        tf_correct[idx] = (logp.argmax(-1) == tgt).all(1).cpu().numpy()
+    return pd.DataFrame({"answer_loss": loss, "p_first": p_first, "tf_correct": tf_correct})
+
+
+def accuracy_table(results: pd.DataFrame, index: str = "op", columns: str = "difficulty") -> pd.DataFrame:
+    """Exact-match accuracy (0..1) by operator x difficulty."""
+    return results.pivot_table(index=index, columns=columns, values="correct", aggfunc="mean").sort_index(axis=1)
+
+
+def error_table(results: pd.DataFrame, by: Sequence[str] = ("op", "difficulty")) -> pd.DataFrame:
+    """Share of each error class within each group (rows sum to 1), classes in taxonomy order."""
+    counts = results.groupby(list(by))["error"].value_counts(normalize=True).unstack(fill_value=0.0)
+    return counts.reindex(columns=[c for c in ERROR_CLASSES if c in counts.columns])
+
+
+def typical_errors(results: pd.DataFrame, per_class: int = 3) -> pd.DataFrame:
+    """A few wrong answers of each class per operator, deterministic (first by row order)."""
+    wrong = results[~results["correct"]]
+    cols = ["op", "difficulty", "prompt", "target", "output", "error"]
+    table = wrong.groupby(["op", "error"], sort=True).head(per_class)[cols].reset_index(drop=True)
+    table["output"] = table["output"].map(repr)  # shows '' and stray spaces
+    return table

@@ -1,0 +1,319 @@
+"""Supervised LoRA fine-tuning (peft) on arithmetic problems, with the loss on the answer.
+
+The recipe: train LoRA adapters on the attention and MLP weights with problems of the new
+skill (plus, optionally, a share of "replay" problems of a skill the model already has),
+evaluate a held-out set that never appears in training in either operand order, record
+the loss curve and held-out accuracy, merge the adapters, and save the merged model as a
+Hugging Face checkpoint under a stable name in the cache, where :func:`mechlib.models.load_model`
+finds it by that name.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from peft import LoraConfig, get_peft_model
+from tqdm import tqdm
+
+from . import data
+from .cache import finetuned_dir
+from .models import load_hf, write_source
+from .organism import encode_supervised
+
+# The one definition of each numeric bound; the chapter's parameters use these too.
+BOUNDS = {
+    "replay_fraction": (0.0, 0.95),
+    "heldout_fraction": (0.01, 0.5),
+    "steps": (1, 1_000_000),
+    "batch_size": (1, 65536),
+    "lr": (1e-6, 0.1),
+    "rank": (1, 1024),
+    "alpha": (1, 4096),
+    "eval_every": (1, 100_000),
+}
+# A version of the training code: bump it when a change alters the weights for one recipe,
+# so caches never serve weights that the current code would not produce.
+TRAINING_CODE_VERSION = 2
+
+
+@dataclasses.dataclass(frozen=True)
+class FinetuneRecipe:
+    """Everything that determines the fine-tuned weights; its hash is part of the cache key."""
+
+    base: str = "arith-organism"
+    operators: tuple[str, ...] = ("-",)
+    difficulties: tuple[str, ...] = ("1x1", "1x2", "2x2")
+    replay_operators: tuple[str, ...] = ("+",)
+    replay_fraction: float = 0.5
+    prompt_format: str = "bare"
+    heldout_fraction: float = 0.1
+    steps: int = 1600
+    batch_size: int = 128
+    lr: float = 3e-3
+    rank: int = 32
+    alpha: int = 64
+    target_modules: tuple[str, ...] = ("c_attn", "c_proj", "c_fc")
+    eval_every: int = 50
+    seed: int = 0
+
+    def key(self) -> str:
+        """Hash of the recipe, the training code's version and the base's tokenizer."""
+        from .models import tokenizer_fingerprint
+
+        blob = json.dumps({"recipe": dataclasses.asdict(self), "code": TRAINING_CODE_VERSION,
+                           "tokenizer": tokenizer_fingerprint(self.base)}, sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:10]
+
+    def validate(self) -> FinetuneRecipe:
+        data.validate_problem_args(list(self.operators), list(self.difficulties), 1, self.prompt_format)
+        if self.replay_operators:
+            data.validate_problem_args(list(self.replay_operators), list(self.difficulties), 1, self.prompt_format)
+        bad = [k for k, (lo, hi) in BOUNDS.items() if not lo <= getattr(self, k) <= hi]
+        if bad:
+            raise ValueError(f"fine-tuning parameter(s) {bad} out of range: {[(k, getattr(self, k)) for k in bad]}")
+        return self
+
+
+def default_name(recipe: FinetuneRecipe) -> str:
+    ops = "".join({"+": "add", "-": "sub", "*": "mul"}[op] for op in recipe.operators)
+    base = Path(recipe.base).name if Path(recipe.base).exists() else recipe.base.replace("/", "_")
+    return f"{base}-lora-{ops}"
+
+
+def all_problems(operators: Sequence[str], difficulties: Sequence[str], prompt_format: str) -> pd.DataFrame:
+    """Every problem of the cells (capped at 20,000 per cell), deterministic order."""
+    return data.make_problems(list(operators), list(difficulties), 20_000, prompt_format, seed=0).to_pandas()
+
+
+def split_heldout(problems: pd.DataFrame, fraction: float, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(train, held-out), split by unordered problem so neither operand order leaks."""
+    keys = sorted({data.pair_key(a, op, b) for a, op, b in zip(problems.a, problems.op, problems.b)})
+    rng = np.random.default_rng(seed)
+    held = {k for k, r in zip(keys, rng.random(len(keys))) if r < fraction}
+    is_held = np.array([data.pair_key(a, op, b) in held for a, op, b in zip(problems.a, problems.op, problems.b)], dtype=bool)
+    return problems[~is_held].reset_index(drop=True), problems[is_held].reset_index(drop=True)
+
+
+def continuation_tokens(tokenizer) -> torch.Tensor:
+    """A bool per vocabulary id: does the token's text continue a number (starts with a
+    digit or a comma)? Anything else after the answer ends it, as the scorer reads it."""
+    vocab = tokenizer.get_vocab()
+    out = torch.zeros(max(vocab.values()) + 1, dtype=torch.bool)
+    ids = sorted(vocab.values())
+    for i, text in zip(ids, tokenizer.batch_decode([[i] for i in ids])):
+        out[i] = bool(text) and (text[0].isdigit() or text[0] == ",")
+    return out
+
+
+@torch.no_grad()
+def teacher_forced_accuracy(model, ids, mask, labels, continues: torch.Tensor | None = None, batch_size: int = 1024) -> np.ndarray:
+    """Per row: greedy exact match, teacher-forced. Every answer token must be the argmax,
+    and the argmax after the answer must end the number: end-of-text for the organism, but a
+    newline or a period (anything in ``continues`` that is False) counts too, as it does for
+    greedy decoding scored by :func:`mechlib.core.taxonomy.parse_answer`. Without
+    ``continues``, the end-of-text token itself is required."""
+    out = []
+    for s in range(0, len(ids), batch_size):
+        logits = model(input_ids=ids[s : s + batch_size], attention_mask=mask[s : s + batch_size]).logits
+        pred, lab = logits[:, :-1].argmax(-1), labels[s : s + batch_size, 1:]
+        scored = lab != -100
+        last = scored.long().cumsum(1) == scored.sum(1, keepdim=True)  # the end-of-text label and after
+        is_end = scored & last
+        answer_ok = ((pred == lab) | ~scored | is_end).all(1)
+        if continues is None:
+            end_ok = ((pred == lab) | ~is_end).all(1)
+        else:
+            end_ok = (~continues.to(pred.device)[pred] | ~is_end).all(1)
+        out.append((answer_ok & end_ok).cpu().numpy())
+    return np.concatenate(out)
+
+
+def lora_model(hf_model, recipe: FinetuneRecipe):
+    """Wrap the model with LoRA adapters; only the adapter weights require gradients."""
+    config = LoraConfig(
+        r=recipe.rank,
+        lora_alpha=recipe.alpha,
+        target_modules=list(recipe.target_modules),
+        lora_dropout=0.0,
+        bias="none",
+        fan_in_fan_out=hf_model.config.model_type == "gpt2",
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(hf_model, config)
+
+
+def train(recipe: FinetuneRecipe, progress: bool = True, device: str = "cpu"):
+    """Fine-tune; return (merged HF model, tokenizer, history DataFrame, split dict)."""
+    recipe.validate()
+    torch.manual_seed(recipe.seed)
+    hf_model, tokenizer, _ = load_hf(recipe.base, device=device)
+    new = all_problems(recipe.operators, recipe.difficulties, recipe.prompt_format)
+    train_new, held_new = split_heldout(new, recipe.heldout_fraction, recipe.seed)
+    old = all_problems(recipe.replay_operators, recipe.difficulties, recipe.prompt_format) if recipe.replay_operators else new.iloc[:0]
+    train_old, held_old = split_heldout(old, recipe.heldout_fraction, recipe.seed)
+
+    parts = [train_new, train_old, held_new, held_old]
+    everything = pd.concat(parts, ignore_index=True)  # one encoding, so every part has one width
+    ids, mask, labels = (t.to(device) for t in encode_supervised(tokenizer, everything.prompt.tolist(), everything.target.tolist()))
+    bounds = np.cumsum([0] + [len(p) for p in parts])
+    tr_new, tr_old, ev_new, ev_old = (
+        (ids[a:b], mask[a:b], labels[a:b]) if b > a else None for a, b in zip(bounds[:-1], bounds[1:])
+    )
+    w_new, w_old = cell_weights(train_new), cell_weights(train_old)
+
+    model = lora_model(hf_model, recipe)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=recipe.lr, weight_decay=0.0)
+    rng = np.random.default_rng(recipe.seed)
+    n_old = int(round(recipe.batch_size * recipe.replay_fraction)) if tr_old is not None else 0
+    history = []
+    start = time.time()
+
+    continues = continuation_tokens(tokenizer)
+
+    def record(step: int, loss: float | None):
+        model.eval()
+        row = {"step": step, "loss": loss, "heldout_acc_new": float(teacher_forced_accuracy(model, *ev_new, continues).mean())}
+        if ev_old is not None:
+            row["heldout_acc_old"] = float(teacher_forced_accuracy(model, *ev_old, continues).mean())
+        history.append(row)
+        model.train()
+
+    record(0, None)
+    model.train()
+    for step in tqdm(range(1, recipe.steps + 1), desc="LoRA fine-tuning", disable=not progress, mininterval=2):
+        lr = recipe.lr * min(1.0, step / 50) * 0.5 * (1 + np.cos(np.pi * step / recipe.steps))
+        for group in opt.param_groups:
+            group["lr"] = lr
+        batch = _sample(tr_new, w_new, recipe.batch_size - n_old, rng)
+        if n_old:
+            batch = tuple(torch.cat(pair) for pair in zip(batch, _sample(tr_old, w_old, n_old, rng)))
+        ids, mask, labels = batch
+        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if step % recipe.eval_every == 0 or step == recipe.steps:
+            record(step, round(loss.item(), 6))
+        else:
+            history.append({"step": step, "loss": round(loss.item(), 6)})
+    train_seconds = time.time() - start
+    model.eval()
+    merged = model.merge_and_unload()
+    split = {"train_new": train_new, "heldout_new": held_new, "train_old": train_old, "heldout_old": held_old}
+    hist = pd.DataFrame(history)
+    hist.attrs["train_seconds"] = train_seconds
+    return merged, tokenizer, hist, split
+
+
+def cell_weights(problems: pd.DataFrame) -> np.ndarray:
+    """Sampling weights giving every (operator, difficulty) cell the same mass, so the small
+    1x1 and 1x2 cells are not drowned by the 2x2 one."""
+    if not len(problems):
+        return np.zeros(0)
+    sizes = problems.groupby(["op", "difficulty"])["a"].transform("size").to_numpy()
+    w = 1.0 / sizes
+    return w / w.sum()
+
+
+def _sample(tensors, weights: np.ndarray, n: int, rng: np.random.Generator):
+    rows = torch.from_numpy(rng.choice(len(tensors[0]), n, p=weights))
+    return tuple(t[rows] for t in tensors)
+
+
+def save_finetuned(merged, tokenizer, history: pd.DataFrame, split: dict, recipe: FinetuneRecipe, name: str) -> Path:
+    """Save the merged model, tokenizer, history and held-out problems, atomically."""
+    out = finetuned_dir(name)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=out.parent))
+    try:
+        merged.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        write_source(tmp, recipe.base, recipe=dataclasses.asdict(recipe), recipe_key=recipe.key())
+        history.to_json(tmp / "history.json", orient="records")
+        (tmp / "train_seconds.txt").write_text(f"{history.attrs.get('train_seconds', 0):.1f}\n")
+        for part in ("heldout_new", "heldout_old"):
+            split[part].to_parquet(tmp / f"{part}.parquet")
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def is_current(name: str, recipe: FinetuneRecipe) -> bool:
+    meta = finetuned_dir(name) / "mechlib_source.json"
+    return meta.is_file() and json.loads(meta.read_text()).get("recipe_key") == recipe.key()
+
+
+def ensure_finetuned(recipe: FinetuneRecipe, name: str | None = None, progress: bool = True, device: str = "cpu") -> Path:
+    """The fine-tuned checkpoint for this recipe, training it if the cache lacks it."""
+    name = name or default_name(recipe)
+    if not is_current(name, recipe):
+        merged, tok, hist, split = train(recipe, progress=progress, device=device)
+        save_finetuned(merged, tok, hist, split, recipe, name)
+    return finetuned_dir(name)
+
+
+def load_history(path: Path) -> pd.DataFrame:
+    return pd.read_json(Path(path) / "history.json", orient="records")
+
+
+def load_heldout(path: Path) -> pd.DataFrame:
+    """Both held-out sets (new skill and replayed skill) saved with a fine-tune."""
+    parts = [pd.read_parquet(Path(path) / f"{p}.parquet") for p in ("heldout_new", "heldout_old")]
+    return pd.concat(parts, ignore_index=True)
+
+
+def train_seconds(path: Path) -> float:
+    return float((Path(path) / "train_seconds.txt").read_text())
+
+
+def recipe_from_params(params: dict) -> FinetuneRecipe:
+    """The chapter's parameters as a recipe (validated)."""
+    fields = {f.name for f in dataclasses.fields(FinetuneRecipe)}
+    kw = {k: tuple(v) if isinstance(v, list) else v for k, v in params.items() if k in fields}
+    kw["base"] = params["model"]
+    kw["batch_size"] = params["lora_batch_size"]
+    return FinetuneRecipe(**kw).validate()
+
+
+def before_after(models: dict, problems: pd.DataFrame, batch_size: int = 512) -> pd.DataFrame:
+    """Evaluate each model (name -> HookedTransformer) on the same problems, stacked."""
+    from .evaluate import evaluate
+
+    frames = [evaluate(m, problems, batch_size=batch_size).assign(model=name) for name, m in models.items()]
+    return pd.concat(frames, ignore_index=True)
+
+
+def findings(results: pd.DataFrame, new_ops: Sequence[str], before: str = "before", after: str = "after") -> dict:
+    """Gains on the new skill and costs on the old ones, per difficulty, in points (0..100)."""
+    acc = results.pivot_table(index=["op", "difficulty"], columns="model", values="correct", aggfunc="mean")
+    delta = (acc[after] - acc[before]) * 100
+    new = delta[delta.index.get_level_values("op").isin(new_ops)]
+    old = delta[~delta.index.get_level_values("op").isin(new_ops)]
+    out = {
+        "best_gain_points": float(new.max()),
+        "best_gain_cell": " ".join(new.idxmax()),
+        "new_acc_before": float(results[(results.model == before) & results.op.isin(new_ops)].correct.mean()),
+        "new_acc_after": float(results[(results.model == after) & results.op.isin(new_ops)].correct.mean()),
+    }
+    if len(old):
+        out.update(
+            worst_cost_points=float(-old.min()) + 0.0,  # + 0.0 turns -0.0 into 0.0
+            worst_cost_cell=" ".join(old.idxmin()),
+            old_acc_before=float(results[(results.model == before) & ~results.op.isin(new_ops)].correct.mean()),
+            old_acc_after=float(results[(results.model == after) & ~results.op.isin(new_ops)].correct.mean()),
+        )
+    return out

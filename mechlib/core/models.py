@@ -1,0 +1,252 @@
+"""Load a model for experiments, by name or by path, as a TransformerLens model.
+
+One entry point, :func:`load_model`, for all three kinds of source:
+
+* ``"arith-organism"``: the embedded model organism (trained and cached on first use);
+* a local directory holding a Hugging Face checkpoint (``save_pretrained`` output);
+* the name of a fine-tune saved by :mod:`mechlib.finetune` (``arith-organism-lora-sub``);
+* a Hub name such as ``"gpt2"`` or ``"google/gemma-2-2b"`` (needs the Hub, or its cache).
+
+GPT-2-architecture checkpoints (the organism, local GPT-2s, fine-tunes of them) are
+converted by hand into a ``HookedTransformer`` with TransformerLens's own weight
+conversion and the same weight processing as ``HookedTransformer.from_pretrained``.
+Weights load from safetensors; ``trust_remote_code`` stays off.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import io
+import json
+from pathlib import Path
+
+import torch
+from transformer_lens import HookedTransformer, HookedTransformerConfig
+from transformer_lens.pretrained.weight_conversions.gpt2 import convert_gpt2_weights
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+from transformers.utils import logging as hf_logging
+
+from .cache import finetuned_dir
+from .char_tokenizer import build_char_tokenizer
+from .hub import require_hub
+from .organism import ORGANISM_NAME, OrganismRecipe, ensure_organism, organism_dir
+
+SOURCE_FILE = "mechlib_source.json"
+
+
+def resolve_device(device: str | None) -> str:
+    """'auto' -> CUDA when present, else CPU. Asking for a device this machine lacks fails
+    here, before any model loads, and says what to use instead."""
+    if device in (None, "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device not in ("cpu", "cuda", "mps") and not str(device).startswith("cuda:"):
+        raise ValueError(f"device {device!r} is not one of 'auto', 'cpu', 'cuda', 'cuda:N', 'mps'")
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r}: this machine has no CUDA GPU (or torch was built without CUDA); "
+                         "use device 'auto' (CUDA when present, else CPU) or 'cpu'")
+    if device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ValueError("device 'mps': Apple's Metal backend is not available here; use device 'auto' or 'cpu'")
+    return device
+
+
+def _hub_cached(name: str) -> bool:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        return isinstance(try_to_load_from_cache(name, "config.json"), str)
+    except Exception:
+        return False
+
+
+def resolve_source(name_or_path: str | Path) -> tuple[str, bool]:
+    """(what to pass to from_pretrained, whether it is a local directory).
+
+    A Hub name that is neither cached nor reachable fails here, before any work."""
+    name = str(name_or_path)
+    if name == ORGANISM_NAME:
+        return str(ensure_organism()), True
+    if "/" not in name and (finetuned_dir(name) / "config.json").is_file():
+        return str(finetuned_dir(name)), True
+    return _resolve_path_or_hub(name)
+
+
+def _resolve_path_or_hub(name: str) -> tuple[str, bool]:
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ValueError(f"model={name!r} is a directory without a config.json; expected save_pretrained output")
+        return str(path), True
+    if path.suffix or name.startswith((".", "/", "~")):
+        raise ValueError(f"model={name!r} looks like a path, and no such directory exists")
+    if not _hub_cached(name):
+        require_hub(
+            "model",
+            name,
+            "Download it where you have internet (`hf download "
+            f"{name} --include '*.json' '*.safetensors' '*.txt' --local-dir DIR`), copy DIR here and pass model='DIR'; or use "
+            f"model={ORGANISM_NAME!r}, the embedded model organism that runs offline.",
+        )
+    return name, False
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """What can be known of a model without loading its weights."""
+
+    name: str
+    n_layers: int | None
+    n_ctx: int | None
+    source: str  # directory, or Hub name
+    local: bool
+
+    def tokenizer(self):
+        """The model's tokenizer (cheap: no weights)."""
+        if self.name == ORGANISM_NAME and not Path(self.source, "tokenizer.json").is_file():
+            return build_char_tokenizer()
+        kwargs = {"local_files_only": True} if self.local or _hub_cached(self.source) else {}
+        return AutoTokenizer.from_pretrained(self.source, **kwargs)
+
+
+def model_spec(name_or_path: str | Path) -> ModelSpec:
+    """Depth and context length from the recipe or ``config.json``, never from weights.
+
+    The organism's come from its recipe, so this does not train it; a Hub name offline
+    fails at once (HubUnavailableError), as :func:`load_model` would."""
+    name = str(name_or_path)
+    if name == ORGANISM_NAME:
+        recipe = OrganismRecipe()
+        return ModelSpec(name, recipe.n_layer, recipe.n_positions, str(organism_dir(recipe)), True)
+    if "/" not in name and (finetuned_dir(name) / "config.json").is_file():
+        source, local = str(finetuned_dir(name)), True
+    else:
+        source, local = _resolve_path_or_hub(name)
+    if local:
+        config = json.loads((Path(source) / "config.json").read_text())
+    else:
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(source, "config.json")
+        config = json.loads(Path(cached).read_text()) if isinstance(cached, str) else {}
+    n_layers = config.get("n_layer", config.get("num_hidden_layers"))
+    n_ctx = config.get("n_positions", config.get("max_position_embeddings"))
+    return ModelSpec(name, n_layers, n_ctx, source, local)
+
+
+def tokenizer_fingerprint(name_or_path: str | Path) -> str:
+    """A short hash of a model's tokenizer files (or of the organism's built-in tokenizer),
+    so cached fine-tunes are keyed on the tokenizer they were trained with."""
+    import hashlib
+
+    name = str(name_or_path)
+    if name == ORGANISM_NAME:
+        blob = build_char_tokenizer().backend_tokenizer.to_str().encode()
+    else:
+        path = Path(name).expanduser()
+        if not path.is_dir() and "/" not in name and (finetuned_dir(name) / "config.json").is_file():
+            path = finetuned_dir(name)
+        files = sorted(path.glob("tokenizer*.json")) + sorted(path.glob("vocab*")) + sorted(path.glob("merges*")) if path.is_dir() else []
+        blob = b"".join(f.read_bytes() for f in files) or name.encode()
+    return hashlib.sha256(blob).hexdigest()[:12]
+
+
+def load_hf(name_or_path: str | Path, device: str | None = "cpu", dtype: torch.dtype = torch.float32):
+    """(Hugging Face causal LM, tokenizer, resolved source), for training with peft."""
+    source, local = resolve_source(name_or_path)
+    kwargs = {"local_files_only": True} if local or _hub_cached(source) else {}
+    hf_logging.disable_progress_bar()
+    try:
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, use_safetensors=True, **kwargs)
+    except Exception as err:  # a truncated or corrupt file fails deep in safetensors: say which and what to do
+        from safetensors import SafetensorError
+
+        if not (isinstance(err, SafetensorError) or "deserializ" in str(err) or "safetensors" in str(err).lower()):
+            raise
+        weights = Path(source) / "model.safetensors" if local else source
+        fix = ("delete that folder and it is trained again on next use" if str(name_or_path) == ORGANISM_NAME
+               else "download or save the checkpoint again")
+        raise ValueError(f"model={str(name_or_path)!r}: the weights at {str(weights)!r} cannot be read "
+                         f"({type(err).__name__}: {err}); the file is truncated or corrupt: {fix}") from None
+    tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+    return model.to(resolve_device(device)).eval(), tokenizer, source
+
+
+def hooked_config_from_gpt2(hf_config, model_name: str) -> HookedTransformerConfig:
+    """The TransformerLens config of a Hugging Face GPT-2 config."""
+    return HookedTransformerConfig(
+        model_name=model_name,
+        d_model=hf_config.n_embd,
+        d_head=hf_config.n_embd // hf_config.n_head,
+        n_heads=hf_config.n_head,
+        d_mlp=hf_config.n_inner or 4 * hf_config.n_embd,
+        n_layers=hf_config.n_layer,
+        n_ctx=hf_config.n_positions,
+        d_vocab=hf_config.vocab_size,
+        eps=hf_config.layer_norm_epsilon,
+        # gelu_new is the tanh GELU; torch's fused kernel computes the same function in one op
+        act_fn="gelu_pytorch_tanh" if hf_config.activation_function == "gelu_new" else hf_config.activation_function,
+        normalization_type="LN",
+        positional_embedding_type="standard",
+        scale_attn_by_inverse_layer_idx=hf_config.scale_attn_by_inverse_layer_idx,
+        original_architecture="GPT2LMHeadModel",
+        default_prepend_bos=True,
+    )
+
+
+def hooked_from_hf_gpt2(hf_model: PreTrainedModel, tokenizer, model_name: str, device: str = "cpu") -> HookedTransformer:
+    """Convert an in-memory HF GPT-2 into a HookedTransformer (fold LN, centre weights)."""
+    cfg = hooked_config_from_gpt2(hf_model.config, model_name)
+    cfg.device = device
+    with _quiet():
+        model = HookedTransformer(cfg, tokenizer=tokenizer)
+        state_dict = convert_gpt2_weights(hf_model.float().cpu(), cfg)
+        model.load_and_process_state_dict(
+            state_dict, fold_ln=True, center_writing_weights=True, center_unembed=True, fold_value_biases=True
+        )
+        return model.to(device).eval()
+
+
+def _quiet():
+    """TransformerLens prints 'Moving model to device' and the like; keep chapters clean."""
+    return contextlib.redirect_stdout(io.StringIO())
+
+
+def load_model(name_or_path: str | Path = ORGANISM_NAME, device: str | None = "auto", dtype: str = "float32"):
+    """(HookedTransformer, tokenizer) for the organism, a local checkpoint or a Hub name.
+
+    A local directory may hold ``mechlib_source.json`` naming the TransformerLens model it
+    was derived from (a LoRA merge of gemma, say), for architectures other than GPT-2."""
+    device = resolve_device(device)
+    if dtype not in ("float32", "float16", "bfloat16"):
+        raise ValueError(f"dtype {dtype!r} is not one of 'float32', 'float16', 'bfloat16'")
+    source, local = resolve_source(name_or_path)
+    name = str(name_or_path)
+    if not local:
+        with _quiet():
+            model = HookedTransformer.from_pretrained(source, device=device, dtype=dtype)
+        return model.eval(), model.tokenizer
+    hf_model, tokenizer, _ = load_hf(source, device="cpu")
+    if hf_model.config.model_type == "gpt2":
+        model = hooked_from_hf_gpt2(hf_model, tokenizer, name, device)
+        with _quiet():
+            model = model.to(getattr(torch, dtype))
+        return model, model.tokenizer
+    base = _source_base(Path(source))
+    if base is None:
+        raise ValueError(
+            f"model={name!r} is a local {hf_model.config.model_type!r} checkpoint; mechlib converts local "
+            f"GPT-2 checkpoints itself, and for other architectures needs {SOURCE_FILE} in the directory "
+            'naming the TransformerLens model it derives from, e.g. {"base": "google/gemma-2-2b"}'
+        )
+    with _quiet():
+        model = HookedTransformer.from_pretrained(base, hf_model=hf_model, tokenizer=tokenizer, device=device, dtype=dtype)
+    return model.eval(), model.tokenizer
+
+
+def _source_base(path: Path) -> str | None:
+    meta = path / SOURCE_FILE
+    return json.loads(meta.read_text()).get("base") if meta.is_file() else None
+
+
+def write_source(path: Path, base: str, **extra) -> None:
+    """Record which model a saved checkpoint derives from (used by :func:`load_model`)."""
+    (Path(path) / SOURCE_FILE).write_text(json.dumps({"base": base, **extra}, indent=1))

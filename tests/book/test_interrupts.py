@@ -1,0 +1,80 @@
+"""Interrupts and concurrency lose nothing: SIGTERM cleans up, one build at a time, and an
+interrupted site render leaves the previous site whole."""
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from mechlib.book import build
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.slow
+def test_sigterm_to_a_chapter_leaves_no_temporary_notebook(tiny_gpt2_dir, tmp_path):
+    scratch = ROOT / "_build" / ".scratch"
+    before = set(scratch.glob("*")) if scratch.exists() else set()
+    out = tmp_path / "out"
+    env = {**os.environ, "MECHLIB_RUN_STORE": str(tmp_path / "runs")}
+    code = ("import sys; from mechlib.cli import main; from mechlib.book import build; "
+            "build.execute_chapter('01_baseline', 'tiny', {'model': sys.argv[1], 'device': 'cpu'}, out_dir=sys.argv[2])")
+    cmd = [sys.executable, "-c", f"import signal, sys; from mechlib.cli import _on_sigterm; signal.signal(signal.SIGTERM, _on_sigterm); {code}",
+           str(tiny_gpt2_dir), str(out)]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (set(scratch.glob("*")) - before if scratch.exists() else set()):
+        time.sleep(0.2)
+    assert set(scratch.glob("*")) - before, "the run never started"
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=60)
+    assert proc.returncode != 0
+    assert set(scratch.glob("*")) - before == set(), "a temporary notebook was left behind"
+    assert not out.exists() or not list(out.glob("*.ipynb"))
+
+
+def test_a_second_build_in_the_same_folder_is_refused_clearly(monkeypatch):
+    import fcntl
+
+    monkeypatch.setattr(build, "check_chapter", lambda *a, **k: None)
+    lock = ROOT / "_build" / ".build.lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(RuntimeError, match="another book build is running"):
+            build.build_book("tiny")
+
+
+def test_an_interrupted_render_keeps_the_previous_site(tmp_path, monkeypatch):
+    project = tmp_path / "book"
+    (project / "chapters").mkdir(parents=True)
+    (project / "_toc.yml").write_text("root: intro\n")
+    old_site = project / "_build" / "html"
+    old_site.mkdir(parents=True)
+    (old_site / "index.html").write_text("the previous site")
+    monkeypatch.setenv("MECHLIB_ROOT", str(project))
+
+    def interrupted(cmd, **kwargs):  # jupyter-book writes half a site, then Ctrl-C
+        staging = Path(cmd[cmd.index("--path-output") + 1])
+        (staging / "_build" / "html").mkdir(parents=True)
+        (staging / "_build" / "html" / "half.html").write_text("half")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(build.subprocess, "run", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        build.render_site()
+    assert (old_site / "index.html").read_text() == "the previous site"
+    assert sorted(p.name for p in (project / "_build").iterdir()) == ["html"]
+
+    def completes(cmd, **kwargs):
+        staging = Path(cmd[cmd.index("--path-output") + 1])
+        (staging / "_build" / "html").mkdir(parents=True)
+        (staging / "_build" / "html" / "index.html").write_text("the new site")
+
+    monkeypatch.setattr(build.subprocess, "run", completes)
+    assert build.render_site().read_text() == "the new site"
+    assert sorted(p.name for p in (project / "_build").iterdir()) == ["html"]

@@ -1,0 +1,30 @@
+"""The browser check must catch what it claims to catch (needs Debian's chromium)."""
+from pathlib import Path
+
+import pytest
+
+from mechlib.book.site_check import CHROMIUM, check_site
+
+pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs /usr/bin/chromium (make browser-deps)")
+
+GOOD = """<html><body><p>accuracy is <span>97%</span></p>
+<div class="mechlib-chart" id="c1"><svg><g class="mark-rect"><path d="M0,0h10v10z"></path></g></svg></div></body></html>"""
+BAD = """<html><head><script src="https://cdn.example.invalid/lib.js"></script></head><body>
+<p>accuracy is {glue:text}`acc`</p><div class="mechlib-chart" id="c2"></div>
+<script>console.error("boom")</script></body></html>"""
+
+
+def test_a_clean_page_passes_and_a_broken_page_fails_on_each_count(tmp_path):
+    site = tmp_path / "html"
+    (site / "book" / "chapters").mkdir(parents=True)
+    (site / "book" / "chapters" / "good.html").write_text(GOOD)
+    (site / "bad.html").write_text(BAD)
+    result = check_site(site, tmp_path / "shots")
+    assert result["pages"] == 2
+    assert "book/chapters/good.html" not in result["problems"]
+    bad = "\n".join(result["problems"]["bad.html"])
+    assert "request outside the site: https://cdn.example.invalid/lib.js" in bad
+    assert "chart 0 (c2) has no drawn marks" in bad
+    assert "unrendered glue placeholder" in bad
+    assert "console error: boom" in bad
+    assert (tmp_path / "shots" / "good.png").is_file()

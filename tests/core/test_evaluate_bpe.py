@@ -1,0 +1,43 @@
+"""The evaluator on GPT-2's BPE tokens: a GPT-2-shaped model trained here on
+``Q: What is a plus b? A: c`` must be scored as right, answer by answer."""
+import pytest
+import torch
+from transformers import GPT2LMHeadModel
+
+from mechlib.core import data
+from mechlib.core.evaluate import evaluate
+from mechlib.core.models import load_model
+from mechlib.core.organism import encode_supervised
+
+from ..conftest import save_gpt2_shaped
+
+
+@pytest.mark.slow
+def test_evaluator_scores_a_trained_bpe_model_right(tmp_path):
+    path = save_gpt2_shaped(tmp_path / "bpe", n_layer=2, n_embd=64, n_head=4, n_positions=32)
+    hf = GPT2LMHeadModel.from_pretrained(path)
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(path)
+    problems = data.make_problems(["+"], ["1x1"], 100, "qa", seed=0).to_pandas()
+    ids, mask, labels = encode_supervised(tok, problems.prompt.tolist(), problems.target.tolist())
+    torch.manual_seed(0)
+    opt = torch.optim.Adam(hf.parameters(), lr=2e-3)
+    rows, cols = torch.nonzero(labels[:, 1:] != -100, as_tuple=True)  # positions that predict answer tokens
+    targets = labels[:, 1:][rows, cols]
+    hf.train()
+    for _ in range(600):
+        hidden = hf.transformer(input_ids=ids, attention_mask=mask).last_hidden_state
+        logits = hf.lm_head(hidden[rows, cols])  # only the answer positions go through the 50257-way head
+        loss = torch.nn.functional.cross_entropy(logits, targets)
+        if loss.item() < 0.05 and bool((logits.argmax(-1) == targets).all()):
+            break  # every answer token and end-of-text is the argmax
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    hf.eval().save_pretrained(path)
+    model, _ = load_model(str(path), device="cpu")
+    res = evaluate(model, problems)
+    assert (res["target"].str.startswith(" ")).all()
+    assert res["correct"].mean() >= 0.98, res[~res.correct][["prompt", "target", "output"]].head()
+    assert (res["pred"] == res["answer"]).mean() >= 0.98  # the number parsed from " 11" is 11
