@@ -53,7 +53,7 @@ def check(params: Params) -> None:
     """Everything that can be checked without weights: the model exists, the device, the
     cache, and that every prompt plus its answer fits the model's context."""
     spec = preflight.model(params, "model")
-    preflight.fits_context(spec, params.operators, params.difficulties, params.prompt_format)
+    preflight.fits_context(spec, params.operators, params.difficulties, params.prompt_format, chapter=CHAPTER)
 
 
 def run(params: Params) -> Result:

@@ -14,17 +14,30 @@ from mechlib.book import build
 ROOT = Path(__file__).resolve().parents[2]
 
 
+@pytest.fixture
+def tmp_project(tmp_path, monkeypatch):
+    """A copy of the book's sources, so these tests never touch the checkout's _build."""
+    import shutil
+
+    project = tmp_path / "project"
+    shutil.copytree(ROOT / "chapters", project / "chapters")
+    for name in ("_toc.yml", "_config.yml"):
+        shutil.copy(ROOT / name, project / name)
+    monkeypatch.setenv("MECHLIB_ROOT", str(project))
+    return project
+
+
 @pytest.mark.slow
-def test_sigterm_to_a_chapter_leaves_no_temporary_notebook(tiny_gpt2_dir, tmp_path):
-    scratch = ROOT / "_build" / ".scratch"
-    before = set(scratch.glob("*")) if scratch.exists() else set()
+def test_sigterm_to_a_chapter_leaves_no_temporary_notebook(tiny_gpt2_dir, tmp_path, tmp_project):
+    scratch = tmp_project / "_build" / ".scratch"
+    before: set = set()
     out = tmp_path / "out"
     env = {**os.environ, "MECHLIB_RUN_STORE": str(tmp_path / "runs")}
     code = ("import sys; from mechlib.cli import main; from mechlib.book import build; "
             "build.execute_chapter('01_baseline', 'tiny', {'model': sys.argv[1], 'device': 'cpu'}, out_dir=sys.argv[2])")
     cmd = [sys.executable, "-c", f"import signal, sys; from mechlib.cli import _on_sigterm; signal.signal(signal.SIGTERM, _on_sigterm); {code}",
            str(tiny_gpt2_dir), str(out)]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(cmd, cwd=tmp_project, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 120
     while time.time() < deadline and not (set(scratch.glob("*")) - before if scratch.exists() else set()):
         time.sleep(0.2)
@@ -37,11 +50,11 @@ def test_sigterm_to_a_chapter_leaves_no_temporary_notebook(tiny_gpt2_dir, tmp_pa
     assert not out.exists() or not list(out.glob("*.ipynb"))
 
 
-def test_a_second_build_in_the_same_folder_is_refused_clearly(monkeypatch):
+def test_a_second_build_in_the_same_folder_is_refused_clearly(monkeypatch, tmp_project):
     import fcntl
 
     monkeypatch.setattr(build, "check_chapter", lambda *a, **k: None)
-    lock = ROOT / "_build" / ".build.lock"
+    lock = tmp_project / "_build" / ".build.lock"
     lock.parent.mkdir(parents=True, exist_ok=True)
     with open(lock, "w") as held:
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
