@@ -184,9 +184,14 @@ def render_site(builder: str = "html") -> Path:
 
 def build_pdf(param_set: str | Path = "default", out: Path | None = None) -> Path:
     """The whole book as one PDF, offline: Jupyter Book's ``singlehtml`` builder, then
-    headless Chromium prints it (after the charts have drawn). Chapters already executed in
-    ``book/chapters/`` are reused; missing ones are executed first."""
-    from .site_check import CHROMIUM, CHROMIUM_ARGS, serve
+    headless Chromium (through Playwright) prints it once the charts have drawn, with a
+    title page, a table of contents, numbered pages (footer), numbered figures and tables
+    (print CSS), no toggles or buttons, and the charts as vector graphics (SVG). Chapters
+    already executed in ``book/chapters/`` are reused; missing ones are executed first."""
+    from playwright.sync_api import sync_playwright
+
+    from .runs import git_commit
+    from .site_check import CHART_MARKS, CHROMIUM, CHROMIUM_ARGS, serve
 
     root = project_root()
     missing = [c for c in chapter_names() if not (root / "book" / "chapters" / f"{c}.ipynb").is_file()]
@@ -201,19 +206,57 @@ def build_pdf(param_set: str | Path = "default", out: Path | None = None) -> Pat
     root_page = yaml.safe_load((root / "_toc.yml").read_text())["root"]
     # the single page lives at book/intro.html but links its assets from the site root
     shutil.copy(single / f"{root_page}.html", single / "print.html")
+    config = book_config()
     server, origin = serve(single)  # over HTTP, as a reader's browser would load it
+    footer = ('<div style="font-size:8px;width:100%;text-align:center;color:#555">'
+              '<span class="pageNumber"></span> / <span class="totalPages"></span></div>')
     try:
-        subprocess.run(
-            [CHROMIUM, "--headless", *CHROMIUM_ARGS, f"--user-data-dir={root / '_build' / '.chromium'}",
-             "--virtual-time-budget=20000", "--no-pdf-header-footer", f"--print-to-pdf={tmp}",
-             f"{origin}/print.html"],
-            check=True, capture_output=True, timeout=300,
-        )
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            page = browser.new_page(viewport={"width": 1000, "height": 1400})
+            page.goto(f"{origin}/print.html", wait_until="load", timeout=120_000)
+            charts = page.locator(".mechlib-chart")
+            for i in range(charts.count()):
+                charts.nth(i).locator(CHART_MARKS).first.wait_for(state="attached", timeout=30_000)
+            page.evaluate(_FRONT_MATTER_JS, {"title": config.get("title", ""), "author": config.get("author", ""),
+                                             "commit": (git_commit() or "")[:10], "date": time.strftime("%Y-%m-%d")})
+            page.emulate_media(media="print")
+            page.pdf(path=str(tmp), format="A4", print_background=True, display_header_footer=True,
+                     header_template="<span></span>", footer_template=footer,
+                     margin={"top": "16mm", "bottom": "18mm", "left": "14mm", "right": "14mm"})
+            browser.close()
         os.replace(tmp, out)
     finally:
         server.shutdown()
         tmp.unlink(missing_ok=True)
     return out
+
+
+# A title page and a table of contents (chapters and their sections) put in front of the
+# single page, for the printed book.
+_FRONT_MATTER_JS = """(meta) => {
+  const article = document.querySelector('article.bd-article') || document.body;
+  const toc = document.createElement('div');
+  toc.className = 'mechlib-toc';
+  let html = '<h1>Contents</h1><ol>';
+  const chapters = Array.from(article.querySelectorAll('section > h1')).slice(1);
+  chapters.forEach((h1) => {
+    html += '<li>' + h1.textContent.replace('#', '').trim();
+    const subs = Array.from(h1.parentElement.querySelectorAll(':scope > section > h2'));
+    if (subs.length) {
+      html += '<ul>' + subs.map((h2) => '<li>' + h2.textContent.replace('#', '').trim() + '</li>').join('') + '</ul>';
+    }
+    html += '</li>';
+  });
+  toc.innerHTML = html + '</ol>';
+  const title = document.createElement('div');
+  title.className = 'mechlib-title-page';
+  title.innerHTML = '<h1>' + meta.title + '</h1><p>' + meta.author + '</p><p>Built ' + meta.date +
+    (meta.commit ? ' from commit ' + meta.commit : '') + '</p>';
+  article.prepend(toc);
+  article.prepend(title);
+  document.querySelectorAll('details').forEach((d) => { if (!d.classList.contains('hide')) d.open = true; });
+}"""
 
 
 def write_runs_page(store: Path | None = None) -> Path:

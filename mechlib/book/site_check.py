@@ -64,7 +64,33 @@ def check_page(page, url: str, origin: str) -> list[str]:
     for needle in ("{glue", "glue:text", "glue:md"):
         if needle in text:
             problems.append(f"unrendered glue placeholder ({needle!r}) in the page text")
+    problems += too_wide(page)
+    stderr = page.locator(".output.stderr, .cell_output .stderr, div.stderr")
+    if stderr.count():
+        problems.append(f"{stderr.count()} stderr output(s) on the page, e.g. {stderr.first.inner_text()[:120]!r}")
+    outputs = page.locator(".cell_output").all_inner_texts()
+    for needle in ("Warning:", "warnings.warn", "Traceback (most recent call last)", "/work/", "/home/", "site-packages"):
+        hit = next((o for o in outputs if needle in o), None)
+        if hit:
+            problems.append(f"an output shows {needle!r}: {hit[:120]!r}")
     return problems
+
+
+def too_wide(page) -> list[str]:
+    """Charts and tables that stick out of the text column (the article's own width)."""
+    found = page.evaluate("""() => {
+        const article = ['article.bd-article', 'main', 'body'].map(q => document.querySelector(q)).find(el => el);
+        const right = article.getBoundingClientRect().right + 2;
+        const out = [];
+        document.querySelectorAll('.mechlib-chart svg, .cell_output table').forEach((el, i) => {
+            const box = el.getBoundingClientRect();
+            if (box.width > 0 && box.right > right) {
+                out.push(`${el.tagName.toLowerCase()} ${i} is ${Math.round(box.width)} px wide and ends ${Math.round(box.right - right)} px past the column`);
+            }
+        });
+        return out;
+    }""")
+    return list(found)
 
 
 def check_site(html_dir: Path, shots_dir: Path, chapters_prefix: str = "book/chapters/") -> dict:

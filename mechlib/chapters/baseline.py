@@ -1,16 +1,25 @@
 """Chapter 1, baseline arithmetic: evaluate a model on a grid of problems and classify
-every wrong answer."""
+every wrong answer.
+
+Every cell is labelled by what the model was taught. On the organism, a trained cell
+(addition, 1-2-digit operands, bare format) is scored on its held-out pairs only, never on
+training items; a new operator or prompt format is a control (failure expected by
+construction); 3-digit operands test length generalisation. No headline averages across
+kinds. Carries, operand order and trivial-strategy baselines are reported, and the
+organism's headline numbers are repeated over several training seeds."""
 from __future__ import annotations
 
 import dataclasses
 import time
 
+import numpy as np
 import pandas as pd
 
-from ..core.data import FEATURES, make_problems, problem_row
-from ..core.evaluate import accuracy_table, evaluate
+from ..core.data import make_problems, parse_difficulty, problem_row
+from ..core.evaluate import accuracy_cells, baseline_rates, evaluate
 from ..core.models import load_model
-from ..core.organism import ORGANISM_NAME, OrganismRecipe, organism_dir, split_pairs, training_info
+from ..core.organism import ORGANISM_NAME, OrganismRecipe, ensure_organism, organism_dir, split_pairs, training_info
+from ..core.stats import accuracy_by, fmt_interval, proportion, seed_spread
 from . import preflight
 from .base import (
     ChapterParams,
@@ -18,12 +27,22 @@ from .base import (
     device_field,
     difficulties_field,
     is_int,
+    list_of,
     model_field,
     operators_field,
     param,
     prompt_format_field,
     seed_field,
 )
+
+KINDS = {
+    "trained": "trained cell, held-out pairs",
+    "longer_operands": "3+ digit operands (length generalisation)",
+    "new_operator": "new operator (control)",
+    "new_format": "new prompt format (control)",
+    "pretrained": "pretrained model (training data unknown)",
+}
+MIN_N_HEADLINE = 30  # cells with fewer problems are shown, never used for a headline claim
 
 CHAPTER = "01_baseline"
 
@@ -39,14 +58,61 @@ class Params(ChapterParams):
     difficulties: tuple[str, ...] = difficulties_field(("1x1", "1x2", "2x2", "3x3"))
     n_per_cell: int = param(200, is_int(1, 100_000), "an integer in 1..100000 (problems per operator x difficulty cell)")
     prompt_format: str = prompt_format_field()
+    organism_seeds: tuple[int, ...] = param((0, 1, 2), list_of(is_int(0, 2**31 - 1), min_len=0, max_len=10),
+                                            "a list of up to 10 organism training seeds ([] for none)",
+                                            "organisms trained with these seeds repeat the headline numbers (organism only)")
 
 
 @dataclasses.dataclass
 class Result:
     params: Params
-    results: pd.DataFrame  # one row per problem: its columns plus output, pred, error, correct
+    results: pd.DataFrame  # one row per problem: its columns plus kind, output, pred, error, correct
+    heldout_addition: pd.DataFrame  # organism: every held-out addition pair, scored (carries, order)
+    seeds: pd.DataFrame  # organism: headline numbers per training seed
     model_note: str
     timings: dict
+
+
+def cell_kind(model: str, op: str, difficulty: str, prompt_format: str) -> str:
+    """What the model was taught about a cell (see :data:`KINDS`)."""
+    if model != ORGANISM_NAME:
+        return "pretrained"
+    if prompt_format != "bare":
+        return "new_format"
+    if max(parse_difficulty(difficulty)) > 2:
+        return "longer_operands"
+    return "trained" if op == "+" else "new_operator"
+
+
+def problem_set(params: Params, recipe: OrganismRecipe | None = None) -> pd.DataFrame:
+    """The problems, labelled by kind. On the organism a trained cell holds up to
+    ``n_per_cell`` of its *held-out* pairs (seeded), never a training pair."""
+    problems = make_problems(params.operators, params.difficulties, params.n_per_cell, params.prompt_format, params.seed).to_pandas()
+    problems["kind"] = [cell_kind(params.model, op, d, params.prompt_format) for op, d in zip(problems.op, problems.difficulty)]
+    if params.model != ORGANISM_NAME or not (problems.kind == "trained").any():
+        return problems
+    heldout = heldout_addition_problems(recipe or OrganismRecipe())
+    parts = [problems[problems.kind != "trained"]]
+    for difficulty in problems.loc[problems.kind == "trained", "difficulty"].unique():
+        cell = heldout[heldout.difficulty == difficulty]
+        rng = np.random.default_rng([params.seed, 1, *parse_difficulty(difficulty)])
+        parts.append(cell.iloc[rng.permutation(len(cell))[: params.n_per_cell]].assign(kind="trained"))
+    return pd.concat(parts, ignore_index=True)
+
+
+def heldout_addition_problems(recipe: OrganismRecipe) -> pd.DataFrame:
+    """Every addition pair the organism never saw in training (in either order)."""
+    _, held = split_pairs(recipe)
+    return pd.DataFrame([problem_row(a, "+", b, "bare") for a, b in held.tolist()]).astype({"carries": int})
+
+
+def _headline(results: pd.DataFrame) -> dict:
+    """Per kind: accuracy with n and interval (never pooled across kinds)."""
+    out = {}
+    for kind, group in results.groupby("kind"):
+        stat = proportion(group["correct"])
+        out[kind] = stat
+    return out
 
 
 def check(params: Params) -> None:
@@ -60,57 +126,149 @@ def run(params: Params) -> Result:
     check(params)
     start = time.perf_counter()
     model, _ = load_model(params.model, device=params.device)
-    problems = make_problems(params.operators, params.difficulties, params.n_per_cell, params.prompt_format, params.seed)
-    results = evaluate(model, problems, batch_size=params.batch_size)
-    note = model_note(params.model, model)
-    return Result(params, results, note, {"run_seconds": round(time.perf_counter() - start, 2)})
+    results = evaluate(model, problem_set(params), batch_size=params.batch_size)
+    heldout = pd.DataFrame()
+    seeds = pd.DataFrame()
+    if params.model == ORGANISM_NAME:
+        heldout = evaluate(model, heldout_addition_problems(OrganismRecipe()), batch_size=params.batch_size)
+        seeds = seed_table(params, results if 0 in params.organism_seeds else None)
+    note = model_note(params.model, model, heldout)
+    return Result(params, results, heldout, seeds, note, {"run_seconds": round(time.perf_counter() - start, 2)})
+
+
+def seed_table(params: Params, seed0_results: pd.DataFrame | None) -> pd.DataFrame:
+    """The headline numbers for organisms trained with each seed (each scored on its own
+    held-out pairs; the other cells are the same problems for every seed)."""
+    rows = []
+    for seed in params.organism_seeds:
+        recipe = OrganismRecipe(seed=seed)
+        if seed == 0 and seed0_results is not None:
+            res = seed0_results
+            held = None
+        else:
+            lm, _ = load_model(str(ensure_organism(recipe, progress=False)), device=params.device)
+            res = evaluate(lm, problem_set(params, recipe), batch_size=params.batch_size)
+            held = evaluate(lm, heldout_addition_problems(recipe), batch_size=params.batch_size)
+        if held is None:
+            lm, _ = load_model(ORGANISM_NAME, device=params.device)
+            held = evaluate(lm, heldout_addition_problems(recipe), batch_size=params.batch_size)
+        row = {"organism_seed": seed, "heldout_addition": float(held["correct"].mean()), "n_heldout_addition": int(len(held))}
+        for kind, stat in _headline(res).items():
+            row[kind] = stat["p"]
+        by_carries = held.groupby(held["carries"].clip(upper=2))["correct"].mean()
+        for c, v in by_carries.items():
+            row[f"heldout_carries_{c}"] = float(v)
+        rows.append(row)
+    return pd.DataFrame(rows)
 
 
 def findings(result: Result) -> dict:
-    """The numbers the chapter's prose quotes, all computed from the results."""
+    """The numbers the chapter's prose quotes, all computed from the results. Accuracies
+    come with n and a Wilson 95% interval; nothing averages across kinds of cell."""
     results = result.results
-    acc = accuracy_table(results)
-    cells = acc.stack().rename("accuracy").reset_index()
-    cells["cell"] = cells["op"] + " " + cells["difficulty"]
-    best = cells.sort_values(["accuracy", "cell"], ascending=[False, True]).iloc[0]
-    worst = cells.sort_values(["accuracy", "cell"], ascending=[True, True]).iloc[0]
-    wrong = results[~results["correct"]]
-    shares = wrong["error"].value_counts(normalize=True)
-    top = shares.sort_values(ascending=False).index[0] if len(shares) else "none"
-    return {
+    cells = accuracy_cells(results, ["kind", "op", "difficulty"])
+    big = cells[cells.n >= MIN_N_HEADLINE]
+    out: dict = {
         "model_note": result.model_note,
         "seed": result.params.seed,
         "n_per_cell": result.params.n_per_cell,
         "n_problems": int(len(results)),
-        "n_wrong": int(len(wrong)),
-        "acc_total": float(results["correct"].mean()),
-        "acc_by_op": {op: float(v) for op, v in results.groupby("op")["correct"].mean().items()},
-        "acc_by_cell": {c: float(a) for c, a in zip(cells["cell"], cells["accuracy"])},
-        "best_cell": best["cell"],
-        "best_acc": float(best["accuracy"]),
-        "worst_cell": worst["cell"],
-        "worst_acc": float(worst["accuracy"]),
-        "top_error": top,
-        "top_error_share": float(shares.get(top, 0.0)),
-        "wrong_operation_share": float(shares.get("wrong_operation", 0.0)),
-        "malformed_share": float(shares.get("malformed", 0.0)),
+        "min_n_headline": MIN_N_HEADLINE,
+        "small_cells": ", ".join(f"{r.op} {r.difficulty} (n = {r.n})" for r in cells[cells.n < MIN_N_HEADLINE].itertuples()) or "none",
     }
+    for kind in KINDS:  # wording for kinds this run has no cells of
+        out[f"acc_{kind}_text"] = "no such cells in this run"
+        out[f"top_error_{kind}"], out[f"top_error_{kind}_share"] = "none", 0.0
+    organism_only = "not measured (needs the organism's held-out pairs)"
+    for key in ("heldout_addition_text", "carries_0_text", "carries_1_text", "carries_2_text", "order_longer_first_text",
+                "order_shorter_first_text", "length_addition_text"):
+        out[key] = organism_only
+    for kind, stat in _headline(results).items():
+        out[f"acc_{kind}"] = stat["p"]
+        out[f"acc_{kind}_text"] = fmt_interval(stat["p"], stat["lo"], stat["hi"], stat["n"])
+        out[f"n_{kind}"] = stat["n"]
+    out["acc_by_cell"] = {f"{r.op} {r.difficulty}": float(r.accuracy) for r in cells.itertuples()}
+    if len(big):
+        worst = big.sort_values(["accuracy", "op", "difficulty"]).iloc[0]
+        out.update(worst_cell=f"{worst.op} {worst.difficulty}", worst_cell_text=fmt_interval(worst.accuracy, worst.lo, worst.hi, worst.n))
+    wrong = results[~results["correct"]]
+    out["n_wrong"] = int(len(wrong))
+    for kind, group in wrong.groupby("kind"):
+        shares = group["error"].value_counts(normalize=True)
+        out[f"top_error_{kind}"] = str(shares.index[0])
+        out[f"top_error_{kind}_share"] = float(shares.iloc[0])
+    controls = wrong[wrong.kind.isin(["new_operator", "new_format"])]
+    if len(controls):
+        other_op = float(controls["error"].isin(["wrong_operation", "near_wrong_operation"]).mean())
+        out["control_sentence"] = (f"On the controls (new operators or formats), {other_op:.1%} of the {len(controls)} wrong answers "
+                                   "are another operation's result, exact or off by one.")
+    else:
+        out["control_sentence"] = "This run has no control cells (new operators or formats) with wrong answers."
+    rates = baseline_rates(results)
+    out["baseline_copy_rate"] = max(rates["copy_a"], rates["copy_b"])
+    if len(result.heldout_addition):
+        held = result.heldout_addition
+        stat = proportion(held["correct"])
+        out["heldout_addition_text"] = fmt_interval(stat["p"], stat["lo"], stat["hi"], stat["n"])
+        for c, group in held.groupby(held["carries"].clip(upper=2)):
+            st = proportion(group["correct"])
+            out[f"carries_{c}_text"] = fmt_interval(st["p"], st["lo"], st["hi"], st["n"])
+        order = operand_order(held)
+        if len(order):
+            out["order_longer_first_text"] = order.loc[order.order == "longer operand first", "text"].iloc[0]
+            out["order_shorter_first_text"] = order.loc[order.order == "shorter operand first", "text"].iloc[0]
+        long_add = results[(results.kind == "longer_operands") & (results.op == "+")]
+        if len(long_add):
+            st = proportion(long_add["correct"])
+            out["length_addition_text"] = fmt_interval(st["p"], st["lo"], st["hi"], st["n"])
+    out["seeds_n"] = int(len(result.seeds))
+    out["seeds_heldout_text"] = out["seeds_longer_text"] = "not measured: fewer than two organism seeds were run"
+    if len(result.seeds) > 1:
+        spread = seed_spread(result.seeds["heldout_addition"])
+        out["seeds_heldout_text"] = f"{spread['mean']:.1%} (sd {spread['sd'] * 100:.1f} points, range {spread['min']:.1%} to {spread['max']:.1%})"
+        if "longer_operands" in result.seeds:
+            sp = seed_spread(result.seeds["longer_operands"])
+            out["seeds_longer_text"] = f"{sp['mean']:.1%} (range {sp['min']:.1%} to {sp['max']:.1%})"
+    out["seeds_sentence"] = (
+        f"Over {out['seeds_n']} organisms, held-out addition accuracy is {out['seeds_heldout_text']}; with 3-digit "
+        f"operands, accuracy is {out['seeds_longer_text']}."
+        if len(result.seeds) > 1 else
+        "Only one organism was run (parameter organism_seeds), so this run reports no seed-to-seed spread."
+    )
+    return out
 
 
-def model_note(name: str, model) -> str:
+def operand_order(held: pd.DataFrame) -> pd.DataFrame:
+    """Held-out 1x2 addition: accuracy with the longer operand first versus second."""
+    cell = held[held.difficulty == "1x2"]
+    if not len(cell):
+        return pd.DataFrame()
+    labelled = cell.assign(order=np.where(cell.digits_a > cell.digits_b, "longer operand first", "shorter operand first"))
+    table = accuracy_by(labelled, "order")
+    table["text"] = [fmt_interval(r.accuracy, r.lo, r.hi, r.n) for r in table.itertuples()]
+    return table
+
+
+def carries_table(held: pd.DataFrame) -> pd.DataFrame:
+    """Held-out addition by number of carries (2 = a cascading carry, as in 99+1); empty for
+    models whose training pairs are unknown."""
+    if not len(held):
+        return pd.DataFrame(columns=["difficulty", "carries", "n", "k", "accuracy", "lo", "hi"])
+    table = accuracy_by(held.assign(carries=held["carries"].clip(upper=2)), ["difficulty", "carries"])
+    return table.sort_values(["difficulty", "carries"]).reset_index(drop=True)
+
+
+def model_note(name: str, model, heldout: pd.DataFrame | None = None) -> str:
     """One sentence on the model, with the organism's held-out accuracy when it is the organism."""
     cfg = model.cfg
     shape = f"{cfg.n_layers} layers, d_model {cfg.d_model}, {cfg.n_heads} heads"
     if name != ORGANISM_NAME:
-        return f"Model {name} ({shape})."
-    from datasets import Dataset
-
+        return f"Model {name} ({shape}). Its training data is not known to this book, so no cell is labelled trained or held-out."
     info = training_info(organism_dir())
-    _, held = split_pairs(OrganismRecipe(**info["recipe"]))
-    ds = Dataset.from_list([problem_row(a, "+", b, "bare") for a, b in held.tolist()], features=FEATURES)
-    acc = evaluate(model, ds)["correct"].mean()
+    stat = proportion(heldout["correct"])
     return (
-        f"Model {name}, the embedded organism ({shape}), trained by mechlib "
-        f"on {info['n_train_pairs']} addition problems with operands 0-99. On the {len(ds)} held-out problems "
-        f"(never seen in either operand order) it is exactly right {acc:.1%} of the time."
+        f"Model {name}, the book's model organism ({shape}), trained by mechlib on {info['n_train_pairs']} addition "
+        f"problems with operands 0-99 in the bare format. On all {stat['n']} addition pairs held out of its training "
+        f"(in either operand order) it is exactly right {fmt_interval(stat['p'], stat['lo'], stat['hi'])}. "
+        "These are the organism's numbers, not GPT-2's."
     )

@@ -3,17 +3,19 @@ generations under corruption, and the numbers the prose quotes."""
 from __future__ import annotations
 
 import dataclasses
+import re
 import time
 from collections.abc import Sequence
 
 import pandas as pd
 from tqdm import tqdm
 
-from ..core.data import make_problems
 from ..core.evaluate import answer_scores, evaluate, greedy_decode
 from ..core.interventions import DEPTH_UNKNOWN, SPEC_HELP, Corruption, activation_stats, corrupted, logit_lens, mean_activations, parse_corruptions
 from ..core.models import load_model
-from . import preflight
+from ..core.organism import ORGANISM_NAME, OrganismRecipe, ensure_organism
+from ..core.stats import accuracy_by, fmt_interval, seed_spread
+from . import baseline, preflight
 from .base import (
     ChapterParams,
     batch_size_field,
@@ -72,6 +74,9 @@ class Params(ChapterParams):
     generation_corruptions: tuple[str, ...] = param(("none", "skip:0", "skip:3", "repeat:1x2", "permute:0,2,1,3", "ablate:mlp1:mean"),
                                                     _is_corruption_list, _explain_corruptions)
     max_new_tokens: int = param(8, is_int(1, 256), "an integer in 1..256 (tokens generated per prompt)")
+    organism_seeds: tuple[int, ...] = param((0, 1, 2), list_of(is_int(0, 2**31 - 1), min_len=0, max_len=10),
+                                            "a list of up to 10 organism training seeds ([] for none)",
+                                            "organisms trained with these seeds repeat the sweep's headline numbers (organism only)")
 
 
 @dataclasses.dataclass
@@ -84,6 +89,8 @@ class Result:
     lens: pd.DataFrame  # logit lens per (difficulty, layer)
     stats: pd.DataFrame  # activation statistics per layer
     generations: pd.DataFrame
+    seeds: pd.DataFrame  # organism: headline numbers per training seed
+    base_rate: float  # top-1 accuracy of always predicting the most common first answer token
     timings: dict
 
 
@@ -93,9 +100,15 @@ def check(params: Params) -> None:
     if spec.n_layers is not None:
         for name in ("corruptions", "generation_corruptions"):
             try:
-                parse_corruptions(list(getattr(params, name)), spec.n_layers)
+                parsed = parse_corruptions(list(getattr(params, name)), spec.n_layers)
             except ValueError as err:
                 params.fail(name, f"{err} (model {params.model!r} has {spec.n_layers} layers)")
+            same: dict = {}
+            for c in parsed:
+                same.setdefault((c.order, c.ablations), []).append(c.spec)
+            dupes = [specs for specs in same.values() if len(specs) > 1]
+            if dupes:
+                params.fail(name, f"{dupes} are the same condition on a {spec.n_layers}-layer model; keep one of each")
     preflight.fits_context(spec, params.operators, params.difficulties, params.prompt_format, chapter=CHAPTER)
     if spec.n_ctx is not None:
         tok = spec.tokenizer()
@@ -111,10 +124,11 @@ def run(params: Params, progress: bool = False) -> Result:
     lm, _ = load_model(params.model, device=params.device)
     conditions = parse_corruptions(list(params.corruptions), lm.cfg.n_layers)
     speaking = parse_corruptions(list(params.generation_corruptions), lm.cfg.n_layers)
-    problems = make_problems(params.operators, params.difficulties, params.n_per_cell, params.prompt_format, params.seed).to_pandas()
+    problems = baseline.problem_set(params)  # trained cells of the organism: held-out pairs only
     start = time.perf_counter()
     results = sweep(lm, problems, conditions, batch_size=params.batch_size, progress=progress)
     sweep_seconds = time.perf_counter() - start
+    first = problems["target"].map(lambda t: lm.tokenizer(t, add_special_tokens=False)["input_ids"][0])
     return Result(
         params=params,
         n_layers=lm.cfg.n_layers,
@@ -124,14 +138,65 @@ def run(params: Params, progress: bool = False) -> Result:
         lens=lens_by_difficulty(lm, problems, batch_size=params.batch_size),
         stats=activation_stats(lm, problems["prompt"].tolist(), batch_size=params.batch_size),
         generations=generations(lm, list(params.generation_prompts), speaking, params.max_new_tokens, problems["prompt"].tolist()),
+        seeds=seed_table(params, conditions, results),
+        base_rate=float(first.value_counts(normalize=True).iloc[0]),
         timings={"sweep_seconds": round(sweep_seconds, 2)},
     )
+
+
+def seed_table(params: Params, conditions, seed0: pd.DataFrame) -> pd.DataFrame:
+    """The sweep's headline numbers for organisms trained with each seed (each on its own
+    held-out pairs): clean accuracy and accuracy with each layer skipped."""
+    if params.model != ORGANISM_NAME:
+        return pd.DataFrame()
+    rows = []
+    for seed in params.organism_seeds:
+        if seed == 0:
+            res = seed0
+        else:
+            recipe = OrganismRecipe(seed=seed)
+            lm, _ = load_model(str(ensure_organism(recipe, progress=False)), device=params.device)
+            res = sweep(lm, baseline.problem_set(params, recipe), conditions, batch_size=params.batch_size)
+        acc = res.groupby("corruption", sort=False)["correct"].mean()
+        row = {"organism_seed": seed, "clean": float(acc.get("none", float("nan")))}
+        skips = {c: a for c, a in acc.items() if re.fullmatch(r"skip:\d+", c)}
+        row.update({c: float(a) for c, a in skips.items()})
+        if skips:
+            row["most_needed_layer"] = int(min(skips, key=lambda c: (skips[c], c)).split(":")[1])
+        rows.append(row)
+    return pd.DataFrame(rows)
 
 
 def findings(result: Result) -> dict:
     """Headline numbers, plus the activation statistics (reproducible to the last digit)."""
     out = layer_findings(result.summary, result.lens, result.n_layers)
     out.update(n_problems=int(len(result.problems)), n_layers=int(result.n_layers), model=result.params.model)
+    clean = result.summary[result.summary.corruption == "none"]
+    if len(clean):
+        r = clean.iloc[0]
+        out["clean_text"] = fmt_interval(r.accuracy, r.lo, r.hi, int(r.n))
+    skip = result.summary[result.summary.corruption == f"skip:{out.get('indispensable_layer', -1)}"]
+    if len(skip):
+        r = skip.iloc[0]
+        out["indispensable_text"] = fmt_interval(r.accuracy, r.lo, r.hi, int(r.n))
+    out["lens_base_rate"] = result.base_rate
+    out["seeds_n"] = int(len(result.seeds))
+    out["seeds_clean_text"] = "not measured (fewer than two organism seeds were run)"
+    out["seeds_most_needed"] = "not compared"
+    out["seeds_same_most_needed"] = "one seed cannot show whether it holds across seeds"
+    if len(result.seeds) > 1:
+        sp = seed_spread(result.seeds["clean"])
+        out["seeds_clean_text"] = f"{sp['mean']:.1%} (range {sp['min']:.1%} to {sp['max']:.1%})"
+        if "most_needed_layer" in result.seeds:
+            layers_seen = sorted(set(result.seeds["most_needed_layer"]))
+            out["seeds_most_needed"] = ", ".join(str(x) for x in layers_seen)
+            out["seeds_same_most_needed"] = "the same layer for every seed" if len(layers_seen) == 1 else "not the same layer for every seed"
+    out["seeds_sentence"] = (
+        f"Over {out['seeds_n']} organisms the clean accuracy is {out['seeds_clean_text']}, and the layer whose skipping "
+        f"hurts most is layer {out['seeds_most_needed']}: {out['seeds_same_most_needed']}."
+        if len(result.seeds) > 1 else
+        "Only one organism was run (parameter organism_seeds), so this run reports no seed-to-seed spread."
+    )
     out.update({f"stat_{k}_{int(r['layer'])}": v for r in result.stats.to_dict("records") for k, v in r.items() if k != "layer"})
     return out
 
@@ -155,7 +220,8 @@ def sweep(model, problems: pd.DataFrame, corruptions: Sequence[Corruption], batc
 
 
 def summarise(results: pd.DataFrame) -> pd.DataFrame:
-    """Per corruption, in sweep order: accuracy, mean answer loss, mean p(first answer token)."""
+    """Per corruption, in sweep order: n, accuracy with its Wilson 95% interval, mean answer
+    loss, mean p(first answer token)."""
     order = list(dict.fromkeys(results["corruption"]))
     table = results.groupby("corruption", sort=False).agg(
         family=("family", "first"),
@@ -164,7 +230,12 @@ def summarise(results: pd.DataFrame) -> pd.DataFrame:
         answer_loss=("answer_loss", "mean"),
         p_first=("p_first", "mean"),
     )
-    return table.loc[order].reset_index()
+    table = table.loc[order].reset_index()
+    ci = accuracy_by(results, "corruption").set_index("corruption").loc[order]
+    table.insert(3, "n", ci["n"].to_numpy())
+    table.insert(5, "lo", ci["lo"].to_numpy())
+    table.insert(6, "hi", ci["hi"].to_numpy())
+    return table
 
 
 def by_difficulty(results: pd.DataFrame) -> pd.DataFrame:

@@ -241,14 +241,23 @@ def study_layer(base_lm, ft_lm, layer: int, p: dict, train_problems: pd.DataFram
 def condition_table(conditions: pd.DataFrame, new_ops) -> pd.DataFrame:
     """Per layer and condition: accuracy on the new and old skills, answer loss, CE score,
     mean |latent|. ``no_delta`` is alpha = 0 and ``full`` is alpha = 1."""
+    from ..core.stats import proportion
+
     rows = []
     for (layer, cond), g in conditions.groupby(["layer", "condition"], sort=False):
+        new, old = proportion(g[g.op.isin(new_ops)].correct), proportion(g[~g.op.isin(new_ops)].correct)
         rows.append({
             "layer": layer,
             "condition": cond,
             "alpha": g["alpha"].iloc[0],
-            "acc_new": float(g[g.op.isin(new_ops)].correct.mean()),
-            "acc_old": float(g[~g.op.isin(new_ops)].correct.mean()) if (~g.op.isin(new_ops)).any() else float("nan"),
+            "n_new": new["n"],
+            "acc_new": new["p"],
+            "new_lo": new["lo"],
+            "new_hi": new["hi"],
+            "n_old": old["n"],
+            "acc_old": old["p"],
+            "old_lo": old["lo"],
+            "old_hi": old["hi"],
             "answer_loss": float(g["answer_loss"].mean()),
             "mean_abs_base": float(g["mean_abs_base"].iloc[0]),
             "mean_abs_delta": float(g["mean_abs_delta"].iloc[0]),
@@ -330,8 +339,15 @@ def run(params: Params, progress: bool = False) -> Result:
 
 
 def findings(result: Result) -> dict:
+    from ..core.stats import fmt_interval
+
     out = study_findings(result.table, result.focus_layer)
     out.update(n_train=result.n_train, n_eval=result.n_eval, kind=result.params.kind)
+    g = result.table[result.table.layer == result.focus_layer].set_index("label")
+    for label in ("raw", "no_delta", "full"):
+        r = g.loc[label]
+        out[f"{label}_new_text"] = fmt_interval(r.acc_new, r.new_lo, r.new_hi, int(r.n_new))
+        out[f"{label}_old_text"] = fmt_interval(r.acc_old, r.old_lo, r.old_hi, int(r.n_old)) if r.n_old else "n/a"
     return out
 
 

@@ -19,7 +19,8 @@ from jaxtyping import Int
 from tqdm import tqdm
 
 from .blocks import BlockOrder
-from .taxonomy import ERROR_CLASSES, classify, parse_answer
+from .stats import accuracy_by
+from .taxonomy import ERROR_CLASSES, classify_all, parse_answer
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
 
@@ -157,9 +158,23 @@ def score_answers(df: pd.DataFrame, outputs: Sequence[str]) -> pd.DataFrame:
     out["output"] = list(outputs)
     preds = [parse_answer(t) for t in outputs]
     out["pred"] = pd.array(preds, dtype="Int64")
-    out["error"] = [classify(a, op, b, p) for a, op, b, p in zip(out["a"], out["op"], out["b"], preds)]
+    fits = [classify_all(a, op, b, p) for a, op, b, p in zip(out["a"], out["op"], out["b"], preds)]
+    out["error"] = [f[0] for f in fits]
+    out["also"] = [", ".join(c for c in f[1:] if c not in ("right_length", "wrong_length")) for f in fits]
     out["correct"] = out["error"] == "correct"
     return out
+
+
+def baseline_rates(problems: pd.DataFrame) -> dict:
+    """How often a trivial strategy would be exactly right on these problems: always copy
+    the first (or second) operand, always answer the sum. A model's accuracy means something
+    only above these."""
+    answer = problems["answer"].to_numpy()
+    return {
+        "copy_a": float((problems["a"].to_numpy() == answer).mean()),
+        "copy_b": float((problems["b"].to_numpy() == answer).mean()),
+        "sum": float(((problems["a"] + problems["b"]).to_numpy() == answer).mean()),
+    }
 
 
 def evaluate(
@@ -225,16 +240,53 @@ def accuracy_table(results: pd.DataFrame, index: str = "op", columns: str = "dif
     return results.pivot_table(index=index, columns=columns, values="correct", aggfunc="mean").sort_index(axis=1)
 
 
+OP_ORDER = {"+": 0, "-": 1, "*": 2}
+
+
+def accuracy_cells(results: pd.DataFrame, by: Sequence[str] = ("op", "difficulty")) -> pd.DataFrame:
+    """Accuracy per cell with n, the number right and the Wilson 95% interval, operators
+    in the order + - x."""
+    table = accuracy_by(results, list(by))
+    sort = [c for c in by]
+    keys = {c: (table[c].map(OP_ORDER) if c == "op" else table[c]) for c in sort}
+    order = pd.DataFrame(keys).sort_values(sort).index
+    return table.loc[order].reset_index(drop=True)
+
+
 def error_table(results: pd.DataFrame, by: Sequence[str] = ("op", "difficulty")) -> pd.DataFrame:
     """Share of each error class within each group (rows sum to 1), classes in taxonomy order."""
     counts = results.groupby(list(by))["error"].value_counts(normalize=True).unstack(fill_value=0.0)
     return counts.reindex(columns=[c for c in ERROR_CLASSES if c in counts.columns])
 
 
+def error_summary(results: pd.DataFrame, by: Sequence[str] = ("op", "difficulty")) -> pd.DataFrame:
+    """A narrow summary of :func:`error_table`: per group, n and its two most common answer
+    classes with their shares (the full table is :func:`error_long`)."""
+    rows = []
+    for key, group in results.groupby(list(by), sort=False):
+        key = key if isinstance(key, tuple) else (key,)
+        shares = group["error"].value_counts(normalize=True)
+        row = {**dict(zip(by, key)), "n": int(len(group))}
+        for i, label in enumerate(("most common", "second")):
+            row[label] = f"{shares.index[i]} ({shares.iloc[i]:.0%})" if len(shares) > i else ""
+        rows.append(row)
+    out = pd.DataFrame(rows)
+    if "op" in out:
+        out = out.sort_values([c for c in by], key=lambda col: col.map(OP_ORDER) if col.name == "op" else col, kind="stable")
+    return out.reset_index(drop=True)
+
+
+def error_long(results: pd.DataFrame, by: Sequence[str] = ("op", "difficulty")) -> pd.DataFrame:
+    """Every (group, class) share that is not zero, one row each: the full error table in a
+    form that fits a page."""
+    table = error_table(results, by).reset_index().melt(id_vars=list(by), var_name="class", value_name="share")
+    return table[table.share > 0].reset_index(drop=True)
+
+
 def typical_errors(results: pd.DataFrame, per_class: int = 3) -> pd.DataFrame:
     """A few wrong answers of each class per operator, deterministic (first by row order)."""
     wrong = results[~results["correct"]]
-    cols = ["op", "difficulty", "prompt", "target", "output", "error"]
+    cols = ["op", "difficulty", "prompt", "target", "output", "error", "also"]
     table = wrong.groupby(["op", "error"], sort=True).head(per_class)[cols].reset_index(drop=True)
     table["output"] = table["output"].map(repr)  # shows '' and stray spaces
     return table

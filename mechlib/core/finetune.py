@@ -43,7 +43,7 @@ BOUNDS = {
 }
 # A version of the training code: bump it when a change alters the weights for one recipe,
 # so caches never serve weights that the current code would not produce.
-TRAINING_CODE_VERSION = 2
+TRAINING_CODE_VERSION = 3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,11 +95,16 @@ def all_problems(operators: Sequence[str], difficulties: Sequence[str], prompt_f
     return data.make_problems(list(operators), list(difficulties), 20_000, prompt_format, seed=0).to_pandas()
 
 
-def split_heldout(problems: pd.DataFrame, fraction: float, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(train, held-out), split by unordered problem so neither operand order leaks."""
+def split_heldout(problems: pd.DataFrame, fraction: float, seed: int, fixed: dict | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(train, held-out), split by unordered problem so neither operand order leaks.
+
+    ``fixed`` maps an operator to the set of problem keys that must be held out (and no
+    others): the base model's own held-out pairs, so a skill it was trained on is scored on
+    pairs neither training ever saw."""
+    fixed = fixed or {}
     keys = sorted({data.pair_key(a, op, b) for a, op, b in zip(problems.a, problems.op, problems.b)})
     rng = np.random.default_rng(seed)
-    held = {k for k, r in zip(keys, rng.random(len(keys))) if r < fraction}
+    held = {k for k, r in zip(keys, rng.random(len(keys))) if (k in fixed[k[0]] if k[0] in fixed else r < fraction)}
     is_held = np.array([data.pair_key(a, op, b) in held for a, op, b in zip(problems.a, problems.op, problems.b)], dtype=bool)
     return problems[~is_held].reset_index(drop=True), problems[is_held].reset_index(drop=True)
 
@@ -160,7 +165,7 @@ def train(recipe: FinetuneRecipe, progress: bool = True, device: str = "cpu"):
     new = all_problems(recipe.operators, recipe.difficulties, recipe.prompt_format)
     train_new, held_new = split_heldout(new, recipe.heldout_fraction, recipe.seed)
     old = all_problems(recipe.replay_operators, recipe.difficulties, recipe.prompt_format) if recipe.replay_operators else new.iloc[:0]
-    train_old, held_old = split_heldout(old, recipe.heldout_fraction, recipe.seed)
+    train_old, held_old = split_heldout(old, recipe.heldout_fraction, recipe.seed, fixed=base_heldout(recipe.base))
 
     parts = [train_new, train_old, held_new, held_old]
     everything = pd.concat(parts, ignore_index=True)  # one encoding, so every part has one width
@@ -214,6 +219,17 @@ def train(recipe: FinetuneRecipe, progress: bool = True, device: str = "cpu"):
     hist = pd.DataFrame(history)
     hist.attrs["train_seconds"] = train_seconds
     return merged, tokenizer, hist, split
+
+
+def base_heldout(base: str) -> dict:
+    """The base model's held-out problems by operator, when mechlib knows them (the organism:
+    its held-out addition pairs); empty otherwise."""
+    from .organism import ORGANISM_NAME, OrganismRecipe, split_pairs
+
+    if base != ORGANISM_NAME:
+        return {}
+    _, held = split_pairs(OrganismRecipe())
+    return {"+": {data.pair_key(int(a), "+", int(b)) for a, b in held.tolist()}}
 
 
 def cell_weights(problems: pd.DataFrame) -> np.ndarray:
@@ -297,22 +313,60 @@ def before_after(models: dict, problems: pd.DataFrame, batch_size: int = 512) ->
     return pd.concat(frames, ignore_index=True)
 
 
-def findings(results: pd.DataFrame, new_ops: Sequence[str], before: str = "before", after: str = "after") -> dict:
-    """Gains on the new skill and costs on the old ones, per difficulty, in points (0..100)."""
-    acc = results.pivot_table(index=["op", "difficulty"], columns="model", values="correct", aggfunc="mean")
-    delta = (acc[after] - acc[before]) * 100
-    new = delta[delta.index.get_level_values("op").isin(new_ops)]
-    old = delta[~delta.index.get_level_values("op").isin(new_ops)]
+def findings(results: pd.DataFrame, new_ops: Sequence[str], before: str = "before", after: str = "after", min_n: int = 30) -> dict:
+    """Gains on the new skill and costs on the old ones, per cell, in points (0..100), with n
+    and Wilson 95% intervals. Only cells with at least ``min_n`` held-out problems carry a
+    headline claim (best gain, worst cost); the pooled numbers pool one kind only (held-out
+    problems of the new skill, or of the old)."""
+    from .stats import accuracy_by, fmt_interval, proportion
+
+    cells = accuracy_by(results, ["op", "difficulty", "model"])
+    wide = cells.pivot_table(index=["op", "difficulty"], columns="model", values=["accuracy", "n"])
+    delta = (wide["accuracy"][after] - wide["accuracy"][before]) * 100
+    n = wide["n"][after]
+    is_new = delta.index.get_level_values("op").isin(new_ops)
+    headline = n >= min_n
+    new, old = delta[is_new & headline], delta[~is_new & headline]
+
+    def pooled(model: str, new_skill: bool) -> str:
+        rows = results[(results.model == model) & (results.op.isin(new_ops) == new_skill)]
+        st = proportion(rows["correct"])
+        return fmt_interval(st["p"], st["lo"], st["hi"], st["n"])
+
+    def cell_text(key, model):
+        r = cells[(cells.op == key[0]) & (cells.difficulty == key[1]) & (cells.model == model)].iloc[0]
+        return fmt_interval(r.accuracy, r.lo, r.hi, int(r.n))
+
     out = {
-        "best_gain_points": float(new.max()),
-        "best_gain_cell": " ".join(new.idxmax()),
+        "old_before_text": "n/a (no replayed skill)",
+        "old_after_text": "n/a (no replayed skill)",
+        "min_n": min_n,
+        "small_cells": ", ".join(f"{op} {d} (n = {int(k)})" for (op, d), k in n[~headline].items()) or "none",
+        "new_before_text": pooled(before, True),
+        "new_after_text": pooled(after, True),
         "new_acc_before": float(results[(results.model == before) & results.op.isin(new_ops)].correct.mean()),
         "new_acc_after": float(results[(results.model == after) & results.op.isin(new_ops)].correct.mean()),
     }
+    out["gain_sentence"] = f"No cell of the new skill has {min_n} held-out problems, so none carries a headline claim."
+    out["cost_sentence"] = "No replayed skill was measured." if not (~is_new).any() else (
+        f"No cell of the replayed skill has {min_n} held-out problems, so none carries a headline claim.")
+    if len(new):
+        best = new.idxmax()
+        out["gain_sentence"] = (f"Among cells with at least {min_n} held-out problems, the largest gain is {new.max():.1f} points, on "
+                                f"{' '.join(best)} ({cell_text(best, before)} before, {cell_text(best, after)} after).")
+        out.update(best_gain_points=float(new.max()), best_gain_cell=" ".join(best),
+                   best_gain_before_text=cell_text(best, before), best_gain_after_text=cell_text(best, after))
     if len(old):
+        worst = old.idxmin()
+        out["cost_sentence"] = (f"The largest drop in a cell with at least {min_n} problems is {-old.min() + 0.0:.1f} points, on "
+                                f"{' '.join(worst)} ({cell_text(worst, before)} before, {cell_text(worst, after)} after).")
         out.update(
             worst_cost_points=float(-old.min()) + 0.0,  # + 0.0 turns -0.0 into 0.0
-            worst_cost_cell=" ".join(old.idxmin()),
+            worst_cost_cell=" ".join(worst),
+            worst_cost_before_text=cell_text(worst, before),
+            worst_cost_after_text=cell_text(worst, after),
+            old_before_text=pooled(before, False),
+            old_after_text=pooled(after, False),
             old_acc_before=float(results[(results.model == before) & ~results.op.isin(new_ops)].correct.mean()),
             old_acc_after=float(results[(results.model == after) & ~results.op.isin(new_ops)].correct.mean()),
         )

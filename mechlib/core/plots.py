@@ -53,93 +53,199 @@ def enable() -> None:
     alt.data_transformers.disable_max_rows()
 
 
-def accuracy_heatmap(table: pd.DataFrame, title: str = "Exact-match accuracy") -> alt.Chart:
-    """Heat map of an accuracy_table (rows x columns, values 0..1), annotated."""
+COLUMN_WIDTH = 640  # the book's text column is about 800 px; charts (with legends) stay inside it
+OP_ORDER = ["+", "-", "*"]
+# One colour per error class, the same in every chapter.
+ERROR_COLOURS = {
+    "correct": "#4c78a8",
+    "malformed": "#9d755d",
+    "wrong_operation": "#e45756",
+    "near_wrong_operation": "#ff9da6",
+    "copies_operand": "#f58518",
+    "off_by_small": "#54a24b",
+    "carry_slip": "#b279a2",
+    "right_length": "#eeca3b",
+    "wrong_length": "#bab0ac",
+}
+KIND_COLOURS = {
+    "trained": "#4c78a8",
+    "longer_operands": "#f58518",
+    "new_operator": "#bab0ac",
+    "new_format": "#9d755d",
+    "pretrained": "#54a24b",
+}
+
+
+def _title(text: str, caption: str | None):
+    return alt.TitleParams(text, subtitle=caption, anchor="start") if caption else alt.TitleParams(text, anchor="start")
+
+
+def accuracy_heatmap(table: pd.DataFrame, title: str = "Exact-match accuracy", caption: str | None = None,
+                     counts: pd.DataFrame | None = None) -> alt.Chart:
+    """Heat map of an accuracy table (rows x columns, values 0..1), annotated with the
+    accuracy and, when ``counts`` (same shape) is given, n."""
     row_name = table.index.name or "row"
     col_name = table.columns.name or "column"
     long = table.reset_index().melt(id_vars=row_name, var_name=col_name, value_name="accuracy").dropna()
-    base = alt.Chart(long, title=title).encode(
-        x=alt.X(f"{col_name}:O", title=col_name, sort=list(table.columns)),
+    if counts is not None:
+        n = counts.reset_index().melt(id_vars=row_name, var_name=col_name, value_name="n")
+        long = long.merge(n, on=[row_name, col_name], how="left")
+        long["label"] = [f"{a:.0%} (n={int(k)})" for a, k in zip(long.accuracy, long.n)]
+    else:
+        long["label"] = [f"{a:.0%}" for a in long.accuracy]
+    step = 78 if counts is not None else 52
+    base = alt.Chart(long, title=_title(title, caption)).encode(
+        x=alt.X(f"{col_name}:O", title=col_name, sort=list(table.columns), axis=alt.Axis(labelAngle=0)),
         y=alt.Y(f"{row_name}:N", title=row_name, sort=list(table.index)),
     )
     rect = base.mark_rect().encode(
         color=alt.Color("accuracy:Q", scale=alt.Scale(domain=[0, 1], scheme="viridis"), title="accuracy"),
-        tooltip=[row_name, col_name, alt.Tooltip("accuracy:Q", format=".1%")],
+        tooltip=[row_name, col_name, alt.Tooltip("accuracy:Q", format=".1%")] + (["n"] if counts is not None else []),
     )
-    text = base.mark_text(fontSize=12).encode(
-        text=alt.Text("accuracy:Q", format=".0%"),
+    text = base.mark_text(fontSize=11).encode(
+        text="label:N",
         color=alt.condition("datum.accuracy > 0.6", alt.value("black"), alt.value("white")),
     )
-    return (rect + text).properties(width=alt.Step(60), height=alt.Step(36))
+    width = min(COLUMN_WIDTH - 120, step * len(table.columns))
+    return (rect + text).properties(width=width, height=alt.Step(30))
 
 
-def error_bars(results: pd.DataFrame, title: str = "How the answers go wrong") -> alt.Chart:
-    """Stacked bars: the share of each error class, per operator x difficulty."""
+def accuracy_intervals(cells: pd.DataFrame, title: str = "Accuracy with 95% intervals", caption: str | None = None,
+                       x: str = "difficulty", color: str = "kind", row: str | None = "op") -> alt.Chart:
+    """Points with Wilson 95% error bars (columns accuracy, lo, hi, n), one row of panels
+    per operator (stacked, so the chart fits the column)."""
+    data = cells.copy()
+    data["interval"] = [f"{a:.1%} [{lo:.1%}, {hi:.1%}], n = {n}" for a, lo, hi, n in zip(data.accuracy, data.lo, data.hi, data.n)]
+    colours = KIND_COLOURS if color == "kind" else None
+    domain = [k for k in (colours or {}) if k in set(data[color])] or sorted(data[color].unique())
+    scale = alt.Scale(domain=domain, range=[colours[k] for k in domain]) if colours else alt.Scale()
+    base = alt.Chart(data).encode(
+        x=alt.X(f"{x}:N", title=x, axis=alt.Axis(labelAngle=0)),
+        color=alt.Color(f"{color}:N", scale=scale, title=color),
+        tooltip=[c for c in (row, x, color) if c] + ["interval"],
+    )
+    points = base.mark_point(filled=True, size=60).encode(y=alt.Y("accuracy:Q", scale=alt.Scale(domain=[0, 1]), axis=alt.Axis(format="%")))
+    bars = base.mark_errorbar(ticks=True).encode(y=alt.Y("lo:Q", title="exact-match accuracy"), y2="hi:Q")
+    layer = (bars + points).properties(width=COLUMN_WIDTH - 200, height=110)
+    if row:
+        return layer.facet(row=alt.Row(f"{row}:N", sort=OP_ORDER if row == "op" else "ascending", title=None), title=_title(title, caption))
+    return layer.properties(title=_title(title, caption))
+
+
+def error_bars(results: pd.DataFrame, title: str = "How the answers go wrong", caption: str | None = None) -> alt.Chart:
+    """Stacked bars: the share of each error class, per operator x difficulty; the same
+    colour for a class in every chapter."""
     counts = results.groupby(["op", "difficulty", "error"]).size().rename("n").reset_index()
     counts["share"] = counts["n"] / counts.groupby(["op", "difficulty"])["n"].transform("sum")
     counts["meaning"] = counts["error"].map(ERROR_DESCRIPTIONS)
     order = [c for c in ERROR_CLASSES if c in set(counts["error"])]
     return (
-        alt.Chart(counts, title=title)
+        alt.Chart(counts)
         .mark_bar()
         .encode(
-            x=alt.X("difficulty:N", title="difficulty"),
+            x=alt.X("difficulty:N", title="difficulty", axis=alt.Axis(labelAngle=0)),
             y=alt.Y("share:Q", title="share of problems", axis=alt.Axis(format="%")),
-            color=alt.Color("error:N", sort=order, scale=alt.Scale(domain=order, scheme="tableau10"), title="answer class"),
+            color=alt.Color("error:N", sort=order, scale=alt.Scale(domain=order, range=[ERROR_COLOURS[c] for c in order]),
+                            title="answer class"),
             order=alt.Order("error_rank:Q"),
-            column=alt.Column("op:N", title="operator"),
+            column=alt.Column("op:N", title="operator", sort=OP_ORDER),
             tooltip=["op", "difficulty", "error", "meaning", "n", alt.Tooltip("share:Q", format=".1%")],
         )
         .transform_calculate(error_rank=f"indexof({json.dumps(order)}, datum.error)")
-        .properties(width=alt.Step(28), height=220)
+        .properties(width=alt.Step(26), height=180, title=_title(title, caption))
     )
 
 
-def line_chart(df: pd.DataFrame, x: str, y: str, color: str | None = None, title: str = "", y_format: str | None = None) -> alt.Chart:
-    """A plain line chart with points and tooltips."""
+def line_chart(df: pd.DataFrame, x: str, y: str, color: str | None = None, title: str = "", y_format: str | None = None,
+               caption: str | None = None, integer_x: bool = False, band: tuple[str, str] | None = None,
+               width: int = COLUMN_WIDTH - 180, rule: float | None = None) -> alt.Chart:
+    """A line chart with points and tooltips; ``integer_x`` for layers (no 2.5 ticks),
+    ``band`` = (lo, hi) columns for an interval band, ``rule`` a dashed baseline."""
+    x_axis = alt.Axis(tickMinStep=1, format="d") if integer_x else alt.Axis()
     enc = {
-        "x": alt.X(f"{x}:Q", title=x),
+        "x": alt.X(f"{x}:Q", title=x, axis=x_axis),
         "y": alt.Y(f"{y}:Q", title=y, axis=alt.Axis(format=y_format) if y_format else alt.Axis()),
         "tooltip": [c for c in (x, y, color) if c],
     }
     if color:
         enc["color"] = alt.Color(f"{color}:N", title=color)
-    return alt.Chart(df, title=title).mark_line(point=True).encode(**enc).properties(width=420, height=240)
+        enc["shape"] = alt.Shape(f"{color}:N", title=color)  # more than a few lines need more than colour
+    chart = alt.Chart(df).mark_line(point=True).encode(**enc)
+    if band:
+        band_enc = {"x": f"{x}:Q", "y": f"{band[0]}:Q", "y2": f"{band[1]}:Q"}
+        if color:
+            band_enc["color"] = alt.Color(f"{color}:N", legend=None)
+        chart = alt.Chart(df).mark_area(opacity=0.15).encode(**band_enc) + chart
+    if rule is not None:
+        chart = chart + alt.Chart(pd.DataFrame({"y": [rule]})).mark_rule(strokeDash=[4, 4], color="gray").encode(y="y:Q")
+    return chart.properties(width=width, height=220, title=_title(title, caption))
 
 
-def before_after_bars(results: pd.DataFrame, title: str = "Accuracy before and after fine-tuning") -> alt.Chart:
-    """Grouped bars: accuracy per difficulty, one bar per model, one panel per operator."""
-    acc = results.groupby(["op", "difficulty", "model"], as_index=False)["correct"].mean()
+def before_after_bars(results: pd.DataFrame, title: str = "Accuracy before and after fine-tuning", caption: str | None = None) -> alt.Chart:
+    """Grouped bars with Wilson 95% error bars: accuracy per difficulty, one bar per model,
+    one panel per operator."""
+    from .stats import accuracy_by
+
+    acc = accuracy_by(results, ["op", "difficulty", "model"])
     order = list(dict.fromkeys(results["model"]))
-    return (
-        alt.Chart(acc, title=title)
-        .mark_bar()
-        .encode(
-            x=alt.X("difficulty:N", title="difficulty"),
-            xOffset=alt.XOffset("model:N", sort=order),
-            y=alt.Y("correct:Q", title="exact-match accuracy", axis=alt.Axis(format="%"), scale=alt.Scale(domain=[0, 1])),
-            color=alt.Color("model:N", sort=order, title="model"),
-            column=alt.Column("op:N", title="operator"),
-            tooltip=["op", "difficulty", "model", alt.Tooltip("correct:Q", format=".1%")],
-        )
-        .properties(width=alt.Step(22), height=220)
+    base = alt.Chart(acc).encode(
+        x=alt.X("difficulty:N", title="difficulty", axis=alt.Axis(labelAngle=0)),
+        xOffset=alt.XOffset("model:N", sort=order),
+        color=alt.Color("model:N", sort=order, title="model"),
+        tooltip=["op", "difficulty", "model", "n", alt.Tooltip("accuracy:Q", format=".1%"), alt.Tooltip("lo:Q", format=".1%"),
+                 alt.Tooltip("hi:Q", format=".1%")],
     )
+    bars = base.mark_bar().encode(y=alt.Y("accuracy:Q", title="exact-match accuracy", axis=alt.Axis(format="%"), scale=alt.Scale(domain=[0, 1])))
+    whiskers = base.mark_errorbar(ticks=True).encode(y="lo:Q", y2="hi:Q", color=alt.value("black"))
+    return (bars + whiskers).properties(width=alt.Step(22), height=200).facet(
+        column=alt.Column("op:N", title="operator", sort=OP_ORDER), title=_title(title, caption))
 
 
-def condition_bars(table: pd.DataFrame, value_cols: list[str], title: str) -> alt.Chart:
-    """Grouped bars of some columns per condition label, one panel per layer."""
+def condition_bars(table: pd.DataFrame, value_cols: list[str], title: str, caption: str | None = None) -> alt.Chart:
+    """Grouped bars of some columns per condition label, one panel per layer (stacked)."""
     long = table.melt(id_vars=["layer", "label"], value_vars=value_cols, var_name="metric")
     order = list(dict.fromkeys(table["label"]))
     return (
-        alt.Chart(long, title=title)
+        alt.Chart(long)
         .mark_bar()
         .encode(
-            x=alt.X("label:N", sort=order, title="condition"),
+            x=alt.X("label:N", sort=order, title="condition", axis=alt.Axis(labelAngle=0)),
             xOffset="metric:N",
             y=alt.Y("value:Q", axis=alt.Axis(format="%"), scale=alt.Scale(domain=[0, 1]), title="accuracy"),
             color=alt.Color("metric:N", title=""),
-            column=alt.Column("layer:O", title="layer"),
+            row=alt.Row("layer:O", title="layer"),
             tooltip=["layer", "label", "metric", alt.Tooltip("value:Q", format=".1%")],
         )
-        .properties(width=alt.Step(16), height=200)
+        .properties(width=alt.Step(18), height=120, title=_title(title, caption))
     )
+
+
+def interval_table(df: pd.DataFrame, keep: list[str], value: str = "accuracy", label: str = "accuracy [95% interval]"):
+    """A narrow table: the ``keep`` columns, n, and accuracy with its interval in one column."""
+    if not len(df):
+        return pd.DataFrame({"note": ["not measured in this run"]}).style.hide(axis="index")
+    out = df[keep].copy()
+    out["n"] = df["n"].astype(int).map("{:,}".format)
+    out[label] = [f"{a:.1%} [{lo * 100:.1f}, {hi * 100:.1f}]" for a, lo, hi in zip(df[value], df["lo"], df["hi"])]
+    return out.style.hide(axis="index")
+
+
+def seeds_table(seeds: pd.DataFrame, counts: tuple[str, ...] = ()) -> pd.io.formats.style.Styler:
+    """Seed-to-seed numbers, one column per organism seed (narrow), metrics as rows."""
+    if not len(seeds):
+        return pd.DataFrame({"note": ["no seeds were run"]}).style.hide(axis="index")
+    wide = seeds.set_index("organism_seed").T
+    wide.columns = [f"seed {c}" for c in wide.columns]
+    wide.index.name = "metric"
+    fmt = lambda v, name: f"{v:,.0f}" if name in counts or name.startswith(("n_", "most_needed")) else f"{v:.1%}"  # noqa: E731
+    text = pd.DataFrame({c: [fmt(v, m) if v == v else "" for m, v in wide[c].items()] for c in wide.columns}, index=wide.index)
+    return text.reset_index().style.hide(axis="index")
+
+
+def percent_table(df: pd.DataFrame, percent: list[str] | None = None, counts: list[str] | None = None):
+    """A table for the page: percentages as percentages (at most 3 significant digits),
+    counts as integers, no pandas index."""
+    percent = percent or [c for c in df.columns if df[c].dtype.kind == "f" and df[c].between(0, 1).all()]
+    counts = counts or [c for c in df.columns if df[c].dtype.kind in "iu"]
+    fmt = {c: "{:.1%}" for c in percent} | {c: "{:,.0f}" for c in counts}
+    return df.style.format(fmt, na_rep="").hide(axis="index")

@@ -1,6 +1,15 @@
-"""The error taxonomy: one class for every answer, right or wrong.
+"""The error taxonomy: one class for every answer, right or wrong, plus the other classes
+that also fit it.
 
-Classes are tried in the order of :data:`ERROR_CLASSES`; the first that fits wins.
+Classes are tried in the order of :data:`ERROR_CLASSES`; the first that fits wins, and
+:func:`classify_all` lists every class that fits, so a table can report the ambiguous
+cases too. The order puts *another operation's result* (exact, then off by one) before
+the generic classes, because that is the organism's characteristic failure: asked ``9-6``
+it answers the sum (``15``) or the sum minus one (``14``). Where one operand is 0 or 1,
+another operation's result can equal an operand (``6*0 = 6`` is also ``6+0``): it is
+classed ``wrong_operation`` and ``copies_operand`` is listed in ``also``. Another
+operation's result that equals the right answer (``2*2`` and ``2+2``) never counts as
+another operation: the answer is simply right.
 """
 from __future__ import annotations
 
@@ -11,8 +20,9 @@ from .data import OPERATORS, apply_op
 ERROR_CLASSES = (
     "correct",
     "malformed",  # no number at the start of the answer
+    "wrong_operation",  # exactly another operator's result on the same operands
+    "near_wrong_operation",  # another operator's result off by one (the sum minus one, say)
     "copies_operand",  # the answer is one of the operands
-    "wrong_operation",  # the answer is another operator's result on the same operands
     "off_by_small",  # within SMALL of the right answer
     "carry_slip",  # off by exactly 10, 100, ...: one digit place wrong by one
     "right_length",  # right number of digits (and sign), otherwise wrong
@@ -21,8 +31,9 @@ ERROR_CLASSES = (
 ERROR_DESCRIPTIONS = {
     "correct": "exactly right",
     "malformed": "not a number",
+    "wrong_operation": "result of another operation (e.g. the sum when asked for a difference)",
+    "near_wrong_operation": "another operation's result off by one (e.g. the sum minus one)",
     "copies_operand": "repeats an operand",
-    "wrong_operation": "result of another operation (e.g. adds when asked to subtract)",
     "off_by_small": "off by 1 or 2",
     "carry_slip": "off by exactly 10, 100, ... (a dropped or spurious carry)",
     "right_length": "right number of digits, wrong digits",
@@ -38,22 +49,37 @@ def parse_answer(text: str) -> int | None:
     return int(m.group(1).replace(",", "")) if m else None
 
 
-def classify(a: int, op: str, b: int, pred: int | None) -> str:
+def other_results(a: int, op: str, b: int) -> set[int]:
+    """Results of the other operators on the same operands, in either order, leaving out
+    any that equal the right answer (those cannot be told apart from a right answer)."""
+    answer = apply_op(a, op, b)
+    others = {apply_op(x, o, y) for o in OPERATORS if o != op for x, y in ((a, b), (b, a))}
+    return others - {answer}
+
+
+def classify_all(a: int, op: str, b: int, pred: int | None) -> list[str]:
+    """Every class that fits, in precedence order (the first is the class)."""
     answer = apply_op(a, op, b)
     if pred is None:
-        return "malformed"
+        return ["malformed"]
     if pred == answer:
-        return "correct"
-    if pred in (a, b):
-        return "copies_operand"
-    others = {apply_op(a, o, b) for o in OPERATORS if o != op} | {apply_op(b, o, a) for o in OPERATORS if o != op}
+        return ["correct"]
+    fits = []
+    others = other_results(a, op, b)
     if pred in others:
-        return "wrong_operation"
+        fits.append("wrong_operation")
+    elif any(abs(pred - o) == 1 for o in others):
+        fits.append("near_wrong_operation")
+    if pred in (a, b):
+        fits.append("copies_operand")
     err = abs(pred - answer)
     if err <= SMALL:
-        return "off_by_small"
+        fits.append("off_by_small")
     if err >= 10 and str(err).rstrip("0") == "1":
-        return "carry_slip"
-    if len(str(pred)) == len(str(answer)):
-        return "right_length"
-    return "wrong_length"
+        fits.append("carry_slip")
+    fits.append("right_length" if len(str(pred)) == len(str(answer)) else "wrong_length")
+    return fits
+
+
+def classify(a: int, op: str, b: int, pred: int | None) -> str:
+    return classify_all(a, op, b, pred)[0]

@@ -28,3 +28,19 @@ def test_a_clean_page_passes_and_a_broken_page_fails_on_each_count(tmp_path):
     assert "unrendered glue placeholder" in bad
     assert "console error: boom" in bad
     assert (tmp_path / "shots" / "good.png").is_file()
+
+
+WIDE = """<html><body><main style="width: 600px"><div class="mechlib-chart" id="w">
+<svg width="900" height="50"><g class="mark-rect"><path d="M0,0h10v10z"></path></g></svg></div>
+<div class="cell_output"><div class="output stderr"><pre>FutureWarning: x is deprecated</pre></div></div>
+<div class="cell_output"><pre>saved to /work/main/_build/x</pre></div></main></body></html>"""
+
+
+def test_wide_charts_stderr_and_paths_fail(tmp_path):
+    site = tmp_path / "html"
+    site.mkdir()
+    (site / "wide.html").write_text(WIDE)
+    problems = "\n".join(check_site(site, tmp_path / "shots")["problems"]["wide.html"])
+    assert "svg 0 is 900 px wide" in problems and "past the column" in problems
+    assert "stderr output" in problems
+    assert "shows '/work/'" in problems

@@ -145,3 +145,15 @@ def test_training_curve_metric_agrees_with_greedy_exact_match_when_answers_end_i
     assert finetune.teacher_forced_accuracy(Rigged(), ids, mask, labels, continues).all()
     assert not finetune.teacher_forced_accuracy(Rigged(), ids, mask, labels).any()  # strict: EOS required
     assert not continues[nl] and continues[tok.convert_tokens_to_ids("7")]
+
+
+def test_replayed_organism_skill_is_scored_on_the_organisms_own_heldout_pairs():
+    from mechlib.core.organism import OrganismRecipe, split_pairs
+
+    problems = finetune.all_problems(["+"], ["1x1", "1x2", "2x2"], "bare")
+    fixed = finetune.base_heldout("arith-organism")
+    train, held = finetune.split_heldout(problems, 0.1, seed=0, fixed=fixed)
+    _, organism_held = split_pairs(OrganismRecipe())
+    organism_keys = {data.pair_key(int(a), "+", int(b)) for a, b in organism_held.tolist()}
+    assert {data.pair_key(a, op, b) for a, op, b in zip(held.a, held.op, held.b)} == organism_keys
+    assert not {data.pair_key(a, op, b) for a, op, b in zip(train.a, train.op, train.b)} & organism_keys

@@ -29,3 +29,35 @@ def test_parse_answer(text, value):
 def test_classify(a, op, b, pred, cls):
     assert cls in ERROR_CLASSES
     assert classify(a, op, b, pred) == cls
+
+
+@pytest.mark.parametrize(
+    "a,op,b,pred,cls,also",
+    [
+        (60, "*", 1, 62, "near_wrong_operation", {"off_by_small"}),  # the sum (61) + 1, not "near 60"
+        (6, "*", 0, 6, "wrong_operation", {"copies_operand"}),  # 6 + 0 = 6: the operation wins, the copy is listed
+        (9, "-", 6, 14, "near_wrong_operation", set()),  # the sum minus one
+        (8, "-", 8, 15, "near_wrong_operation", set()),
+        (9, "*", 7, 15, "near_wrong_operation", set()),
+        (2, "*", 2, 4, "correct", set()),  # the sum equals the product: right, not another operation
+        (2, "*", 2, 5, "off_by_small", set()),  # 4 + 1, but the sum is the answer, so no other operation
+        (12, "+", 34, 34, "copies_operand", set()),
+    ],
+)
+def test_reviewed_cases_and_what_else_fits(a, op, b, pred, cls, also):
+    from mechlib.core.taxonomy import classify_all
+
+    fits = classify_all(a, op, b, pred)
+    assert fits[0] == cls
+    assert also <= set(fits[1:])
+    assert fits[-1] in ("right_length", "wrong_length", "correct", "malformed") or fits[-1] == cls
+
+
+def test_copy_rate_baseline():
+    import pandas as pd
+
+    from mechlib.core.evaluate import baseline_rates
+
+    df = pd.DataFrame({"a": [3, 5], "op": ["-", "-"], "b": [1, 2], "answer": [2, 3]})
+    rates = baseline_rates(df)
+    assert rates["copy_a"] == 0.0 and rates["sum"] == 0.0
