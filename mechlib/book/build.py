@@ -165,7 +165,8 @@ def render_site(builder: str = "html") -> Path:
     jb = Path(sys.executable).parent / "jupyter-book"
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=root / "_build"))
     try:
-        subprocess.run([str(jb), "build", str(root), "--builder", builder, "--keep-going", "--path-output", str(staging)],
+        # -W: a warning (an unfilled glue key, a broken reference, a bad citation) fails the build
+        subprocess.run([str(jb), "build", str(root), "--builder", builder, "-W", "--keep-going", "--path-output", str(staging)],
                        check=True)
         new = staging / "_build" / builder
         if not (new / "index.html").is_file():

@@ -241,6 +241,7 @@ def accuracy_table(results: pd.DataFrame, index: str = "op", columns: str = "dif
 
 
 OP_ORDER = {"+": 0, "-": 1, "*": 2}
+KIND_ORDER = {"trained": 0, "longer_operands": 1, "new_operator": 2, "new_format": 3, "pretrained": 4}
 
 
 def accuracy_cells(results: pd.DataFrame, by: Sequence[str] = ("op", "difficulty")) -> pd.DataFrame:
@@ -248,7 +249,8 @@ def accuracy_cells(results: pd.DataFrame, by: Sequence[str] = ("op", "difficulty
     in the order + - x."""
     table = accuracy_by(results, list(by))
     sort = [c for c in by]
-    keys = {c: (table[c].map(OP_ORDER) if c == "op" else table[c]) for c in sort}
+    order_of = {"op": OP_ORDER, "kind": KIND_ORDER}
+    keys = {c: (table[c].map(order_of[c]) if c in order_of else table[c]) for c in sort}
     order = pd.DataFrame(keys).sort_values(sort).index
     return table.loc[order].reset_index(drop=True)
 

@@ -220,6 +220,9 @@ def condition_bars(table: pd.DataFrame, value_cols: list[str], title: str, capti
     )
 
 
+TABLE_STYLE = [{"selector": "th, td", "props": "padding: 0.15em 0.7em;"}]
+
+
 def interval_table(df: pd.DataFrame, keep: list[str], value: str = "accuracy", label: str = "accuracy [95% interval]"):
     """A narrow table: the ``keep`` columns, n, and accuracy with its interval in one column."""
     if not len(df):
@@ -227,7 +230,7 @@ def interval_table(df: pd.DataFrame, keep: list[str], value: str = "accuracy", l
     out = df[keep].copy()
     out["n"] = df["n"].astype(int).map("{:,}".format)
     out[label] = [f"{a:.1%} [{lo * 100:.1f}, {hi * 100:.1f}]" for a, lo, hi in zip(df[value], df["lo"], df["hi"])]
-    return out.style.hide(axis="index")
+    return out.style.hide(axis="index").set_table_styles(TABLE_STYLE)
 
 
 def seeds_table(seeds: pd.DataFrame, counts: tuple[str, ...] = ()) -> pd.io.formats.style.Styler:
@@ -239,7 +242,7 @@ def seeds_table(seeds: pd.DataFrame, counts: tuple[str, ...] = ()) -> pd.io.form
     wide.index.name = "metric"
     fmt = lambda v, name: f"{v:,.0f}" if name in counts or name.startswith(("n_", "most_needed")) else f"{v:.1%}"  # noqa: E731
     text = pd.DataFrame({c: [fmt(v, m) if v == v else "" for m, v in wide[c].items()] for c in wide.columns}, index=wide.index)
-    return text.reset_index().style.hide(axis="index")
+    return text.reset_index().style.hide(axis="index").set_table_styles(TABLE_STYLE)
 
 
 def percent_table(df: pd.DataFrame, percent: list[str] | None = None, counts: list[str] | None = None):
@@ -248,4 +251,4 @@ def percent_table(df: pd.DataFrame, percent: list[str] | None = None, counts: li
     percent = percent or [c for c in df.columns if df[c].dtype.kind == "f" and df[c].between(0, 1).all()]
     counts = counts or [c for c in df.columns if df[c].dtype.kind in "iu"]
     fmt = {c: "{:.1%}" for c in percent} | {c: "{:,.0f}" for c in counts}
-    return df.style.format(fmt, na_rep="").hide(axis="index")
+    return df.style.format(fmt, na_rep="").hide(axis="index").set_table_styles(TABLE_STYLE)

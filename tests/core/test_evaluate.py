@@ -76,4 +76,8 @@ def test_organism_fails_untaught_skills_in_describable_ways(organism):
     ds = data.make_problems(["-", "*"], ["2x2"], 100, seed=0)
     res = evaluate(organism, ds)
     assert res.correct.mean() < 0.2
-    assert set(res.error) <= {"correct", "malformed", "copies_operand", "wrong_operation", "off_by_small", "carry_slip", "right_length", "wrong_length"}
+    from mechlib.core.taxonomy import ERROR_CLASSES
+
+    assert set(res.error) <= set(ERROR_CLASSES)
+    # asked to subtract or multiply, the organism mostly answers another operation's result (the sum, or near it)
+    assert res.error.isin(["wrong_operation", "near_wrong_operation"]).mean() > 0.5
