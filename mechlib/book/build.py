@@ -261,11 +261,20 @@ _FRONT_MATTER_JS = """(meta) => {
 
 
 def write_runs_page(store: Path | None = None) -> Path:
-    """``book/runs.md`` from the run store (generated at every build, not committed)."""
+    """``book/runs.md`` from the run store (generated at every build, not committed), and
+    each run's JSON record published with the site (``_static/runs/<chapter>/<id>.json``)."""
     from .runs import load_runs, runs_page, store_dir
 
+    store = Path(store or store_dir())
+    records = load_runs(store)
+    published = project_root() / "book" / "_assets" / "runs"
+    shutil.rmtree(published, ignore_errors=True)
+    for r in records:
+        dest = published / r["chapter"] / f"{r['id']}.json"
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(store / r["chapter"] / f"{r['id']}.json", dest)
     path = project_root() / "book" / "runs.md"
-    path.write_text(runs_page(load_runs(store or store_dir())))
+    path.write_text(runs_page(records))
     return path
 
 

@@ -114,27 +114,36 @@ def is_recorded(chapter: str, params: dict, store: Path | None = None) -> bool:
 
 def _fmt(value) -> str:
     if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
+        return f"{value:.3g}"
+    return str(value).replace("|", "/")
 
 
-def runs_page(records: list[dict], headline: int = 6) -> str:
-    """Markdown for the book's Runs page: one table row per recorded run."""
+def headline_metrics(metrics: dict, count: int = 3) -> list[tuple[str, str]]:
+    """The few metrics a reader scans first: the glued interval texts (``..._text``), then
+    other scalars; long prose fields are left to the record."""
+    texts = [(k.removesuffix("_text"), v) for k, v in metrics.items() if k.endswith("_text") and isinstance(v, str)]
+    scalars = [(k, _fmt(v)) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    return (texts + scalars)[:count]
+
+
+def runs_page(records: list[dict], headline: int = 3, json_href: str = "../_static/runs") -> str:
+    """Markdown for the book's Runs page: one row per recorded run, its headline metrics,
+    and a link to its JSON record (published with the site under ``json_href``)."""
     lines = [
         "# Runs",
         "",
-        "Every chapter execution recorded in this build's run store (`_build/runs/`): its parameters'",
-        "hash, when it started, how long it took, the code's git commit, and its first headline metrics.",
-        "The full records (parameters, library versions, all metrics) are the JSON files themselves.",
+        "Every chapter execution recorded in this build's run store: its parameters' hash (the run id),",
+        "when it started, how long it took, the code's git commit, and its first headline metrics.",
+        "Each id links to the full record (parameters, library versions, every metric, timings) as JSON.",
         "",
     ]
     if not records:
         return "\n".join(lines + ["No runs are recorded yet.", ""])
-    lines += ["| chapter | run id | model | started (UTC) | wall s | commit | headline metrics |", "|---|---|---|---|---|---|---|"]
+    lines += ["| chapter | run | model | started (UTC) | wall s | commit | headline metrics |", "|---|---|---|---|---|---|---|"]
     for r in records:
-        metrics = ", ".join(f"{k} = {_fmt(v)}" for k, v in list(r.get("metrics", {}).items())[:headline] if not isinstance(v, (dict, list)))
+        metrics = "; ".join(f"{k}: {v}" for k, v in headline_metrics(r.get("metrics", {}), headline))
         commit = (r.get("git_commit") or "")[:8]
-        lines.append(
-            f"| {r['chapter']} | `{r['id']}` | {r['params'].get('model', '')} | {r['started']} | {r['wall_seconds']} | `{commit}` | {metrics} |"
-        )
+        link = f'<a href="{json_href}/{r["chapter"]}/{r["id"]}.json">{r["id"]}</a>'
+        model = str(r["params"].get("model", "")).replace("|", "/")
+        lines.append(f"| {r['chapter']} | {link} | {model} | {r['started']} | {r['wall_seconds']:.0f} | `{commit}` | {metrics} |")
     return "\n".join(lines + [""])
