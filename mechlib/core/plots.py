@@ -168,8 +168,9 @@ def line_chart(df: pd.DataFrame, x: str, y: str, color: str | None = None, title
         "tooltip": [c for c in (x, y, color) if c],
     }
     if color:
-        enc["color"] = alt.Color(f"{color}:N", title=color)
-        enc["shape"] = alt.Shape(f"{color}:N", title=color)  # more than a few lines need more than colour
+        legend = alt.Legend(orient="bottom", title=color)  # below the plot: never pushed past the column
+        enc["color"] = alt.Color(f"{color}:N", legend=legend)
+        enc["shape"] = alt.Shape(f"{color}:N", legend=legend)  # more than a few lines need more than colour
     chart = alt.Chart(df).mark_line(point=True).encode(**enc)
     if band:
         band_enc = {"x": f"{x}:Q", "y": f"{band[0]}:Q", "y2": f"{band[1]}:Q"}
@@ -178,7 +179,8 @@ def line_chart(df: pd.DataFrame, x: str, y: str, color: str | None = None, title
         chart = alt.Chart(df).mark_area(opacity=0.15).encode(**band_enc) + chart
     if rule is not None:
         chart = chart + alt.Chart(pd.DataFrame({"y": [rule]})).mark_rule(strokeDash=[4, 4], color="gray").encode(y="y:Q")
-    return chart.properties(width=width, height=220, title=_title(title, caption))
+    # independent scales, so a chart concatenated with another keeps its own legend
+    return chart.properties(width=width, height=220, title=_title(title, caption)).resolve_scale(color="independent", shape="independent")
 
 
 def before_after_bars(results: pd.DataFrame, title: str = "Accuracy before and after fine-tuning", caption: str | None = None) -> alt.Chart:
@@ -196,7 +198,7 @@ def before_after_bars(results: pd.DataFrame, title: str = "Accuracy before and a
                  alt.Tooltip("hi:Q", format=".1%")],
     )
     bars = base.mark_bar().encode(y=alt.Y("accuracy:Q", title="exact-match accuracy", axis=alt.Axis(format="%"), scale=alt.Scale(domain=[0, 1])))
-    whiskers = base.mark_errorbar(ticks=True).encode(y="lo:Q", y2="hi:Q", color=alt.value("black"))
+    whiskers = base.mark_errorbar(ticks=True).encode(y=alt.Y("lo:Q", title="exact-match accuracy"), y2="hi:Q", color=alt.value("black"))
     return (bars + whiskers).properties(width=alt.Step(22), height=200).facet(
         column=alt.Column("op:N", title="operator", sort=OP_ORDER), title=_title(title, caption))
 
