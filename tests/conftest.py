@@ -91,3 +91,16 @@ def isolated_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("MECHLIB_CACHE", str(root))
     assert cache_root() == root
     return root
+
+
+SLOW_FIXTURES = {"organism", "isolated_cache", "tiny_cache", "gpt2_results"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests that train or load the organism (it trains on first use), start Jupyter kernels or
+    a browser are `slow`; `make test-fast` skips them, `make test` (and CI) runs everything."""
+    for item in items:
+        path = str(item.fspath)
+        kernels_or_browser = path.endswith(("test_sweep.py", "test_site_check.py")) or item.name.startswith("test_chapter_executes")
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())) or kernels_or_browser:
+            item.add_marker(pytest.mark.slow)
