@@ -70,13 +70,42 @@ def _main(argv: list[str]) -> None:
     pdf = sub.add_parser("pdf", help="the whole book as one PDF (singlehtml + headless Chromium)")
     pdf.add_argument("--params", default="default", help="parameter set for chapters not yet executed")
 
+    sub.add_parser("mcp", help="serve the experiments as Model Context Protocol tools over stdio (for MCP clients)")
+
+    import os
+
+    agent = sub.add_parser("agent", help="a resumable research loop over the MCP tools, through an OpenAI-compatible endpoint")
+    agent.add_argument("question", nargs="?", help="the research question (omit with --resume or --report)")
+    agent.add_argument("--session", help="session directory (default _build/agent-sessions/<time>)")
+    agent.add_argument("--model", default=os.environ.get("MECHLIB_AGENT_MODEL", "gpt-4o-mini"), help="chat model name")
+    agent.add_argument("--base-url", default=os.environ.get("OPENAI_BASE_URL"),
+                       help="OpenAI-compatible endpoint, e.g. http://localhost:11434/v1 (Ollama) or http://localhost:8000/v1 (vLLM)")
+    agent.add_argument("--api-key-env", default="OPENAI_API_KEY", help="environment variable holding the API key")
+    agent.add_argument("--max-iterations", type=int, default=10)
+    agent.add_argument("--max-tokens", type=int, default=None, help="stop once this many tokens are used")
+    agent.add_argument("--max-cost", type=float, default=None, help="stop once the estimated cost (USD) reaches this")
+    agent.add_argument("--max-seconds", type=float, default=None, help="stop after this much wall time")
+    agent.add_argument("--usd-per-1k-prompt", type=float, default=0.0, help="price per 1k prompt tokens, for the cost")
+    agent.add_argument("--usd-per-1k-completion", type=float, default=0.0, help="price per 1k completion tokens")
+    agent.add_argument("--resume", help="a session directory to resume")
+    agent.add_argument("--from", dest="start_from", type=int, default=1, help="with --resume: the iteration to restart at")
+    agent.add_argument("--report", help="print a session as a Markdown lab-notebook page")
+
     show = sub.add_parser("params", help="print a chapter's parameters (defaults, or a set with overrides) as YAML")
     show.add_argument("name", help="chapter file stem, e.g. 01_baseline")
     show.add_argument("--params", default="default", help="parameter set in params/ or a .yaml path")
     show.add_argument("-p", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"), help="override one parameter")
 
     args = parser.parse_args(argv)
-    if args.command == "params":
+    if args.command == "agent":
+        from .book.agent import main as agent_main
+
+        raise SystemExit(agent_main(args))
+    if args.command == "mcp":
+        from .book.mcp_server import main as serve
+
+        serve()
+    elif args.command == "params":
         from .chapters import params as chapter_params
 
         print(yaml.safe_dump(chapter_params(args.name, args.params, _overrides(args.p)).to_dict(), sort_keys=False), end="")

@@ -101,6 +101,7 @@ def pytest_collection_modifyitems(config, items):
     a browser are `slow`; `make test-fast` skips them, `make test` (and CI) runs everything."""
     for item in items:
         path = str(item.fspath)
-        kernels_or_browser = path.endswith(("test_sweep.py", "test_site_check.py")) or item.name.startswith("test_chapter_executes")
+        kernels_or_browser = (path.endswith(("test_sweep.py", "test_site_check.py", "test_mcp.py", "test_agent_protocol.py"))
+                              or item.name.startswith("test_chapter_executes"))
         if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())) or kernels_or_browser:
             item.add_marker(pytest.mark.slow)

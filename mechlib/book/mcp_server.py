@@ -1,0 +1,284 @@
+"""``mechlib mcp``: the book's experiments as tools over the Model Context Protocol (stdio).
+
+Any MCP client (Claude Desktop, Claude Code, an IDE agent, :mod:`mechlib.book.agent`) can
+list the chapters and their parameter schemas, run a chapter through papermill into the
+run store exactly as the CLI does (a run already recorded is returned, not redone), run
+quick in-process experiments (evaluate, logit lens, generate), query the run store and keep
+a lab notebook. Bad parameters come back as tool errors carrying the validation message;
+per-call caps bound problems, tokens and wall time; no tool runs code it is given or writes
+outside the run store.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver.exceptions import ToolError
+
+from .. import chapters
+from ..chapters.base import ParamError, known_param_sets, load_param_set
+from .runs import load_runs, run_id, store_dir
+
+
+@dataclasses.dataclass(frozen=True)
+class Limits:
+    """Per-call caps, from the environment (``MECHLIB_MCP_*``) or defaults."""
+
+    max_problems: int = 2000
+    max_prompts: int = 32
+    max_new_tokens: int = 32
+    max_cell_seconds: int = 600  # papermill's per-cell timeout for run_chapter
+
+    @classmethod
+    def from_env(cls) -> Limits:
+        values = {}
+        for f in dataclasses.fields(cls):
+            raw = os.environ.get(f"MECHLIB_MCP_{f.name.upper()}")
+            if raw is not None:
+                values[f.name] = int(raw)
+        return cls(**values)
+
+
+def _fail(err: Exception) -> ToolError:
+    return ToolError(str(err))
+
+
+@functools.lru_cache(maxsize=4)
+def _model(name: str, device: str = "cpu"):
+    from ..core.models import load_model
+
+    return load_model(name, device=device)[0]
+
+
+def _problems(model: str, operators, difficulties, n: int, prompt_format: str, seed: int, limits: Limits):
+    """Problems drawn exactly as chapter 1 draws them (held-out pairs in the organism's
+    trained cells), validated by chapter 1's own parameters and capped."""
+    from ..chapters import baseline
+
+    try:
+        params = baseline.Params(model=model, device="cpu", operators=operators, difficulties=difficulties, n_per_cell=n,
+                                 prompt_format=prompt_format, seed=seed, organism_seeds=())
+        baseline.check(params)
+    except ParamError as err:  # name this tool's own argument
+        raise ToolError(str(err).replace("01_baseline: parameter 'n_per_cell'", "parameter 'n' (problems per cell)")) from None
+    problems = baseline.problem_set(params)
+    if len(problems) > limits.max_problems:
+        raise ToolError(f"{len(problems)} problems exceed this server's cap of {limits.max_problems} "
+                        "(MECHLIB_MCP_MAX_PROBLEMS); ask for fewer per cell")
+    return params, problems
+
+
+def _corruption(model, spec: str):
+    from ..core.interventions import parse_corruption
+
+    try:
+        return parse_corruption(spec, model.cfg.n_layers)
+    except ValueError as err:
+        raise _fail(err) from None
+
+
+def build_server(limits: Limits | None = None) -> MCPServer:
+    """The server with every tool and resource registered."""
+    limits = limits or Limits.from_env()
+    server = MCPServer(
+        "mechlib",
+        log_level="WARNING",
+        instructions=(
+            "Experiments on how transformers do, and fail at, arithmetic. Start with list_chapters; quick questions "
+            "go to evaluate, logit_lens and generate (seconds); run_chapter runs a whole chapter (minutes) and records "
+            "it; query_runs and get_run read the run store; add_note keeps a lab notebook. Numbers from the default "
+            "model are the embedded organism's (a 4-layer GPT-2 trained by mechlib), not GPT-2's."
+        ),
+    )
+
+    @server.tool()
+    def list_chapters() -> dict:
+        """The chapters, each with its parameters as a JSON schema (defaults, bounds, allowed values),
+        and the parameter sets a run can start from."""
+        out = {}
+        for name in chapters.names():
+            mod = chapters.module(name)
+            out[name] = {"about": (mod.__doc__ or "").strip().splitlines()[0], "parameters": mod.Params.schema()}
+        return {"chapters": out, "param_sets": known_param_sets()}
+
+    @server.tool()
+    def run_chapter(chapter: str, params: dict | None = None, param_set: str = "default") -> dict:
+        """Validate, then execute one chapter through papermill into the run store, as `mechlib chapter`
+        does. `params` overrides fields of `param_set`. A run already recorded with the same parameters is
+        returned, not redone. Returns the run id, headline metrics and the executed notebook's path."""
+        from .build import check_chapter, execute_chapter
+        from .paths import project_root
+
+        try:
+            resolved = check_chapter(chapter, param_set, params or {})
+        except (ParamError, ValueError) as err:
+            raise _fail(err) from None
+        rid = run_id(chapter, resolved.to_dict())
+        out_dir = project_root() / "_build" / "agent" / chapter
+        notebook = out_dir / f"{rid}.ipynb"
+        record_path = store_dir() / chapter / f"{rid}.json"
+        cached = record_path.is_file() and notebook.is_file()
+        if not cached:
+            start = time.time()
+            try:
+                execute_chapter(chapter, None, resolved.to_dict(), out_dir=out_dir, out_name=rid,
+                                execution_timeout=limits.max_cell_seconds)
+            except Exception as err:  # a failed run is the caller's to read, never a crashed server
+                raise ToolError(f"{chapter} failed after {time.time() - start:.0f} s: {type(err).__name__}: {str(err)[-800:]}") from None
+        record = json.loads(record_path.read_text())
+        return {"run_id": rid, "cached": cached, "chapter": chapter, "notebook": str(notebook),
+                "metrics": _headline(record["metrics"]), "timings": record.get("timings", {})}
+
+    @server.tool()
+    def evaluate(model: str = "arith-organism", operators: list[str] | None = None, difficulties: list[str] | None = None,
+                 n: int = 50, corruption: str = "none", prompt_format: str = "bare", seed: int = 0) -> dict:
+        """Score a model on arithmetic problems in-process (seconds): accuracy per cell with n and a Wilson
+        95% interval, the error classes, and a few outputs. `corruption` is a layer corruption spec such as
+        'skip:1', 'repeat:2x2' or 'ablate:mlp0:mean'."""
+        from ..core.evaluate import accuracy_cells
+        from ..core.evaluate import evaluate as run_eval
+        from ..core.interventions import corrupted, mean_activations
+
+        params, problems = _problems(model, operators or ["+"], difficulties or ["1x1", "1x2", "2x2"], n, prompt_format, seed, limits)
+        lm = _model(model)
+        c = _corruption(lm, corruption)
+        sites = [(s, layer) for s, layer, mode in c.ablations if mode == "mean"]
+        means = mean_activations(lm, problems["prompt"].tolist(), sites) if sites else {}
+        with corrupted(lm, c, means) as forward:
+            res = run_eval(lm, problems, forward=forward)
+        cells = accuracy_cells(res, ["kind", "op", "difficulty"])
+        wrong = res[~res.correct]
+        return {
+            "model": model, "corruption": corruption, "n_problems": int(len(res)),
+            "cells": [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()} for row in cells.to_dict("records")],
+            "error_classes": {k: round(float(v), 4) for k, v in res["error"].value_counts(normalize=True).items()},
+            "examples": wrong[["prompt", "target", "output", "error"]].head(5).to_dict("records"),
+        }
+
+    @server.tool()
+    def logit_lens(model: str = "arith-organism", operators: list[str] | None = None, difficulties: list[str] | None = None,
+                   n: int = 50, seed: int = 0) -> dict:
+        """Read the residual stream after the embedding (layer -1) and each block through the unembedding:
+        per layer, how often the first answer token is top-1, its mean probability, and how often the
+        whole answer is the argmax (teacher-forced)."""
+        from ..core.interventions import logit_lens as lens
+
+        _, problems = _problems(model, operators or ["+"], difficulties or ["1x1", "1x2", "2x2"], n, "bare", seed, limits)
+        table = lens(_model(model), problems["prompt"].tolist(), problems["target"].tolist())
+        per_layer = table.groupby("layer")[["top1_first", "p_first", "tf_correct"]].mean().round(4).reset_index()
+        return {"model": model, "n_problems": int(len(problems)), "layers": per_layer.to_dict("records")}
+
+    @server.tool()
+    def generate(prompts: list[str], model: str = "arith-organism", corruption: str = "none", max_new_tokens: int = 8) -> dict:
+        """Greedy continuations of a few prompts, optionally under a layer corruption ('ablate' specs use
+        zero ablation here: mean ablation needs a problem set)."""
+        from ..core.evaluate import check_context, encode, greedy_decode
+        from ..core.interventions import corrupted
+
+        if not prompts or len(prompts) > limits.max_prompts:
+            raise ToolError(f"prompts: give 1..{limits.max_prompts} prompts (MECHLIB_MCP_MAX_PROMPTS)")
+        if not 1 <= max_new_tokens <= limits.max_new_tokens:
+            raise ToolError(f"max_new_tokens: give 1..{limits.max_new_tokens} (MECHLIB_MCP_MAX_NEW_TOKENS)")
+        if "ablate" in corruption and ":mean" in corruption:
+            raise ToolError("generate: mean ablation needs a problem set to average over; use ':zero' here, or evaluate")
+        lm = _model(model)
+        c = _corruption(lm, corruption)
+        longest = max(len(ids) for ids in encode(lm, prompts))
+        try:
+            check_context(lm, longest + max_new_tokens - 1, f"the longest prompt plus max_new_tokens = {max_new_tokens}")
+        except ValueError as err:
+            raise _fail(err) from None
+        with corrupted(lm, c) as forward:
+            out = greedy_decode(lm, prompts, max_new_tokens, forward=forward, stop_at_newline=False)
+        return {"model": model, "corruption": corruption, "continuations": dict(zip(prompts, out))}
+
+    @server.tool()
+    def query_runs(chapter: str | None = None, model: str | None = None, limit: int = 20) -> dict:
+        """Recorded runs, newest first, optionally of one chapter or one model: id, chapter, model,
+        start time, headline metrics."""
+        runs = [r for r in load_runs(store_dir()) if (chapter is None or r["chapter"] == chapter)
+                and (model is None or r["params"].get("model") == model)]
+        runs = list(reversed(runs))[: max(1, min(limit, 200))]
+        return {"runs": [{"run_id": r["id"], "chapter": r["chapter"], "model": r["params"].get("model"),
+                          "started": r["started"], "metrics": _headline(r["metrics"])} for r in runs]}
+
+    @server.tool()
+    def get_run(run_id: str) -> dict:
+        """One run record in full: parameters, environment, every metric, timings."""
+        for r in load_runs(store_dir()):
+            if r["id"] == run_id:
+                return r
+        raise ToolError(f"run_id {run_id!r}: no such run in the run store; query_runs lists them")
+
+    @server.tool()
+    def add_note(text: str, run_ids: list[str] | None = None) -> dict:
+        """Append a note to the lab notebook in the run store, citing run ids (each must exist)."""
+        if not text.strip():
+            raise ToolError("text: a note needs some text")
+        known = {r["id"] for r in load_runs(store_dir())}
+        missing = [rid for rid in run_ids or [] if rid not in known]
+        if missing:
+            raise ToolError(f"run_ids {missing} are not in the run store")
+        entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "text": text, "run_ids": run_ids or []}
+        path = notebook_path()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a") as handle:
+            handle.write(json.dumps(entry) + "\n")
+        return {"saved": True, "notes": sum(1 for _ in open(path))}
+
+    @server.resource("mechlib://params/{name}", mime_type="application/json")
+    def param_set(name: str) -> str:
+        """A parameter set (params/NAME.yaml) as JSON."""
+        try:
+            return json.dumps(load_param_set(name))
+        except ParamError as err:
+            raise _fail(err) from None
+
+    @server.resource("mechlib://runs/{chapter}/{rid}", mime_type="application/json")
+    def run_record(chapter: str, rid: str) -> str:
+        """One run record."""
+        path = store_dir() / chapter / f"{rid}.json"
+        if not path.is_file() or path.resolve().parent.parent != store_dir().resolve():
+            raise ToolError(f"no run {chapter}/{rid}")
+        return path.read_text()
+
+    @server.resource("mechlib://findings/{chapter}", mime_type="application/json")
+    def findings(chapter: str) -> str:
+        """The newest recorded findings (glued numbers) of a chapter."""
+        runs = [r for r in load_runs(store_dir()) if r["chapter"] == chapter]
+        if not runs:
+            raise ToolError(f"no recorded run of {chapter!r}")
+        return json.dumps({"run_id": runs[-1]["id"], "findings": runs[-1]["metrics"]})
+
+    return server
+
+
+def notebook_path() -> Path:
+    """The lab notebook: one JSON line per note, inside the run store."""
+    return store_dir() / "lab_notebook.jsonl"
+
+
+def _headline(metrics: dict, limit: int = 10) -> dict[str, Any]:
+    """Up to ``limit`` interval texts and ``limit`` scalars: what an agent should read first
+    (get_run has the rest)."""
+    texts = [(k, v) for k, v in metrics.items() if isinstance(v, str) and (k.endswith("_text") or k.endswith("_sentence"))]
+    scalars = [(k, v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    return dict(texts[:limit] + scalars[:limit])
+
+
+def main() -> None:
+    """Serve over stdio (what MCP clients launch)."""
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    import torch
+
+    torch.set_num_threads(int(os.environ.get("MECHLIB_THREADS", "1")))
+    build_server().run("stdio")
