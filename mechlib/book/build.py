@@ -238,30 +238,19 @@ def build_pdf(param_set: str | Path = "default", out: Path | None = None) -> Pat
     return out
 
 
-# A title page and a table of contents (chapters and their sections) put in front of the
-# single page, for the printed book.
+# A title page put in front of the single page (Jupyter Book's own print contents, the
+# chapters with their sections, follows it).
 _FRONT_MATTER_JS = """(meta) => {
   const article = document.querySelector('article.bd-article') || document.body;
-  const toc = document.createElement('div');
-  toc.className = 'mechlib-toc';
-  let html = '<h1>Contents</h1><ol>';
-  const chapters = Array.from(article.querySelectorAll('section > h1')).slice(1);
-  chapters.forEach((h1) => {
-    html += '<li>' + h1.textContent.replace('#', '').trim();
-    const subs = Array.from(h1.parentElement.querySelectorAll(':scope > section > h2'));
-    if (subs.length) {
-      html += '<ul>' + subs.map((h2) => '<li>' + h2.textContent.replace('#', '').trim() + '</li>').join('') + '</ul>';
-    }
-    html += '</li>';
-  });
-  toc.innerHTML = html + '</ol>';
   const title = document.createElement('div');
   title.className = 'mechlib-title-page';
-  title.innerHTML = '<h1>' + meta.title + '</h1><p>' + meta.author + '</p><p>Built ' + meta.date +
-    (meta.commit ? ' from commit ' + meta.commit : '') + '</p>';
-  article.prepend(toc);
+  title.setAttribute('style', 'height: 240mm; display: flex; flex-direction: column; justify-content: center; ' +
+                     'text-align: center; break-after: page;');
+  title.innerHTML = '<p style="font-size: 30pt; font-weight: 600; line-height: 1.2">' + meta.title + '</p>' +
+    '<p style="font-size: 13pt; margin-top: 2em">' + meta.author + '</p>' +
+    '<p style="font-size: 10pt; color: #555">Built ' + meta.date + (meta.commit ? ' from commit ' + meta.commit : '') +
+    '. Every number comes from the executed chapters; the default model is the book’s organism, not GPT-2.</p>';
   article.prepend(title);
-  document.querySelectorAll('details').forEach((d) => { if (!d.classList.contains('hide')) d.open = true; });
 }"""
 
 
