@@ -244,13 +244,14 @@ _FRONT_MATTER_JS = """(meta) => {
   const article = document.querySelector('article.bd-article') || document.body;
   const title = document.createElement('div');
   title.className = 'mechlib-title-page';
-  title.setAttribute('style', 'height: 240mm; display: flex; flex-direction: column; justify-content: center; ' +
+  title.setAttribute('style', 'height: 225mm; display: flex; flex-direction: column; justify-content: center; ' +
                      'text-align: center; break-after: page;');
   title.innerHTML = '<p style="font-size: 30pt; font-weight: 600; line-height: 1.2">' + meta.title + '</p>' +
     '<p style="font-size: 13pt; margin-top: 2em">' + meta.author + '</p>' +
     '<p style="font-size: 10pt; color: #555">Built ' + meta.date + (meta.commit ? ' from commit ' + meta.commit : '') +
     '. Every number comes from the executed chapters; the default model is the book’s organism, not GPT-2.</p>';
-  article.prepend(title);
+  const toc = document.getElementById('jb-print-toc');  // Jupyter Book's print contents, ahead of the article
+  if (toc) { toc.parentElement.insertBefore(title, toc); } else { article.prepend(title); }
 }"""
 
 

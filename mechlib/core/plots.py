@@ -168,7 +168,7 @@ def line_chart(df: pd.DataFrame, x: str, y: str, color: str | None = None, title
         "tooltip": [c for c in (x, y, color) if c],
     }
     if color:
-        legend = alt.Legend(orient="bottom", title=color)  # below the plot: never pushed past the column
+        legend = alt.Legend(orient="bottom", title=color, columns=3)  # below the plot, wrapped: never past the column
         enc["color"] = alt.Color(f"{color}:N", legend=legend)
         enc["shape"] = alt.Shape(f"{color}:N", legend=legend)  # more than a few lines need more than colour
     chart = alt.Chart(df).mark_line(point=True).encode(**enc)
