@@ -195,6 +195,16 @@ class ChapterParams:
         return {"type": "object", "title": cls.chapter, "properties": props, "additionalProperties": False}
 
 
+@dataclasses.dataclass(frozen=True)
+class ModelParams(ChapterParams):
+    """The fields every chapter has, first in every chapter's parameters."""
+
+    model: str = model_field()
+    device: str = device_field()
+    seed: int = seed_field()
+    batch_size: int = batch_size_field()
+
+
 def _json_type(check, default) -> dict:
     if check is None:
         return {}

@@ -22,17 +22,13 @@ from ..core.organism import ORGANISM_NAME, OrganismRecipe, ensure_organism, orga
 from ..core.stats import accuracy_by, fmt_interval, proportion, seed_spread
 from . import preflight
 from .base import (
-    ChapterParams,
-    batch_size_field,
-    device_field,
+    ModelParams,
     difficulties_field,
     is_int,
     list_of,
-    model_field,
     operators_field,
     param,
     prompt_format_field,
-    seed_field,
 )
 
 KINDS = {
@@ -48,12 +44,8 @@ CHAPTER = "01_baseline"
 
 
 @dataclasses.dataclass(frozen=True)
-class Params(ChapterParams):
+class Params(ModelParams):
     chapter = CHAPTER
-    model: str = model_field()
-    device: str = device_field()
-    seed: int = seed_field()
-    batch_size: int = batch_size_field()
     operators: tuple[str, ...] = operators_field(("+", "-", "*"))
     difficulties: tuple[str, ...] = difficulties_field(("1x1", "1x2", "2x2", "3x3"))
     n_per_cell: int = param(200, is_int(1, 100_000), "an integer in 1..100000 (problems per operator x difficulty cell)")

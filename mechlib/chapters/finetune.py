@@ -11,20 +11,16 @@ from ..core.finetune import BOUNDS
 from ..core.models import load_model, resolve_device
 from . import preflight
 from .base import (
-    ChapterParams,
-    batch_size_field,
-    device_field,
+    ModelParams,
     difficulties_field,
     is_int,
     is_name,
     is_number,
     is_str,
     list_of,
-    model_field,
     operators_field,
     param,
     prompt_format_field,
-    seed_field,
 )
 
 CHAPTER = "03_finetune"
@@ -41,12 +37,8 @@ def _num(name: str, what: str = ""):
 
 
 @dataclasses.dataclass(frozen=True)
-class Params(ChapterParams):
+class Params(ModelParams):
     chapter = CHAPTER
-    model: str = model_field()
-    device: str = device_field()
-    seed: int = seed_field()
-    batch_size: int = batch_size_field()
     operators: tuple[str, ...] = operators_field(("-",))
     difficulties: tuple[str, ...] = difficulties_field(("1x1", "1x2", "2x2"))
     prompt_format: str = prompt_format_field()

@@ -17,18 +17,14 @@ from ..core.organism import ORGANISM_NAME, OrganismRecipe, ensure_organism
 from ..core.stats import accuracy_by, fmt_interval, seed_spread
 from . import baseline, preflight
 from .base import (
-    ChapterParams,
-    batch_size_field,
-    device_field,
+    ModelParams,
     difficulties_field,
     is_int,
     is_str,
     list_of,
-    model_field,
     operators_field,
     param,
     prompt_format_field,
-    seed_field,
 )
 
 CHAPTER = "02_layers"
@@ -57,12 +53,8 @@ DEFAULT_CORRUPTIONS = (
 
 
 @dataclasses.dataclass(frozen=True)
-class Params(ChapterParams):
+class Params(ModelParams):
     chapter = CHAPTER
-    model: str = model_field()
-    device: str = device_field()
-    seed: int = seed_field()
-    batch_size: int = batch_size_field()
     operators: tuple[str, ...] = operators_field(("+",))
     difficulties: tuple[str, ...] = difficulties_field(("1x1", "1x2", "2x2"))
     n_per_cell: int = param(450, is_int(1, 100_000), "an integer in 1..100000 (problems per operator x difficulty cell)")

@@ -15,20 +15,16 @@ from ..core.evaluate import evaluate
 from ..core.interventions import corrupted, parse_corruption
 from . import preflight
 from .base import (
-    ChapterParams,
-    batch_size_field,
-    device_field,
+    ModelParams,
     difficulties_field,
     is_int,
     is_number,
     is_str,
     list_of,
-    model_field,
     one_of,
     operators_field,
     param,
     prompt_format_field,
-    seed_field,
 )
 
 CHAPTER = "04_sae_delta"
@@ -43,12 +39,8 @@ def _is_alphas(v) -> bool:
 
 
 @dataclasses.dataclass(frozen=True)
-class Params(ChapterParams):
+class Params(ModelParams):
     chapter = CHAPTER
-    model: str = model_field()
-    device: str = device_field()
-    seed: int = seed_field()
-    batch_size: int = batch_size_field()
     finetuned: str = param("arith-organism-lora-sub", is_str,
                            "the fine-tuned model: a name saved by chapter 3 (trained here if missing), or a checkpoint directory")
     new_operators: tuple[str, ...] = operators_field(("-",))

@@ -1,5 +1,7 @@
 """Every chapter runs: on the organism through papermill with params/tiny.yaml, and with
 its GPT-2 parameter set on a GPT-2-shaped model with GPT-2's real BPE tokenizer."""
+import contextlib
+import os
 import re
 from pathlib import Path
 
@@ -18,24 +20,31 @@ def glue_names(chapter: str) -> set[str]:
     return {m for c in nb.cells if c.cell_type == "markdown" for m in GLUE.findall(c.source)}
 
 
+@contextlib.contextmanager
+def cache_at(root: Path):
+    """MECHLIB_CACHE pointed at ``root`` for a whole module (monkeypatch is per test)."""
+    old = os.environ.get("MECHLIB_CACHE")
+    os.environ["MECHLIB_CACHE"] = str(root)
+    try:
+        yield root
+    finally:
+        if old is None:
+            os.environ.pop("MECHLIB_CACHE")
+        else:
+            os.environ["MECHLIB_CACHE"] = old
+
+
 @pytest.fixture(scope="module")
 def tiny_cache(tmp_path_factory):
     """One cache for the module, so chapter 4 finds chapter 3's tiny fine-tune."""
-    import os
-
     from mechlib.core.organism import ensure_organism
 
     organism = ensure_organism(progress=False)
     root = tmp_path_factory.mktemp("cache")
     (root / "models").mkdir()
     (root / "models" / organism.name).symlink_to(organism)
-    old = os.environ.get("MECHLIB_CACHE")
-    os.environ["MECHLIB_CACHE"] = str(root)
-    yield root
-    if old is None:
-        os.environ.pop("MECHLIB_CACHE")
-    else:
-        os.environ["MECHLIB_CACHE"] = old
+    with cache_at(root):
+        yield root
 
 
 @pytest.mark.slow
@@ -67,24 +76,14 @@ TINY_GPT2 = {
 @pytest.fixture(scope="module")
 def gpt2_results(gpt2_shaped_dir, tmp_path_factory):
     """Each chapter's run and findings with the GPT-2 set on the GPT-2-shaped model."""
-    import os
-
-    root = tmp_path_factory.mktemp("gpt2-cache")
-    old = os.environ.get("MECHLIB_CACHE")
-    os.environ["MECHLIB_CACHE"] = str(root)
     out = {}
-    try:
+    with cache_at(tmp_path_factory.mktemp("gpt2-cache")):
         for chapter in chapters.names():
             mod = chapters.module(chapter)
             params = mod.Params.from_set("gpt2-small", {**TINY_GPT2[chapter], "model": str(gpt2_shaped_dir), "device": "cpu"})
             result = mod.run(params)
             out[chapter] = (params, result, mod.findings(result))
         yield out
-    finally:
-        if old is None:
-            os.environ.pop("MECHLIB_CACHE")
-        else:
-            os.environ["MECHLIB_CACHE"] = old
 
 
 @pytest.mark.slow
