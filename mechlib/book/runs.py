@@ -127,23 +127,26 @@ def headline_metrics(metrics: dict, count: int = 3) -> list[tuple[str, str]]:
 
 
 def runs_page(records: list[dict], headline: int = 3, json_href: str = "../_static/runs") -> str:
-    """Markdown for the book's Runs page: one row per recorded run, its headline metrics,
-    and a link to its JSON record (published with the site under ``json_href``)."""
+    """Markdown for the book's Runs page: per chapter, newest first, one entry per recorded run
+    with its link to the JSON record (published with the site under ``json_href``), model,
+    start, wall time, commit and headline metrics. Narrow by design: no table to overflow."""
     lines = [
         "# Runs",
         "",
-        "Every chapter execution recorded in this build's run store: its parameters' hash (the run id),",
-        "when it started, how long it took, the code's git commit, and its first headline metrics.",
-        "Each id links to the full record (parameters, library versions, every metric, timings) as JSON.",
+        "Every chapter execution recorded in this build's run store, newest first. A run's id is the hash of its",
+        "chapter and parameters, and links to the full record (parameters, library versions, every metric,",
+        "timings) as JSON.",
         "",
     ]
     if not records:
         return "\n".join(lines + ["No runs are recorded yet.", ""])
-    lines += ["| chapter | run | model | started (UTC) | wall s | commit | headline metrics |", "|---|---|---|---|---|---|---|"]
-    for r in records:
-        metrics = "; ".join(f"{k}: {v}" for k, v in headline_metrics(r.get("metrics", {}), headline))
-        commit = (r.get("git_commit") or "")[:8]
-        link = f'<a href="{json_href}/{r["chapter"]}/{r["id"]}.json">{r["id"]}</a>'
-        model = str(r["params"].get("model", "")).replace("|", "/")
-        lines.append(f"| {r['chapter']} | {link} | {model} | {r['started']} | {r['wall_seconds']:.0f} | `{commit}` | {metrics} |")
-    return "\n".join(lines + [""])
+    for chapter in sorted({r["chapter"] for r in records}):
+        lines += [f"## {chapter}", ""]
+        for r in sorted((r for r in records if r["chapter"] == chapter), key=lambda r: r["started"], reverse=True):
+            link = f'<a href="{json_href}/{r["chapter"]}/{r["id"]}.json"><code>{r["id"]}</code></a>'
+            commit = (r.get("git_commit") or "")[:8]
+            model = str(r["params"].get("model", ""))
+            lines.append(f"- {link}: model `{model}`, started {r['started']}, {r['wall_seconds']:.0f} s, commit `{commit}`")
+            lines += [f"  - {k}: {v}" for k, v in headline_metrics(r.get("metrics", {}), headline)]
+        lines.append("")
+    return "\n".join(lines)

@@ -82,7 +82,7 @@ def too_wide(page) -> list[str]:
         const article = ['article.bd-article', 'main', 'body'].map(q => document.querySelector(q)).find(el => el);
         const right = article.getBoundingClientRect().right + 2;
         const out = [];
-        document.querySelectorAll('.mechlib-chart svg, .cell_output table').forEach((el, i) => {
+        article.querySelectorAll('.mechlib-chart svg, table').forEach((el, i) => {
             const box = el.getBoundingClientRect();
             if (box.width > 0 && box.right > right) {
                 out.push(`${el.tagName.toLowerCase()} ${i} is ${Math.round(box.width)} px wide and ends ${Math.round(box.right - right)} px past the column`);

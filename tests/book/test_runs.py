@@ -34,5 +34,5 @@ def test_runs_page_links_each_record_and_shows_headline_intervals(tmp_path):
         {"model_note": "a long sentence", "acc_trained_text": "98.6% [96.9, 99.4], n = 370", "n_problems": 10}, store=tmp_path)
     page = runs.runs_page(runs.load_runs(tmp_path))
     rid = runs.run_id("01_baseline", {"seed": 0, "model": "m"})
-    assert f'<a href="../_static/runs/01_baseline/{rid}.json">{rid}</a>' in page
-    assert "acc_trained: 98.6% [96.9, 99.4], n = 370" in page and "a long sentence" not in page
+    assert f'<a href="../_static/runs/01_baseline/{rid}.json"><code>{rid}</code></a>: model `m`' in page
+    assert "  - acc_trained: 98.6% [96.9, 99.4], n = 370" in page and "a long sentence" not in page
