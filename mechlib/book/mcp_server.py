@@ -61,12 +61,14 @@ def _problems(model: str, operators, difficulties, n: int, prompt_format: str, s
     trained cells), validated by chapter 1's own parameters and capped."""
     from ..chapters import baseline
 
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= 100_000:
+        raise ToolError(f"parameter 'n' = {n!r}: expected an integer in 1..100000 (problems per cell)")
     try:
         params = baseline.Params(model=model, device="cpu", operators=operators, difficulties=difficulties, n_per_cell=n,
                                  prompt_format=prompt_format, seed=seed, organism_seeds=())
         baseline.check(params)
-    except ParamError as err:  # name this tool's own argument
-        raise ToolError(str(err).replace("01_baseline: parameter 'n_per_cell'", "parameter 'n' (problems per cell)")) from None
+    except ParamError as err:
+        raise _fail(err) from None
     problems = baseline.problem_set(params)
     if len(problems) > limits.max_problems:
         raise ToolError(f"{len(problems)} problems exceed this server's cap of {limits.max_problems} "

@@ -61,6 +61,7 @@ class Result:
     results: pd.DataFrame  # one row per problem: its columns plus kind, output, pred, error, correct
     heldout_addition: pd.DataFrame  # organism: every held-out addition pair, scored (carries, order)
     seeds: pd.DataFrame  # organism: headline numbers per training seed
+    positions: dict  # organism: last trained position, last position the longer operands need
     model_note: str
     timings: dict
 
@@ -92,6 +93,31 @@ def problem_set(params: Params, recipe: OrganismRecipe | None = None) -> pd.Data
     return pd.concat(parts, ignore_index=True)
 
 
+def kinds_table(results: pd.DataFrame) -> pd.DataFrame:
+    """Problems and cells per kind of cell, kinds in a fixed order, labelled for the page."""
+    table = results.groupby("kind", sort=False).agg(problems=("correct", "size"), cells=("difficulty", "nunique"))
+    table = table.loc[[k for k in KINDS if k in table.index]]
+    table.index = [KINDS[k] for k in table.index]
+    table.index.name = "kind of cell"
+    return table.reset_index()
+
+
+def last_positions(results: pd.DataFrame, recipe: OrganismRecipe) -> dict:
+    """The last position the organism's longest training sequence reaches (BOS + a+b= +
+    answer + EOS, counted from 0), and the last one the run's longer-operand problems need:
+    positions past the first were never trained."""
+    from ..core.char_tokenizer import build_char_tokenizer
+
+    tok = build_char_tokenizer()
+    top = recipe.max_operand
+    length = lambda prompt, target: len(tok(prompt + target)["input_ids"]) + 1  # noqa: E731  (+ EOS)
+    out = {"trained_longest": f"{top}+{top}={top + top}", "trained_last": length(f"{top}+{top}=", str(top + top)) - 1}
+    longer = results[results.kind == "longer_operands"]
+    if len(longer):
+        out["longer_last"] = max(length(p, t) for p, t in zip(longer.prompt, longer.target)) - 1
+    return out
+
+
 def heldout_addition_problems(recipe: OrganismRecipe) -> pd.DataFrame:
     """Every addition pair the organism never saw in training (in either order)."""
     _, held = split_pairs(recipe)
@@ -119,40 +145,34 @@ def run(params: Params) -> Result:
     start = time.perf_counter()
     model, _ = load_model(params.model, device=params.device)
     results = evaluate(model, problem_set(params), batch_size=params.batch_size)
-    heldout = pd.DataFrame()
-    seeds = pd.DataFrame()
+    heldout, seeds, positions = pd.DataFrame(), pd.DataFrame(), {}
     if params.model == ORGANISM_NAME:
         heldout = evaluate(model, heldout_addition_problems(OrganismRecipe()), batch_size=params.batch_size)
-        seeds = seed_table(params, results if 0 in params.organism_seeds else None)
+        seeds = seed_table(params, results, heldout)
+        positions = last_positions(results, OrganismRecipe())
     note = model_note(params.model, model, heldout)
-    return Result(params, results, heldout, seeds, note, {"run_seconds": round(time.perf_counter() - start, 2)})
+    return Result(params, results, heldout, seeds, positions, note, {"run_seconds": round(time.perf_counter() - start, 2)})
 
 
-def seed_table(params: Params, seed0_results: pd.DataFrame | None) -> pd.DataFrame:
-    """The headline numbers for organisms trained with each seed (each scored on its own
-    held-out pairs; the other cells are the same problems for every seed)."""
+def seed_table(params: Params, seed0_results: pd.DataFrame, seed0_heldout: pd.DataFrame) -> pd.DataFrame:
+    """The headline numbers for organisms trained with each seed, each scored on its own
+    held-out pairs (the other cells are the same problems for every seed). Seed 0 is the
+    organism of this run, whose results are passed in."""
     rows = []
     for seed in params.organism_seeds:
-        recipe = OrganismRecipe(seed=seed)
-        if seed == 0 and seed0_results is not None:
-            res = seed0_results
-            held = None
+        if seed == 0:
+            res, held = seed0_results, seed0_heldout
         else:
+            recipe = OrganismRecipe(seed=seed)
             lm, _ = load_model(str(ensure_organism(recipe, progress=False)), device=params.device)
             res = evaluate(lm, problem_set(params, recipe), batch_size=params.batch_size)
             held = evaluate(lm, heldout_addition_problems(recipe), batch_size=params.batch_size)
-        if held is None:
-            lm, _ = load_model(ORGANISM_NAME, device=params.device)
-            held = evaluate(lm, heldout_addition_problems(recipe), batch_size=params.batch_size)
         row = {"organism_seed": seed, "heldout_addition": float(held["correct"].mean()), "n_heldout_addition": int(len(held))}
-        for kind, stat in _headline(res).items():
-            row[kind] = stat["p"]
+        row.update({kind: stat["p"] for kind, stat in _headline(res).items()})
         by_carries = held.groupby(held["carries"].clip(upper=2))["correct"].mean()
-        for c, v in by_carries.items():
-            row[f"heldout_carries_{c}"] = float(v)
+        row.update({f"heldout_carries_{c}": float(v) for c, v in by_carries.items()})
         rows.append(row)
     return pd.DataFrame(rows)
-
 
 def findings(result: Result) -> dict:
     """The numbers the chapter's prose quotes, all computed from the results. Accuracies
@@ -172,6 +192,7 @@ def findings(result: Result) -> dict:
         out[f"acc_{kind}_text"] = "no such cells in this run"
         out[f"top_error_{kind}"], out[f"top_error_{kind}_share"] = "none", 0.0
     organism_only = "not measured (needs the organism's held-out pairs)"
+    out["length_positions_sentence"] = "The positions these problems need are compared with the trained ones on the organism only."
     for key in ("heldout_addition_text", "carries_0_text", "carries_1_text", "carries_2_text", "order_longer_first_text",
                 "order_shorter_first_text", "length_addition_text"):
         out[key] = organism_only
@@ -209,6 +230,11 @@ def findings(result: Result) -> dict:
         if len(order):
             out["order_longer_first_text"] = order.loc[order.order == "longer operand first", "text"].iloc[0]
             out["order_shorter_first_text"] = order.loc[order.order == "shorter operand first", "text"].iloc[0]
+        if "longer_last" in result.positions:
+            out["length_positions_sentence"] = (
+                f"Part of this failure is built in: the organism's longest training sequence (BOS, {result.positions['trained_longest']} and end-of-text) "
+                f"ends at position {result.positions['trained_last']}, and these problems need positions up to "
+                f"{result.positions['longer_last']}, whose position embeddings were never trained.")
         long_add = results[(results.kind == "longer_operands") & (results.op == "+")]
         if len(long_add):
             st = proportion(long_add["correct"])

@@ -106,6 +106,22 @@ def run(params: Params) -> Result:
     return Result(params, results, ft.load_history(path), heldout, path, {"train_seconds": round(ft.train_seconds(path), 1)})
 
 
+def heldout_curves(result: Result) -> pd.DataFrame:
+    """Held-out accuracy during training in long form (step, set, accuracy) with the Wilson
+    95% interval from each set's number of held-out problems."""
+    from ..core.stats import wilson
+
+    is_new = result.heldout.op.isin(result.params.operators)
+    sizes = {"heldout_acc_new": int(is_new.sum()), "heldout_acc_old": int((~is_new).sum())}
+    history = result.history.dropna(subset=["heldout_acc_new"])
+    sets = [c for c in sizes if c in history and sizes[c]]
+    long = history.melt(id_vars="step", value_vars=sets, var_name="set", value_name="accuracy")
+    long["n"] = long["set"].map(sizes)
+    bounds = [wilson(round(a * n), n) for a, n in zip(long.accuracy, long.n)]
+    long["lo"], long["hi"] = [b[0] for b in bounds], [b[1] for b in bounds]
+    return long
+
+
 def findings(result: Result) -> dict:
     out = ft.findings(result.results, result.params.operators)
     out.update(steps=result.params.steps, n_heldout=int(len(result.heldout)), finetuned_name=result.params.finetuned_name)

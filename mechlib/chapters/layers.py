@@ -230,12 +230,6 @@ def summarise(results: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
-def by_difficulty(results: pd.DataFrame) -> pd.DataFrame:
-    """Accuracy per corruption x difficulty (corruptions in sweep order)."""
-    order = list(dict.fromkeys(results["corruption"]))
-    return results.pivot_table(index="corruption", columns="difficulty", values="correct", aggfunc="mean").loc[order]
-
-
 def lens_by_difficulty(model, problems: pd.DataFrame, batch_size: int = 512) -> pd.DataFrame:
     """Logit-lens p(first answer token), first-token top-1 and teacher-forced exact match,
     averaged per (difficulty, layer); layer -1 is the embedding."""
@@ -292,11 +286,22 @@ def layer_findings(summary: pd.DataFrame, lens: pd.DataFrame, n_layers: int) -> 
     return out
 
 
-def layer_heatmap_table(summary: pd.DataFrame) -> pd.DataFrame:
-    """Accuracy of the per-layer corruptions as family x layer (for the heat map)."""
+def per_layer_cells(summary: pd.DataFrame) -> pd.DataFrame:
+    """The per-layer corruptions as long cells (family, layer, n, accuracy, lo, hi), for the
+    interval heat map."""
     per_layer = summary[summary["layer"].notna()].copy()
     per_layer["layer"] = per_layer["layer"].astype(int)
-    table = per_layer.pivot_table(index="family", columns="layer", values="accuracy", aggfunc="mean")
-    table.columns.name, table.index.name = "layer", "corruption"
-    return table
+    return per_layer[["family", "layer", "n", "accuracy", "lo", "hi"]].rename(columns={"family": "corruption"})
 
+
+def difficulty_cells(results: pd.DataFrame) -> pd.DataFrame:
+    """Accuracy with n and interval per (corruption, difficulty), corruptions in sweep order."""
+    return accuracy_by(results, ["corruption", "difficulty"])
+
+
+def generations_long(generations: pd.DataFrame) -> pd.DataFrame:
+    """The wide generations table as (prompt, condition, continuation) rows, continuations
+    shown with repr so empty answers and stray spaces are visible."""
+    long = generations.melt(id_vars="prompt", var_name="condition", value_name="continuation")
+    long["continuation"] = long["continuation"].map(repr)
+    return long

@@ -13,6 +13,7 @@ from ..core import data, sae
 from ..core.cache import finetuned_dir
 from ..core.evaluate import evaluate
 from ..core.interventions import corrupted, parse_corruption
+from ..core.stats import accuracy_by
 from . import preflight
 from .base import (
     ModelParams,
@@ -166,9 +167,34 @@ def layer_ablation(model, problems: pd.DataFrame, n_layers: int, batch_size: int
         c = parse_corruption(spec, n_layers)
         with corrupted(model, c) as forward:
             res = evaluate(model, problems, batch_size=batch_size, forward=forward)
-        for op, acc in res.groupby("op")["correct"].mean().items():
-            rows.append({"condition": spec, "layer": c.layer, "op": op, "accuracy": float(acc)})
+        for row in accuracy_by(res, "op").to_dict("records"):
+            rows.append({"condition": spec, "layer": c.layer, **row})
     return pd.DataFrame(rows)
+
+
+def skill_accuracy(table: pd.DataFrame) -> pd.DataFrame:
+    """The condition table in long form: one row per (layer, condition, skill) with n, the
+    accuracy and its Wilson 95% interval; skills without problems are left out."""
+    parts = []
+    for skill, prefix, acc in (("new skill", "new", "acc_new"), ("old skill", "old", "acc_old")):
+        part = table[["layer", "label", "alpha", f"n_{prefix}", acc, f"{prefix}_lo", f"{prefix}_hi"]].copy()
+        part.columns = ["layer", "label", "alpha", "n", "accuracy", "lo", "hi"]
+        parts.append(part.assign(skill=skill))
+    long = pd.concat(parts, ignore_index=True)
+    return long[long.n > 0].reset_index(drop=True)
+
+
+def three_conditions(table: pd.DataFrame) -> pd.DataFrame:
+    """raw, no_delta and full per layer and skill, with n and Wilson 95% intervals."""
+    return skill_accuracy(table[table.label.isin(["raw", "no_delta", "full"])])
+
+
+def dose_curves(table: pd.DataFrame) -> pd.DataFrame:
+    """base + alpha x delta: per layer, skill and alpha, the accuracy with its interval, and
+    a ``series`` label (skill and layer) for one line each."""
+    doses = skill_accuracy(table[table.alpha.notna()])
+    doses["series"] = doses.skill + " L" + doses.layer.astype(str)
+    return doses
 
 
 def study_layer(base_lm, ft_lm, layer: int, p: dict, train_problems: pd.DataFrame, val_problems: pd.DataFrame,
@@ -285,7 +311,19 @@ def study_findings(table: pd.DataFrame, focus_layer: int) -> dict:
         "max_alpha": float(alphas["alpha"].max()),
         "max_alpha_new": float(alphas.iloc[-1]["acc_new"]),
         "max_alpha_old": float(alphas.iloc[-1]["acc_old"]),
+        **{f"{label}_{skill}_text": _interval_text(g.loc[label], skill) for label in ("raw", "no_delta", "full") for skill in ("new", "old")},
+        "best_alpha_new_text": _interval_text(best_alpha, "new"),
+        "max_alpha_new_text": _interval_text(alphas.iloc[-1], "new"),
+        "max_alpha_old_text": _interval_text(alphas.iloc[-1], "old"),
     }
+
+
+def _interval_text(row, skill: str) -> str:
+    """``83.5% [78.8, 87.4], n = 285`` for one skill of a condition-table row."""
+    from ..core.stats import fmt_interval
+
+    n = int(row[f"n_{skill}"])
+    return fmt_interval(row[f"acc_{skill}"], row[f"{skill}_lo"], row[f"{skill}_hi"], n) if n else "n/a"
 
 
 def pick_focus_layer(ablation: pd.DataFrame, new_ops, layers) -> int:
@@ -331,15 +369,8 @@ def run(params: Params, progress: bool = False) -> Result:
 
 
 def findings(result: Result) -> dict:
-    from ..core.stats import fmt_interval
-
     out = study_findings(result.table, result.focus_layer)
     out.update(n_train=result.n_train, n_eval=result.n_eval, kind=result.params.kind)
-    g = result.table[result.table.layer == result.focus_layer].set_index("label")
-    for label in ("raw", "no_delta", "full"):
-        r = g.loc[label]
-        out[f"{label}_new_text"] = fmt_interval(r.acc_new, r.new_lo, r.new_hi, int(r.n_new))
-        out[f"{label}_old_text"] = fmt_interval(r.acc_old, r.old_lo, r.old_hi, int(r.n_old)) if r.n_old else "n/a"
     return out
 
 
@@ -368,7 +399,7 @@ def run_study(p: dict, progress: bool = False) -> dict:
         "table": table,
         "sweep": pd.concat([r.sweep for r in results], ignore_index=True),
         "base": pd.DataFrame(base_rows),
-        "best": pd.DataFrame([r.best for r in results]),
+        "best": pd.DataFrame([r.best for r in results]).astype({"layer": int, "delta_width": int, "delta_k": int}),
         "focus_layer": focus,
         "results": results,
         "n_train": len(train),

@@ -1,6 +1,8 @@
 """Where mechlib keeps what it trains: the organism, fine-tunes, dictionaries."""
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from pathlib import Path
 
@@ -16,3 +18,10 @@ def cache_root() -> Path:
 def finetuned_dir(name: str) -> Path:
     """Where a fine-tuned checkpoint called ``name`` lives: ``<cache>/finetuned/<name>``."""
     return cache_root() / "finetuned" / name
+
+
+def content_key(**parts) -> str:
+    """A short, stable hash of JSON-able parts (recipe, code version, tokenizer): the cache
+    key of anything mechlib trains, so changed inputs never reuse stale weights."""
+    blob = json.dumps(parts, sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:10]

@@ -10,7 +10,6 @@ finds it by that name.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import shutil
@@ -26,7 +25,7 @@ from peft import LoraConfig, get_peft_model
 from tqdm import tqdm
 
 from . import data
-from .cache import finetuned_dir
+from .cache import content_key, finetuned_dir
 from .models import load_hf, write_source
 from .organism import encode_supervised
 
@@ -70,9 +69,7 @@ class FinetuneRecipe:
         """Hash of the recipe, the training code's version and the base's tokenizer."""
         from .models import tokenizer_fingerprint
 
-        blob = json.dumps({"recipe": dataclasses.asdict(self), "code": TRAINING_CODE_VERSION,
-                           "tokenizer": tokenizer_fingerprint(self.base)}, sort_keys=True).encode()
-        return hashlib.sha256(blob).hexdigest()[:10]
+        return content_key(recipe=dataclasses.asdict(self), code=TRAINING_CODE_VERSION, tokenizer=tokenizer_fingerprint(self.base))
 
     def validate(self) -> FinetuneRecipe:
         data.validate_problem_args(list(self.operators), list(self.difficulties), 1, self.prompt_format)

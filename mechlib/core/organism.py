@@ -21,7 +21,7 @@ import torch
 from tqdm import tqdm
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from .cache import cache_root
+from .cache import cache_root, content_key
 from .char_tokenizer import build_char_tokenizer
 
 ORGANISM_NAME = "arith-organism"
@@ -50,9 +50,8 @@ class OrganismRecipe:
         """Hash of the recipe, the training code's version and the tokenizer's definition:
         changed code or a changed vocabulary never reuses stale weights."""
         tokenizer = build_char_tokenizer().backend_tokenizer.to_str()
-        blob = json.dumps({"recipe": dataclasses.asdict(self), "code": TRAINING_CODE_VERSION,
-                           "tokenizer": hashlib.sha256(tokenizer.encode()).hexdigest()}, sort_keys=True).encode()
-        return hashlib.sha256(blob).hexdigest()[:10]
+        return content_key(recipe=dataclasses.asdict(self), code=TRAINING_CODE_VERSION,
+                           tokenizer=hashlib.sha256(tokenizer.encode()).hexdigest())
 
 
 def organism_dir(recipe: OrganismRecipe = OrganismRecipe()) -> Path:

@@ -110,6 +110,30 @@ def accuracy_heatmap(table: pd.DataFrame, title: str = "Exact-match accuracy", c
     return (rect + text).properties(width=width, height=alt.Step(30))
 
 
+def interval_heatmap(cells: pd.DataFrame, row: str, col: str, title: str, caption: str | None = None,
+                     row_sort: list | None = None, col_sort: list | None = None) -> alt.Chart:
+    """Heat map of accuracies from a long table (columns ``row``, ``col``, n, accuracy, lo,
+    hi): each cell shows the accuracy over its Wilson 95% interval; n is in the tooltip."""
+    data = cells.copy()
+    data["label"] = [f"{a:.0%}\n[{lo * 100:.0f}, {hi * 100:.0f}]" for a, lo, hi in zip(data.accuracy, data.lo, data.hi)]
+    data["interval"] = [f"{a:.1%} [{lo:.1%}, {hi:.1%}], n = {n}" for a, lo, hi, n in zip(data.accuracy, data.lo, data.hi, data.n)]
+    row_sort = row_sort or list(dict.fromkeys(data[row]))
+    col_sort = col_sort or sorted(data[col].unique())
+    base = alt.Chart(data).encode(
+        x=alt.X(f"{col}:O", title=col, sort=col_sort, axis=alt.Axis(labelAngle=0)),
+        y=alt.Y(f"{row}:N", title=row, sort=row_sort),
+    )
+    rect = base.mark_rect().encode(
+        color=alt.Color("accuracy:Q", scale=alt.Scale(domain=[0, 1], scheme="viridis"), title="accuracy"),
+        tooltip=[row, col, "interval"],
+    )
+    text = base.mark_text(fontSize=10, lineBreak="\n").encode(
+        text="label:N", color=alt.condition("datum.accuracy > 0.6", alt.value("black"), alt.value("white")))
+    width = min(COLUMN_WIDTH - 160, 62 * len(col_sort))
+    return (rect + text).properties(width=width, height=alt.Step(34), title=_title(title, caption + " Cells: accuracy [95% interval]."
+                                                                                     if caption else "Cells: accuracy [95% interval]."))
+
+
 def accuracy_intervals(cells: pd.DataFrame, title: str = "Accuracy with 95% intervals", caption: str | None = None,
                        x: str = "difficulty", color: str = "kind", row: str | None = "op") -> alt.Chart:
     """Points with Wilson 95% error bars (columns accuracy, lo, hi, n), one row of panels
@@ -203,23 +227,21 @@ def before_after_bars(results: pd.DataFrame, title: str = "Accuracy before and a
         column=alt.Column("op:N", title="operator", sort=OP_ORDER), title=_title(title, caption))
 
 
-def condition_bars(table: pd.DataFrame, value_cols: list[str], title: str, caption: str | None = None) -> alt.Chart:
-    """Grouped bars of some columns per condition label, one panel per layer (stacked)."""
-    long = table.melt(id_vars=["layer", "label"], value_vars=value_cols, var_name="metric")
-    order = list(dict.fromkeys(table["label"]))
-    return (
-        alt.Chart(long)
-        .mark_bar()
-        .encode(
-            x=alt.X("label:N", sort=order, title="condition", axis=alt.Axis(labelAngle=0)),
-            xOffset="metric:N",
-            y=alt.Y("value:Q", axis=alt.Axis(format="%"), scale=alt.Scale(domain=[0, 1]), title="accuracy"),
-            color=alt.Color("metric:N", title=""),
-            row=alt.Row("layer:O", title="layer"),
-            tooltip=["layer", "label", "metric", alt.Tooltip("value:Q", format=".1%")],
-        )
-        .properties(width=alt.Step(18), height=120, title=_title(title, caption))
+def condition_bars(long: pd.DataFrame, title: str, caption: str | None = None) -> alt.Chart:
+    """Bars with Wilson 95% error bars per condition label and skill, one panel per layer
+    (stacked). ``long`` has columns layer, label, skill, n, accuracy, lo, hi."""
+    order = list(dict.fromkeys(long["label"]))
+    base = alt.Chart(long).encode(
+        x=alt.X("label:N", sort=order, title="condition", axis=alt.Axis(labelAngle=0)),
+        xOffset=alt.XOffset("skill:N"),
+        color=alt.Color("skill:N", title=""),
+        tooltip=["layer", "label", "skill", "n", alt.Tooltip("accuracy:Q", format=".1%"), alt.Tooltip("lo:Q", format=".1%"),
+                 alt.Tooltip("hi:Q", format=".1%")],
     )
+    bars = base.mark_bar().encode(y=alt.Y("accuracy:Q", axis=alt.Axis(format="%"), scale=alt.Scale(domain=[0, 1]), title="accuracy"))
+    whiskers = base.mark_errorbar(ticks=True).encode(y=alt.Y("lo:Q", title="accuracy"), y2="hi:Q", color=alt.value("black"))
+    return (bars + whiskers).properties(width=alt.Step(22), height=120).facet(
+        row=alt.Row("layer:O", title="layer"), title=_title(title, caption))
 
 
 TABLE_STYLE = [{"selector": "th, td", "props": "padding: 0.15em 0.7em;"}]
