@@ -182,22 +182,24 @@ def error_bars(results: pd.DataFrame, title: str = "How the answers go wrong", c
 
 def line_chart(df: pd.DataFrame, x: str, y: str, color: str | None = None, title: str = "", y_format: str | None = None,
                caption: str | None = None, integer_x: bool = False, band: tuple[str, str] | None = None,
-               width: int = COLUMN_WIDTH - 180, rule: float | None = None) -> alt.Chart:
+               width: int = COLUMN_WIDTH - 180, rule: float | None = None, log2_x: bool = False) -> alt.Chart:
     """A line chart with points and tooltips; ``integer_x`` for layers (no 2.5 ticks),
-    ``band`` = (lo, hi) columns for an interval band, ``rule`` a dashed baseline."""
-    x_axis = alt.Axis(tickMinStep=1, format="d") if integer_x else alt.Axis()
+    ``band`` = (lo, hi) columns for an interval band, ``rule`` a dashed baseline, ``log2_x``
+    a base-2 log x axis (LoRA ranks)."""
+    x_axis = alt.Axis(tickMinStep=1, format="d") if integer_x or log2_x else alt.Axis()
+    x_scale = alt.Scale(type="log", base=2) if log2_x else alt.Scale()
     enc = {
-        "x": alt.X(f"{x}:Q", title=x, axis=x_axis),
+        "x": alt.X(f"{x}:Q", title=x, axis=x_axis, scale=x_scale),
         "y": alt.Y(f"{y}:Q", title=y, axis=alt.Axis(format=y_format) if y_format else alt.Axis()),
         "tooltip": [c for c in (x, y, color) if c],
     }
     if color:
         legend = alt.Legend(orient="bottom", title=color, columns=3)  # below the plot, wrapped: never past the column
         enc["color"] = alt.Color(f"{color}:N", legend=legend)
-        enc["shape"] = alt.Shape(f"{color}:N", legend=legend)  # more than a few lines need more than colour
+        enc["shape"] = alt.Shape(f"{color}:N", legend=None)  # more than a few lines need more than colour; one legend
     chart = alt.Chart(df).mark_line(point=True).encode(**enc)
     if band:
-        band_enc = {"x": f"{x}:Q", "y": f"{band[0]}:Q", "y2": f"{band[1]}:Q"}
+        band_enc = {"x": alt.X(f"{x}:Q", scale=x_scale), "y": f"{band[0]}:Q", "y2": f"{band[1]}:Q"}
         if color:
             band_enc["color"] = alt.Color(f"{color}:N", legend=None)
         chart = alt.Chart(df).mark_area(opacity=0.15).encode(**band_enc) + chart
@@ -227,12 +229,13 @@ def before_after_bars(results: pd.DataFrame, title: str = "Accuracy before and a
         column=alt.Column("op:N", title="operator", sort=OP_ORDER), title=_title(title, caption))
 
 
-def condition_bars(long: pd.DataFrame, title: str, caption: str | None = None) -> alt.Chart:
+def condition_bars(long: pd.DataFrame, title: str, caption: str | None = None, x_title: str = "condition") -> alt.Chart:
     """Bars with Wilson 95% error bars per condition label and skill, one panel per layer
-    (stacked). ``long`` has columns layer, label, skill, n, accuracy, lo, hi."""
+    (stacked, in order of appearance, each with its own labels). ``long`` has columns
+    layer, label, skill, n, accuracy, lo, hi."""
     order = list(dict.fromkeys(long["label"]))
     base = alt.Chart(long).encode(
-        x=alt.X("label:N", sort=order, title="condition", axis=alt.Axis(labelAngle=0)),
+        x=alt.X("label:N", sort=order, title=x_title, axis=alt.Axis(labelAngle=-30, labelAlign="right")),
         xOffset=alt.XOffset("skill:N"),
         color=alt.Color("skill:N", title=""),
         tooltip=["layer", "label", "skill", "n", alt.Tooltip("accuracy:Q", format=".1%"), alt.Tooltip("lo:Q", format=".1%"),
@@ -240,8 +243,9 @@ def condition_bars(long: pd.DataFrame, title: str, caption: str | None = None) -
     )
     bars = base.mark_bar().encode(y=alt.Y("accuracy:Q", axis=alt.Axis(format="%"), scale=alt.Scale(domain=[0, 1]), title="accuracy"))
     whiskers = base.mark_errorbar(ticks=True).encode(y=alt.Y("lo:Q", title="accuracy"), y2="hi:Q", color=alt.value("black"))
+    rows = list(dict.fromkeys(long["layer"].astype(str)))
     return (bars + whiskers).properties(width=alt.Step(22), height=120).facet(
-        row=alt.Row("layer:O", title="layer"), title=_title(title, caption))
+        row=alt.Row("layer:N", title="layer", sort=rows), title=_title(title, caption)).resolve_scale(x="independent")
 
 
 TABLE_STYLE = [{"selector": "th, td", "props": "padding: 0.15em 0.7em;"}]
@@ -267,6 +271,15 @@ def seeds_table(seeds: pd.DataFrame, counts: tuple[str, ...] = ()) -> pd.io.form
     fmt = lambda v, name: f"{v:,.0f}" if name in counts or name.startswith(("n_", "most_needed")) else f"{v:.1%}"  # noqa: E731
     text = pd.DataFrame({c: [fmt(v, m) if v == v else "" for m, v in wide[c].items()] for c in wide.columns}, index=wide.index)
     return text.reset_index().style.hide(axis="index").set_table_styles(TABLE_STYLE)
+
+
+def text_table(df: pd.DataFrame, wrap: list[str], decimals: int = 3, percent: tuple[str, ...] = ()):
+    """A table with long text columns (``wrap``) that wrap within a bounded width, numbers to
+    ``decimals`` places and ``percent`` columns as percentages, so it stays in the column."""
+    fmt = {c: f"{{:.{decimals}f}}" for c in df.columns if df[c].dtype.kind == "f" and c not in percent}
+    fmt |= {c: "{:.1%}" for c in percent}
+    return (df.style.format(fmt, na_rep="").hide(axis="index").set_table_styles(TABLE_STYLE)
+            .set_properties(subset=wrap, **{"white-space": "normal", "min-width": "6em", "max-width": "18em"}))
 
 
 def percent_table(df: pd.DataFrame, percent: list[str] | None = None, counts: list[str] | None = None):

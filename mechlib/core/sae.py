@@ -78,7 +78,8 @@ class Dictionary(nn.Module):
 
 
 class DeltaDictionary(nn.Module):
-    """A frozen base plus ``alpha`` times a trainable delta."""
+    """A frozen base plus ``alpha`` times a trainable delta. ``base_keep`` and ``delta_keep``
+    (None, or a 0/1 vector per latent) switch single latents off, for latent ablations."""
 
     def __init__(self, base: nn.Module, delta: Dictionary):
         super().__init__()
@@ -86,11 +87,30 @@ class DeltaDictionary(nn.Module):
         for p in self.base.parameters():
             p.requires_grad_(False)
         self.alpha = 1.0
+        self.base_keep: torch.Tensor | None = None
+        self.delta_keep: torch.Tensor | None = None
 
     def forward(self, x: Float[torch.Tensor, "rows d_in"]) -> tuple[Float[torch.Tensor, "rows d_out"], Float[torch.Tensor, "rows latents"]]:
-        base_recon, base_acts = self.base(x)
-        delta_recon, delta_acts = self.delta(x)
-        return base_recon + self.alpha * delta_recon, torch.cat([base_acts, delta_acts], dim=-1)
+        base_acts, delta_acts = self.base.encode(x), self.delta.encode(x)
+        if self.base_keep is not None:
+            base_acts = base_acts * self.base_keep
+        if self.delta_keep is not None:
+            delta_acts = delta_acts * self.delta_keep
+        recon = self.base.decode(base_acts) + self.alpha * self.delta.decode(delta_acts)
+        return recon, torch.cat([base_acts, delta_acts], dim=-1)
+
+
+def random_like(dictionary: Dictionary, seed: int = 0) -> Dictionary:
+    """A control: a dictionary of the same width, k and activation whose every weight tensor
+    is Gaussian noise rescaled to the trained tensor's Frobenius norm (zero stays zero)."""
+    out = Dictionary(dictionary.W_enc.shape[0], dictionary.W_dec.shape[1], dictionary.d_sae, dictionary.activation,
+                     dictionary.k, seed=seed)
+    gen = torch.Generator().manual_seed(seed + 7919)
+    with torch.no_grad():
+        for mine, theirs in zip(out.parameters(), dictionary.parameters()):
+            noise = torch.randn(mine.shape, generator=gen)
+            mine.copy_(noise * (theirs.norm() / noise.norm()))
+    return out.requires_grad_(False)
 
 
 # ---------------------------------------------------------------- activations
@@ -104,6 +124,49 @@ def answer_activations(model, problems: pd.DataFrame, names: Sequence[str], batc
     for _, tokens, plen, tlen in teacher_forced_batches(model, prompts, targets, batch_size):
         _, cache = model.run_with_cache(tokens, names_filter=lambda n: n in names)
         yield {n: cache[n][:, plen - 1 : plen + tlen - 1].reshape(-1, cache[n].shape[-1]).float().cpu() for n in names}
+
+
+@torch.inference_mode()
+def collect_rows(model, problems: pd.DataFrame, names: Sequence[str], batch_size: int = 256) -> tuple[dict, pd.DataFrame]:
+    """One pass over the problems: every answer-position row at every hook name, and per row
+    the problem's index in ``problems``, which answer token it predicts (``pos`` 0 = the
+    first) and that token's id (``next_id``; the last one ends the answer)."""
+    prompts, targets = problems["prompt"].tolist(), problems["target"].tolist()
+    names = list(dict.fromkeys(names))
+    out: dict[str, list] = {n: [] for n in names}
+    meta = []
+    for idx, tokens, plen, tlen in teacher_forced_batches(model, prompts, targets, batch_size):
+        _, cache = model.run_with_cache(tokens, names_filter=lambda n: n in names)
+        for n in names:
+            out[n].append(cache[n][:, plen - 1 : plen + tlen - 1].reshape(-1, cache[n].shape[-1]).float().cpu())
+        meta.append(pd.DataFrame({"problem": np.repeat(idx, tlen), "pos": np.tile(np.arange(tlen), len(idx)),
+                                  "next_id": tokens[:, plen : plen + tlen].reshape(-1).cpu().numpy()}))
+    return {n: torch.cat(v) for n, v in out.items()}, pd.concat(meta, ignore_index=True)
+
+
+def answer_rows(model, problems: pd.DataFrame) -> int:
+    """How many answer-position rows one pass over the problems yields (no forward pass)."""
+    from .evaluate import encode_targets
+
+    return sum(len(t) for t in encode_targets(model, problems["target"].tolist()))
+
+
+def shuffled_batches(x: Float[torch.Tensor, "rows d_in"], y: Float[torch.Tensor, "rows d_out"], n_tokens: int,
+                     batch_tokens: int, seed: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Minibatches from rows already collected (a frozen model gives the same rows on every
+    pass): a new seeded permutation per pass, until ``n_tokens`` rows have been served."""
+    rng = np.random.default_rng(seed)
+    served = 0
+    while served < n_tokens:
+        perm = torch.from_numpy(rng.permutation(len(x)))
+        for s in range(0, len(x), batch_tokens):
+            take = perm[s : s + batch_tokens][: n_tokens - served]
+            if not len(take):
+                break
+            yield x[take], y[take]
+            served += len(take)
+            if served >= n_tokens:
+                return
 
 
 class ActivationBuffer:
@@ -166,9 +229,17 @@ def train_dictionaries(modules: Sequence[nn.Module], batches, lr: float = 3e-3, 
     opts = [torch.optim.Adam([p for p in m.parameters() if p.requires_grad], lr=lr) for m in modules]
     losses: list[list[float]] = [[] for _ in modules]
     for x, y in batches:
+        base_recon: dict[int, torch.Tensor] = {}  # the frozen base's reconstruction, once per batch
         for module, opt, log in zip(modules, opts, losses):
-            trainable = module.delta if isinstance(module, DeltaDictionary) else module
-            recon, _ = module(x)
+            if isinstance(module, DeltaDictionary):
+                trainable = module.delta
+                if id(module.base) not in base_recon:
+                    with torch.no_grad():
+                        base_recon[id(module.base)] = module.base(x)[0]
+                recon = base_recon[id(module.base)] + module.alpha * module.delta(x)[0]
+            else:
+                trainable = module
+                recon, _ = module(x)
             loss = (recon - y).pow(2).sum(-1).mean()
             if l1 and trainable.activation == "relu":
                 loss = loss + l1 * trainable.encode(x).abs().sum(-1).mean()
@@ -203,18 +274,26 @@ def reconstruction_metrics(module: nn.Module, x: torch.Tensor, y: torch.Tensor) 
 # ---------------------------------------------------------------- splicing
 
 
-def splice_hooks(module: nn.Module, kind: str, layer: int) -> list:
+def splice_hooks(module: nn.Module, kind: str, layer: int, add_error: bool = False) -> list:
     """Forward hooks that replace the MLP output at ``layer`` by the dictionary's
-    reconstruction (from the MLP output for an SAE, from the MLP input for a transcoder)."""
+    reconstruction (from the MLP output for an SAE, from the MLP input for a transcoder).
+    ``add_error`` adds the reconstruction error back (computed in float64, so the result is
+    the original activation bit for bit): a sanity check of the splice itself."""
     in_name, out_name = sites(kind, layer)
-    if in_name == out_name:
-        return [(out_name, lambda act, hook: module(act.float())[0].to(act.dtype))]
     stash = {}
 
     def keep(act, hook):
         stash["x"] = act
 
-    return [(in_name, keep), (out_name, lambda act, hook: module(stash["x"].float())[0].to(act.dtype))]
+    def splice(act, hook):
+        x = act if in_name == out_name else stash["x"]
+        recon = module(x.float())[0]
+        if add_error:
+            recon64 = recon.double()
+            return (recon64 + (act.double() - recon64)).to(act.dtype)
+        return recon.to(act.dtype)
+
+    return ([] if in_name == out_name else [(in_name, keep)]) + [(out_name, splice)]
 
 
 def zero_hooks(kind: str, layer: int) -> list:
@@ -287,6 +366,9 @@ class SAELensDictionary(nn.Module):
 
     def encode(self, x):
         return self.sae.encode(x)
+
+    def decode(self, acts):
+        return self.sae.decode(acts)
 
     def forward(self, x):
         acts = self.sae.encode(x)

@@ -66,7 +66,7 @@ TINY_GPT2 = {
     "01_baseline": {"n_per_cell": 4},
     "02_layers": {"n_per_cell": 3, "difficulties": ["1x1", "2x2"], "max_new_tokens": 6},
     "03_finetune": {"steps": 4, "lora_batch_size": 8, "eval_every": 2, "finetuned_name": "tiny-gpt2-lora-mul"},
-    "04_sae_delta": {"finetuned": "tiny-gpt2-lora-mul", "base_source": "train", "base_width": 64, "base_k": 8,
+    "04_sae_delta": {"finetuned": "tiny-gpt2-lora-mul", "ranks": [], "base_source": "train", "base_width": 64, "base_k": 8,
                      "n_train_per_cell": 8, "n_val_per_cell": 4, "n_eval_per_cell": 4, "n_tokens": 200,
                      "batch_tokens": 64, "buffer_tokens": 256, "layers": [0, 11], "delta_widths": [8], "delta_ks": [2],
                      "alphas": [0, 1]},

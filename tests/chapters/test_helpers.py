@@ -7,15 +7,45 @@ from mechlib.core.organism import OrganismRecipe
 from mechlib.core.stats import wilson
 
 
-def test_skill_accuracy_is_long_with_intervals_and_drops_empty_skills():
+def test_long_table_has_intervals_and_drops_empty_skills():
+    from mechlib.core import delta_study
+
     lo, hi = wilson(8, 10)
-    table = pd.DataFrame([{"layer": 1, "label": "raw", "alpha": None, "n_new": 10, "acc_new": 0.8, "new_lo": lo, "new_hi": hi,
+    table = pd.DataFrame([{"scope": "1", "label": "raw", "alpha": None, "n_new": 10, "acc_new": 0.8, "new_lo": lo, "new_hi": hi,
                            "n_old": 0, "acc_old": float("nan"), "old_lo": float("nan"), "old_hi": float("nan")}])
-    long = sae_delta.skill_accuracy(table)
-    assert long.to_dict("records") == [{"layer": 1, "label": "raw", "alpha": None, "n": 10, "accuracy": 0.8, "lo": lo, "hi": hi,
+    long = delta_study.long_table(table)
+    assert long.to_dict("records") == [{"scope": "1", "label": "raw", "alpha": None, "n": 10, "accuracy": 0.8, "lo": lo, "hi": hi,
                                         "skill": "new skill"}]
-    assert sae_delta._interval_text(table.iloc[0], "new") == f"80.0% [{lo * 100:.1f}, {hi * 100:.1f}], n = 10"
-    assert sae_delta._interval_text(table.iloc[0], "old") == "n/a"
+
+
+def test_choose_rank_is_the_lowest_rank_near_the_best():
+    ranks = pd.DataFrame({"rank": [1, 2, 4, 8, 1, 2, 4, 8], "skill": ["new skill"] * 4 + ["old skill"] * 4,
+                          "accuracy": [0.1, 0.5, 0.85, 0.9, 1, 1, 1, 1]})
+    assert sae_delta.choose_rank(ranks, 0.8) == 4
+    assert sae_delta.choose_rank(ranks, 1.0) == 8
+    assert sae_delta.choose_rank(ranks, 0.1) == 1
+
+
+def test_sweep_fine_tunes_keep_chapter_3s_recipe_and_alpha_ratio():
+    params = sae_delta.Params()
+    same = sae_delta.finetune_params(params)
+    assert same.finetuned_name == params.finetuned and (same.rank, same.alpha, same.steps) == (32, 64, 1600)
+    small = sae_delta.finetune_params(params, 4, 400)
+    assert small.finetuned_name == f"{params.finetuned}-r4-s400" and (small.rank, small.alpha, small.steps) == (4, 8, 400)
+    assert (small.lr, small.replay_fraction, small.operators) == (same.lr, same.replay_fraction, same.operators)
+    tiny = sae_delta.finetune_params(sae_delta.Params.from_set("tiny"))
+    assert tiny.steps == 20 and tiny.rank == 4  # the recipe comes from the named parameter set
+
+
+def test_localisation_sentence_reads_the_numbers():
+    def loc(only, but):
+        rows = [("base", "none", 0.0), ("fine-tuned", "all", 0.9)]
+        rows += [("only", f"L{i}", a) for i, a in enumerate(only)] + [("all but", f"L{i}", a) for i, a in enumerate(but)]
+        return pd.DataFrame([{"design": d, "which": w, "skill": "new skill", "accuracy": a} for d, w, a in rows])
+
+    assert "localised there" in sae_delta.localisation_sentence(loc([0.8, 0.0], [0.1, 0.9]))
+    assert "several layers together" in sae_delta.localisation_sentence(loc([0.1, 0.1], [0.1, 0.8]))
+    assert "spread and redundant" in sae_delta.localisation_sentence(loc([0.1, 0.1], [0.8, 0.8]))
 
 
 def test_last_positions_come_from_the_tokenizer_and_the_recipe():

@@ -62,7 +62,7 @@ def test_hub_name_offline_fails_in_the_library_not_the_kernel(offline):
 
 def test_pretrained_base_offline_names_base_source(offline, isolated_cache, tiny_gpt2_dir):
     source = "saelens:gpt2-small-mlp-out-v5-32k:blocks.{layer}.hook_mlp_out"
-    message = fast(check_chapter, "04_sae_delta", "default", {"base_source": source, "finetuned": str(tiny_gpt2_dir),
+    message = fast(check_chapter, "04_sae_delta", "default", {"base_source": source, "finetuned": str(tiny_gpt2_dir), "ranks": [],
                                                              "model": str(tiny_gpt2_dir)})
     assert "'base_source'" in message and "Hub" in message
 
@@ -95,7 +95,7 @@ def test_finetuned_must_derive_from_model(isolated_cache, tiny_gpt2_dir, tmp_pat
     other = tmp_path / "other"
     shutil.copytree(tiny_gpt2_dir, other)
     (other / "mechlib_source.json").write_text(json.dumps({"base": "somewhere-else"}))
-    message = fast(check_chapter, "04_sae_delta", "default", {"model": str(tiny_gpt2_dir), "finetuned": str(other)})
+    message = fast(check_chapter, "04_sae_delta", "default", {"model": str(tiny_gpt2_dir), "finetuned": str(other), "ranks": []})
     assert "'finetuned'" in message and "somewhere-else" in message
 
 

@@ -1,0 +1,355 @@
+"""Does a fine-tuned skill live in a delta dictionary? The machinery behind chapter 4, on
+any base/fine-tune pair and any split of problems into a new and an old skill.
+
+Per studied layer: a base dictionary trained on the base model and frozen, a sweep of delta
+dictionaries trained on the fine-tune (base + delta reconstructs it), the delta chosen by
+validation reconstruction, and three capacity controls:
+
+* ``random_delta``: the chosen delta's shape with Gaussian weights of the same norms;
+* ``base_delta``: a delta of the same width and k trained on the *base* model's activations
+  (what extra width alone buys);
+* ``wide_base``: one dictionary of the base's plus the delta's width (and k) trained on the
+  fine-tune's activations, with no base/delta split.
+
+Conditions splice reconstructions into the fine-tuned model at one layer or at every studied
+layer at once (scope ``all``). :func:`verdict` turns the numbers into an answer with stated
+thresholds.
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from . import sae
+from .stats import proportion
+
+ALL = "all"
+# The order of the conditions in tables and charts.
+LABELS = ("raw", "no_delta", "full", "full+error", "random_delta", "base_delta", "wide_base", "zero_ablation")
+CONTROLS = ("random_delta", "base_delta")
+
+
+@dataclasses.dataclass
+class Site:
+    """The dictionaries of one layer."""
+
+    layer: int
+    base: torch.nn.Module
+    delta: sae.DeltaDictionary  # the chosen one
+    sweep: pd.DataFrame  # every delta config, scored on validation activations
+    best: dict  # the chosen config's row
+    controls: dict  # "random_delta" and "base_delta" (DeltaDictionary), "wide_base" (Dictionary)
+    base_metrics: dict
+    losses: dict  # training losses per dictionary
+
+
+def choose_delta(sweep: pd.DataFrame, tolerance: float) -> int:
+    """The index of the narrowest, then sparsest, delta whose validation explained variance is
+    within ``tolerance`` of the best: parsimony among configs that reconstruct equally well."""
+    best = sweep["explained_variance"].max()
+    ok = sweep[sweep["explained_variance"] >= best - tolerance]
+    return int(ok.sort_values(["delta_width", "delta_k"]).index[0])
+
+
+def train_site(layer: int, rows_base, rows_ft, val_base, val_ft, p: dict, base=None) -> Site:
+    """Train one layer's dictionaries. ``rows_*`` make fresh (x, y) minibatch iterators
+    (``rows(seed)``) from the base or the fine-tuned model; ``val_*`` are (x, y) validation
+    rows. ``base`` is a pretrained base dictionary, or None to train one."""
+    d_in, d_out = val_ft[0].shape[1], val_ft[1].shape[1]
+    seed, act, lr, l1 = p["seed"], p["activation"], p["lr"], p["l1"]
+    losses = {}
+    if base is None:
+        base = sae.Dictionary(d_in, d_out, p["base_width"], act, p["base_k"], seed=seed)
+        losses["base"] = sae.train_dictionaries([base], rows_base(seed), lr=lr, l1=l1)[0]
+    base.requires_grad_(False)
+    configs = [(w, min(k, w)) for w in p["delta_widths"] for k in p["delta_ks"]]
+    configs = list(dict.fromkeys(configs))
+    deltas = [sae.DeltaDictionary(base, sae.Dictionary(d_in, d_out, w, act, k, seed=seed + 1 + i))
+              for i, (w, k) in enumerate(configs)]
+    for (w, k), log in zip(configs, sae.train_dictionaries(deltas, rows_ft(seed + 1), lr=lr, l1=l1)):
+        losses[f"delta w{w} k{k}"] = log
+    sweep = pd.DataFrame([{"layer": layer, "delta_width": w, "delta_k": k, **sae.reconstruction_metrics(m, *val_ft)}
+                          for (w, k), m in zip(configs, deltas)])
+    best_i = choose_delta(sweep, p["delta_tolerance"])
+    chosen = deltas[best_i]
+    w, k = configs[best_i]
+    sweep["chosen"] = sweep.index == best_i
+
+    base_delta = sae.DeltaDictionary(base, sae.Dictionary(d_in, d_out, w, act, k, seed=seed + 101))
+    wide = sae.Dictionary(d_in, d_out, base.d_sae + w, act, (p["base_k"] + k) if act == "topk" else 1, seed=seed + 102)
+    losses["base_delta"] = sae.train_dictionaries([base_delta], rows_base(seed + 2), lr=lr, l1=l1)[0]
+    losses["wide_base"] = sae.train_dictionaries([wide], rows_ft(seed + 3), lr=lr, l1=l1)[0]
+    controls = {
+        "random_delta": sae.DeltaDictionary(base, sae.random_like(chosen.delta, seed=seed + 103)),
+        "base_delta": base_delta,
+        "wide_base": wide.requires_grad_(False),
+    }
+    metrics = {
+        "base on base": sae.reconstruction_metrics(base, *val_base),
+        "base on fine-tuned": sae.reconstruction_metrics(base, *val_ft),
+        "base + delta on fine-tuned": sae.reconstruction_metrics(chosen, *val_ft),
+        "base + random_delta on fine-tuned": sae.reconstruction_metrics(controls["random_delta"], *val_ft),
+        "base + base_delta on fine-tuned": sae.reconstruction_metrics(base_delta, *val_ft),
+        "wide_base on fine-tuned": sae.reconstruction_metrics(wide, *val_ft),
+    }
+    return Site(layer, base, chosen, sweep, sweep.loc[best_i].to_dict(), controls, metrics, losses)
+
+
+# ---------------------------------------------------------------- conditions
+
+
+def condition_hooks(sites: Sequence[Site], label: str, kind: str, alpha: float | None = None) -> list:
+    """Hooks for one condition at every site given (one layer, or all at once)."""
+    hooks = []
+    for site in sites:
+        if label == "zero_ablation":
+            hooks += sae.zero_hooks(kind, site.layer)
+            continue
+        if label == "wide_base":
+            module = site.controls["wide_base"]
+        elif label in CONTROLS:
+            module = site.controls[label]
+        else:
+            module = site.delta
+            module.alpha = alpha
+        hooks += sae.splice_hooks(module, kind, site.layer, add_error=label == "full+error")
+    return hooks
+
+
+def run_conditions(model, problems: pd.DataFrame, sites: Sequence[Site], kind: str, alphas: Sequence[float],
+                   batch_size: int = 512, scopes: Sequence | None = None) -> pd.DataFrame:
+    """Answers and answer loss of the fine-tuned model under every condition, per scope
+    (each layer alone, then all of them at once): one row per (scope, condition, problem)."""
+    by_layer = {s.layer: s for s in sites}
+    scopes = list(scopes) if scopes is not None else [s.layer for s in sites] + ([ALL] if len(sites) > 1 else [])
+    raw = sae.splice_eval(model, problems, [], batch_size)
+    frames = []
+    for scope in scopes:
+        chosen = list(sites) if scope == ALL else [by_layer[scope]]
+        runs = [("raw", None, False), ("zero_ablation", None, False), ("full+error", 1.0, False)]
+        runs += [(c, None, False) for c in (*CONTROLS, "wide_base")] + [(_alpha_label(a), float(a), True) for a in alphas]
+        for label, alpha, dose in runs:
+            if label == "raw":
+                res = raw.copy()
+            else:
+                res = sae.splice_eval(model, problems, condition_hooks(chosen, label, kind, alpha), batch_size)
+            frames.append(res.assign(scope=str(scope), condition=label, alpha=alpha if dose else np.nan))
+        for site in chosen:
+            site.delta.alpha = 1.0
+    return pd.concat(frames, ignore_index=True)
+
+
+def error_check(conditions: pd.DataFrame) -> dict:
+    """Per scope, in words: does ``full+error`` (the splice plus its reconstruction error)
+    give the same output and the same answer loss as ``raw`` on every problem, as it must?"""
+    out = {}
+    for scope, g in conditions.groupby("scope", sort=False):
+        raw, fe = g[g.condition == "raw"], g[g.condition == "full+error"]
+        same_out = (raw.output.to_numpy() == fe.output.to_numpy()).all()
+        same_loss = (raw.answer_loss.to_numpy() == fe.answer_loss.to_numpy()).all()
+        out[scope] = (f"identical outputs and answer losses on all {len(raw)} problems" if same_out and same_loss else
+                      f"NOT identical: {int((raw.output.to_numpy() != fe.output.to_numpy()).sum())} outputs differ")
+    return out
+
+
+def _alpha_label(a: float) -> str:
+    return {0: "no_delta", 1: "full"}.get(float(a), f"alpha={a:g}")
+
+
+def condition_table(conditions: pd.DataFrame, new_ops: Sequence[str]) -> pd.DataFrame:
+    """Per scope and condition: accuracy on the new and old skill (n, Wilson interval) and
+    the mean answer loss, with the CE-loss score against a zeroed MLP."""
+    rows = []
+    for (scope, label), g in conditions.groupby(["scope", "condition"], sort=False):
+        row = {"scope": scope, "label": label, "alpha": g["alpha"].iloc[0], "answer_loss": float(g["answer_loss"].mean())}
+        for prefix, mask in (("new", g.op.isin(new_ops)), ("old", ~g.op.isin(new_ops))):
+            st = proportion(g.loc[mask, "correct"])
+            row.update({f"n_{prefix}": st["n"], f"acc_{prefix}": st["p"], f"{prefix}_lo": st["lo"], f"{prefix}_hi": st["hi"]})
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    for _, g in table.groupby("scope"):
+        clean = g.loc[g.label == "raw", "answer_loss"].iloc[0]
+        ablated = g.loc[g.label == "zero_ablation", "answer_loss"].iloc[0]
+        table.loc[g.index, "ce_score"] = [sae.ce_recovered(clean, v, ablated) for v in g["answer_loss"]]
+    return table
+
+
+def long_table(table: pd.DataFrame, labels: Sequence[str] = LABELS[:-1]) -> pd.DataFrame:
+    """Chosen conditions in long form: one row per (scope, label, skill) with n and interval."""
+    parts = []
+    for skill, prefix in (("new skill", "new"), ("old skill", "old")):
+        part = table[table.label.isin(labels)][["scope", "label", "alpha", f"n_{prefix}", f"acc_{prefix}", f"{prefix}_lo", f"{prefix}_hi"]]
+        part = part.set_axis(["scope", "label", "alpha", "n", "accuracy", "lo", "hi"], axis=1)
+        parts.append(part.assign(skill=skill))
+    long = pd.concat(parts, ignore_index=True)
+    order = {lab: i for i, lab in enumerate(LABELS)}
+    long = long[long.n > 0].assign(_o=long.label.map(order).fillna(len(order)))
+    return long.sort_values(["scope", "_o", "skill"], kind="stable").drop(columns="_o").reset_index(drop=True)
+
+
+# ---------------------------------------------------------------- the verdict
+
+# Points are accuracy points (0-100). "Share" is the part of what fine-tuning added to the new
+# skill (raw minus the base model) that removing the delta takes away.
+THRESHOLDS = {
+    "min_fidelity": 0.5,  # full must keep this share of the added skill, or the test is inconclusive
+    "in_share": 0.5,  # removing the delta takes at least half the added skill ...
+    "in_points": 10.0,  # ... costs the new skill this many points more than the old, and more than any control
+    "partly_share": 0.15,
+    "partly_points": 5.0,
+}
+
+
+def removal_numbers(table: pd.DataFrame, scope, base_new: float) -> dict:
+    """The verdict's inputs at one scope, in points: what removing the delta costs the new and
+    the old skill, what each control's delta buys over the base alone, and the intervals."""
+    g = table[table.scope == str(scope)].set_index("label")
+    pts = lambda label, skill: 100 * float(g.loc[label, f"acc_{skill}"])
+    has_old = int(g.loc["full", "n_old"]) > 0
+    return {
+        "scope": str(scope),
+        "raw_new": pts("raw", "new"),
+        "base_model_new": 100 * base_new,
+        "full_new": pts("full", "new"),
+        "no_delta_new": pts("no_delta", "new"),
+        "cost_new": pts("full", "new") - pts("no_delta", "new"),
+        "cost_old": (pts("full", "old") - pts("no_delta", "old")) if has_old else 0.0,
+        "control_gain": {c: pts(c, "new") - pts("no_delta", "new") for c in CONTROLS if c in g.index},
+        "intervals_apart": bool(g.loc["no_delta", "new_hi"] < g.loc["full", "new_lo"]),
+    }
+
+
+def verdict(numbers: dict, thresholds: dict = THRESHOLDS) -> tuple[str, str]:
+    """("in the delta" | "partly in the delta" | "not in the delta" | "inconclusive", the
+    reason in words), from :func:`removal_numbers`'s dict and the thresholds."""
+    t = thresholds
+    added = numbers["raw_new"] - numbers["base_model_new"]
+    if added <= 0:
+        return "inconclusive", "the fine-tuned model is no better at the new skill than the base, so there is nothing to localise"
+    fidelity = (numbers["full_new"] - numbers["base_model_new"]) / added
+    if fidelity < t["min_fidelity"]:
+        return "inconclusive", (f"the spliced model (full) keeps only {fidelity:.0%} of what fine-tuning added to the new skill "
+                                f"(below {t['min_fidelity']:.0%}), so the splice itself destroys the skill")
+    share = numbers["cost_new"] / added
+    specific = numbers["cost_new"] - numbers["cost_old"]
+    control = max(numbers["control_gain"].values(), default=0.0)
+    beyond = numbers["cost_new"] - control
+    facts = (f"removing the delta takes {share:.0%} of the added skill ({numbers['cost_new']:.1f} points), "
+             f"{specific:.1f} points more than it costs the old skill and {beyond:.1f} points more than the best control's delta buys")
+    for name, share_t, pts_t in (("in the delta", t["in_share"], t["in_points"]), ("partly in the delta", t["partly_share"], t["partly_points"])):
+        if share >= share_t and specific >= pts_t and beyond >= pts_t and numbers["intervals_apart"]:
+            return name, facts
+    return "not in the delta", facts
+
+
+# ---------------------------------------------------------------- latents
+
+
+@torch.no_grad()
+def latent_effects(model, problems: pd.DataFrame, site: Site, kind: str, which: str, latents: Sequence[int],
+                   new_ops: Sequence[str], batch_size: int = 512) -> pd.DataFrame:
+    """Ablate one latent at a time in the full splice at the site's layer: the rise in mean
+    answer loss (nats) on the new and the old skill, and the drop in teacher-forced accuracy."""
+    from .evaluate import answer_scores
+
+    module = site.delta
+    module.alpha = 1.0
+    width = module.base.d_sae if which == "base" else module.delta.d_sae
+    prompts, targets = problems.prompt.tolist(), problems.target.tolist()
+    is_new = problems.op.isin(new_ops).to_numpy()
+
+    def score():
+        with model.hooks(fwd_hooks=sae.splice_hooks(module, kind, site.layer)):
+            return answer_scores(model, prompts, targets, batch_size=batch_size)
+
+    ref = score()
+    rows = []
+    try:
+        for i in latents:
+            keep = torch.ones(width)
+            keep[i] = 0
+            setattr(module, f"{which}_keep", keep)
+            s = score()
+            row = {"which": which, "latent": int(i)}
+            for prefix, mask in (("new", is_new), ("old", ~is_new)):
+                if mask.any():
+                    row[f"loss_rise_{prefix}"] = float(s.answer_loss[mask].mean() - ref.answer_loss[mask].mean())
+                    row[f"acc_drop_{prefix}"] = float(ref.tf_correct[mask].mean() - s.tf_correct[mask].mean())
+            rows.append(row)
+    finally:
+        module.base_keep = module.delta_keep = None
+    return pd.DataFrame(rows)
+
+
+def describe_latents(acts: torch.Tensor, meta: pd.DataFrame, problems: pd.DataFrame, latents: Sequence[int],
+                     logit_push: dict, new_ops: Sequence[str], decode, top: int = 20) -> pd.DataFrame:
+    """A data-derived description per latent from its activations on evaluation rows: where
+    it fires (which answer token it predicts), on which operator, on which kind of problem
+    among its ``top`` strongest rows, and which tokens its decoder direction pushes."""
+    info = meta.join(problems.reset_index(drop=True), on="problem")
+    names = {i: _token_name(decode(int(i))) for i in info.next_id.unique()}
+    info = info.assign(predicts=info.next_id.map(names), is_new=info.op.isin(new_ops))
+    rows = []
+    for i in latents:
+        a = acts[:, i].numpy()
+        fires = a > 0
+        mean_new = float(a[info.is_new].mean()) if info.is_new.any() else 0.0
+        mean_old = float(a[~info.is_new].mean()) if (~info.is_new).any() else 0.0
+        order = np.argsort(-a)[:top]
+        order = order[a[order] > 0]
+        topr = info.iloc[order]
+        if not len(topr):
+            rows.append({"latent": int(i), "fire_rate": 0.0, "description": "never fires on the evaluation problems"})
+            continue
+        pos_mode = int(topr.pos.mode().iloc[0])
+        pos_share = float((topr.pos == pos_mode).mean())
+        tok_mode = topr.predicts.mode().iloc[0]
+        tok_share = float((topr.predicts == tok_mode).mean())
+        op_mode = topr.op.mode().iloc[0]
+        op_share = float((topr.op == op_mode).mean())
+        carry_share = float((topr.carries > 0).mean())
+        neg_share = float((topr.answer < 0).mean())
+        parts = [f"{op_share:.0%} '{op_mode}' problems among its top {len(topr)} rows",
+                 f"{pos_share:.0%} at answer token {pos_mode + 1}"]
+        if tok_share >= 0.5:
+            parts.append(f"{tok_share:.0%} predicting {tok_mode}")
+        if neg_share >= 0.5:
+            parts.append(f"{neg_share:.0%} negative results")
+        if carry_share >= 0.5:
+            parts.append(f"{carry_share:.0%} with a {'borrow' if op_mode == '-' else 'carry'}")
+        elif carry_share <= 0.1:
+            parts.append(f"{1 - carry_share:.0%} without a {'borrow' if op_mode == '-' else 'carry'}")
+        parts.append(f"pushes {logit_push.get(int(i), '?')}")
+        rows.append({
+            "latent": int(i),
+            "fire_rate": float(fires.mean()),
+            "mean_new": mean_new,
+            "mean_old": mean_old,
+            "top_examples": ", ".join(f"{p}{t} ({w})" for p, t, w in topr[["prompt", "target", "predicts"]].head(3).itertuples(index=False)),
+            "description": "; ".join(parts),
+        })
+    return pd.DataFrame(rows)
+
+
+def _token_name(text: str) -> str:
+    """A readable name for a predicted token (decoded without special tokens): the end of
+    the answer, or the quoted text."""
+    return "the end" if not text.strip() else repr(text)
+
+
+@torch.no_grad()
+def logit_push(model, decoder: torch.Tensor, latents: Sequence[int], among: Sequence[int], k: int = 3) -> dict:
+    """Per latent, the ``k`` tokens among ``among`` (the answer tokens) that its decoder
+    direction raises most through the unembedding (direct effect, ignoring the final layer
+    norm's scale), as text."""
+    among = sorted(set(int(t) for t in among))
+    scores = decoder[list(latents)].to(model.W_U.dtype) @ model.W_U[:, among]
+    out = {}
+    for i, row in zip(latents, scores):
+        ids = [among[j] for j in row.topk(min(k, len(among))).indices.tolist()]
+        out[int(i)] = " ".join(_token_name(model.tokenizer.decode([t], skip_special_tokens=True)) for t in ids)
+    return out

@@ -1,0 +1,136 @@
+"""The delta study's pieces: controls, the exact sanity splice, the row collection, the
+choice rules and the verdict on hand-made numbers."""
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from mechlib.core import data, delta_study, sae
+
+
+def test_random_delta_has_the_width_k_and_norms_of_the_trained_one():
+    trained = sae.Dictionary(16, 16, 12, "topk", 3, seed=0)
+    with torch.no_grad():
+        trained.b_dec.fill_(0.25)
+    control = sae.random_like(trained, seed=5)
+    assert control.d_sae == 12 and control.k == 3 and control.activation == "topk"
+    for mine, theirs in zip(control.parameters(), trained.parameters()):
+        assert mine.shape == theirs.shape
+        assert torch.isclose(mine.norm(), theirs.norm(), rtol=1e-5)
+        assert not mine.requires_grad
+    assert control.b_enc.abs().sum() == 0  # a zero tensor stays zero
+    assert not torch.allclose(control.W_dec, trained.W_dec)
+
+
+def test_full_plus_error_gives_raw_back_exactly(tiny_model):
+    tokens = tiny_model.to_tokens(["12+34=46", "7-9=-2"])
+    lossy = sae.DeltaDictionary(sae.Dictionary(32, 32, 8, "topk", 2, seed=0), sae.Dictionary(32, 32, 4, "topk", 1, seed=1))
+    with torch.no_grad():
+        clean = tiny_model(tokens)
+        for kind in sae.KINDS:
+            with tiny_model.hooks(fwd_hooks=sae.splice_hooks(lossy, kind, 1, add_error=True)):
+                assert torch.equal(tiny_model(tokens), clean)
+            with tiny_model.hooks(fwd_hooks=sae.splice_hooks(lossy, kind, 1)):
+                assert not torch.allclose(tiny_model(tokens), clean, atol=1e-3)  # the splice alone is lossy
+
+
+def test_collected_rows_are_the_answer_positions_with_their_tokens(tiny_model):
+    problems = data.make_problems(["+", "-"], ["1x1", "1x2"], 5, "bare", seed=0).to_pandas()
+    name = "blocks.0.hook_mlp_out"
+    rows, meta = sae.collect_rows(tiny_model, problems, [name, name])
+    assert len(rows[name]) == len(meta) == sae.answer_rows(tiny_model, problems)
+    from mechlib.core.evaluate import encode_targets
+
+    targets = encode_targets(tiny_model, problems.target.tolist())
+    for (problem, pos), tok in zip(meta[["problem", "pos"]].itertuples(index=False), meta.next_id):
+        assert targets[problem][pos] == tok
+    streamed = torch.cat([c[name] for c in sae.answer_activations(tiny_model, problems, (name,))])
+    assert torch.allclose(torch.sort(rows[name].sum(1)).values, torch.sort(streamed.sum(1)).values, atol=1e-5)
+
+
+def test_shuffled_batches_serve_exactly_and_cover_every_row():
+    x = torch.arange(10.0)[:, None]
+    served = list(sae.shuffled_batches(x, x, n_tokens=25, batch_tokens=4, seed=0))
+    rows = torch.cat([b[0] for b in served]).flatten()
+    assert len(rows) == 25
+    assert sorted(rows[:10].tolist()) == list(range(10))  # a pass is a permutation
+    again = torch.cat([b[0] for b in sae.shuffled_batches(x, x, 25, 4, seed=0)]).flatten()
+    assert torch.equal(rows, again)
+
+
+def test_the_base_is_computed_once_per_batch_and_training_is_unchanged():
+    x = torch.randn(64, 8)
+    base = sae.Dictionary(8, 8, 16, "topk", 4, seed=0)
+    calls = {"n": 0}
+    encode = base.encode
+
+    def counting(z):
+        calls["n"] += 1
+        return encode(z)
+
+    base.encode = counting
+    deltas = [sae.DeltaDictionary(base, sae.Dictionary(8, 8, 4, "topk", 2, seed=i)) for i in range(3)]
+    sae.train_dictionaries(deltas, [(x, 2 * x)] * 5)
+    assert calls["n"] == 5  # once per batch, not once per delta
+    base.encode = encode
+    twin = sae.DeltaDictionary(base, sae.Dictionary(8, 8, 4, "topk", 2, seed=0))
+    sae.train_dictionaries([twin], [(x, 2 * x)] * 5)
+    assert torch.allclose(twin.delta.W_dec, deltas[0].delta.W_dec, atol=1e-6)
+
+
+def test_the_delta_choice_prefers_the_narrowest_within_tolerance():
+    sweep = pd.DataFrame({"delta_width": [32, 32, 64, 128], "delta_k": [4, 8, 4, 8],
+                          "explained_variance": [0.950, 0.968, 0.969, 0.970]})
+    assert delta_study.choose_delta(sweep, 0.005) == 1
+    assert delta_study.choose_delta(sweep, 0.0) == 3
+    assert delta_study.choose_delta(sweep, 0.5) == 0
+
+
+def numbers(**kw):
+    base = {"raw_new": 90.0, "base_model_new": 0.0, "full_new": 85.0, "no_delta_new": 10.0, "cost_new": 75.0, "cost_old": 2.0,
+            "control_gain": {"random_delta": 1.0, "base_delta": 4.0}, "intervals_apart": True}
+    return {**base, **kw}
+
+
+@pytest.mark.parametrize("kw, expected", [
+    ({}, "in the delta"),
+    ({"no_delta_new": 65.0, "cost_new": 20.0}, "partly in the delta"),
+    ({"no_delta_new": 80.0, "cost_new": 5.0}, "not in the delta"),
+    ({"control_gain": {"random_delta": 1.0, "base_delta": 72.0}}, "not in the delta"),  # capacity alone does as well
+    ({"cost_old": 72.0}, "not in the delta"),  # removing the delta breaks everything, not the new skill
+    ({"intervals_apart": False}, "not in the delta"),
+    ({"full_new": 20.0}, "inconclusive"),
+    ({"raw_new": 0.0}, "inconclusive"),
+])
+def test_verdict_on_hand_made_numbers(kw, expected):
+    verdict, reason = delta_study.verdict(numbers(**kw))
+    assert verdict == expected
+    assert reason
+
+
+def test_removal_numbers_read_the_condition_table():
+    rows = []
+    for label, new, old in (("raw", 0.9, 0.95), ("full", 0.8, 0.95), ("no_delta", 0.2, 0.9), ("random_delta", 0.25, 0.9),
+                            ("base_delta", 0.3, 0.9), ("zero_ablation", 0.0, 0.1)):
+        rows.append({"scope": "all", "label": label, "n_new": 200, "acc_new": new, "new_lo": new - 0.05, "new_hi": new + 0.05,
+                     "n_old": 200, "acc_old": old})
+    nums = delta_study.removal_numbers(pd.DataFrame(rows), "all", base_new=0.01)
+    assert nums["cost_new"] == pytest.approx(60.0) and nums["cost_old"] == pytest.approx(5.0)
+    assert nums["control_gain"] == pytest.approx({"random_delta": 5.0, "base_delta": 10.0})
+    assert delta_study.verdict(nums)[0] == "in the delta"
+
+
+def test_latent_descriptions_come_from_the_rows():
+    problems = pd.DataFrame({"prompt": ["3-5=", "9-1=", "2+2="], "target": ["-2", "8", "4"], "op": ["-", "-", "+"],
+                             "answer": [-2, 8, 4], "carries": [1, 0, 0]})
+    meta = pd.DataFrame({"problem": [0, 0, 0, 1, 1, 2, 2], "pos": [0, 1, 2, 0, 1, 0, 1], "next_id": [1, 2, 0, 3, 0, 4, 0]})
+    acts = torch.zeros(7, 2)
+    acts[0, 0] = 3.0  # latent 0: only on the '-' sign of a negative result
+    names = {0: "", 1: "-", 2: "2", 3: "8", 4: "4"}
+    table = delta_study.describe_latents(acts, meta, problems, [0, 1], {0: "'-'"}, ["-"], decode=names.get)
+    first = table.set_index("latent").loc[0]
+    assert "100% '-' problems" in first.description and "100% at answer token 1" in first.description
+    assert "predicting '-'" in first.description
+    assert "negative results" in first.description and "borrow" in first.description
+    assert table.set_index("latent").loc[1].description == "never fires on the evaluation problems"
+    assert np.isclose(first.fire_rate, 1 / 7)
