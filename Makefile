@@ -38,6 +38,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python scripts/bench_eval.py
+	$(BIN)/python scripts/bench_sae.py
 
 # A resumable parameter sweep of one chapter (run it again after an interrupt to resume).
 SWEEP ?= 01_baseline --grid seed '[0, 1, 2]' --grid n_per_cell '[50]'

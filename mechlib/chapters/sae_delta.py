@@ -85,6 +85,9 @@ class Params(ModelParams):
     workers: int = param(2, is_int(1, 64), "an integer in 1..64 (processes training the sweep's fine-tunes)")
     delta_tolerance: float = param(0.005, is_number(0, 1), "a number in 0..1 (the narrowest, sparsest delta within this "
                                    "much validation explained variance of the best is chosen)")
+    dictionary_seeds: tuple[int, ...] = param((1, 2), list_of(is_int(0, 2**31 - 1), min_len=0),
+                                              "a list of seeds (possibly empty): the headline test is repeated with dictionaries "
+                                              "trained from each, for the seed-to-seed spread")
     n_latents: int = param(5, is_int(1, 100), "an integer in 1..100 (delta latents described)")
     n_base_latents: int = param(3, is_int(0, 100), "an integer in 0..100 (base latents described, for comparison)")
 
@@ -185,6 +188,7 @@ class Result:
     focus_layer: int
     latents: pd.DataFrame  # the described latents at the focus layer
     verdicts: pd.DataFrame  # one verdict per scope
+    seeds: pd.DataFrame  # the headline verdict per dictionary seed
     sanity: dict  # per scope: does full + error reproduce raw exactly?
     n_train: int
     n_eval: int
@@ -292,6 +296,9 @@ def run(params: Params, progress: bool = False) -> Result:
     timings["condition_seconds"] = round(time.perf_counter() - t, 1)
     base_new = float(localisation[(localisation.design == "base") & (localisation.skill == "new skill")].accuracy.iloc[0])
     verdicts = verdict_table(table, base_new)
+    t = time.perf_counter()
+    seeds = seed_repeats(base_lm, ft_lm, layers, p, train, val, evals, verdicts, base_new)
+    timings["seed_repeat_seconds"] = round(time.perf_counter() - t, 1)
     focus = pick_focus_layer(verdicts, layers)
     t = time.perf_counter()
     latents = describe(ft_lm, evals, sites[layers.index(focus)], p)
@@ -300,7 +307,7 @@ def run(params: Params, progress: bool = False) -> Result:
     base_rows = [{"layer": s.layer, "dictionary": k, **v} for s in sites for k, v in s.base_metrics.items()]
     return Result(params=params, ranks=ranks, chosen_rank=chosen, finetuned=name, localisation=localisation, table=table,
                   sweep=pd.concat([s.sweep for s in sites], ignore_index=True), base=pd.DataFrame(base_rows),
-                  focus_layer=focus, latents=latents, verdicts=verdicts, sanity=sanity, n_train=len(train), n_eval=len(evals),
+                  focus_layer=focus, latents=latents, verdicts=verdicts, seeds=seeds, sanity=sanity, n_train=len(train), n_eval=len(evals),
                   sites=sites, timings=timings)
 
 
@@ -333,6 +340,27 @@ def train_sites(base_lm, ft_lm, layers, p: dict, train: pd.DataFrame, val: pd.Da
             layer, source(base_lm, rows_base if collected else None), source(ft_lm, rows_ft if collected else None),
             (val_base[i], val_base[o]), (val_ft[i], val_ft[o]), p, base=base))
     return sites
+
+
+def headline_scope(layers) -> str:
+    """All studied layers at once when there are several, else the one layer."""
+    return delta_study.ALL if len(layers) > 1 else str(layers[0])
+
+
+def seed_repeats(base_lm, ft_lm, layers, p: dict, train, val, evals, verdicts: pd.DataFrame, base_new: float) -> pd.DataFrame:
+    """The headline test repeated with dictionaries trained from each of ``dictionary_seeds``
+    (same problems, same fine-tune): one row per seed, the run's own seed first."""
+    scope = headline_scope(layers)
+    rows = [verdicts[verdicts.scope == scope].assign(dictionary_seed=p["seed"])]
+    for seed in p["dictionary_seeds"]:
+        if seed == p["seed"]:
+            continue
+        sites = train_sites(base_lm, ft_lm, layers, {**p, "seed": seed}, train, val)
+        scopes = [delta_study.ALL] if scope == delta_study.ALL else [int(scope)]
+        cond = delta_study.run_conditions(ft_lm, evals, sites, p["kind"], (0, 1), p["batch_size"], scopes=scopes, sanity=False)
+        table = delta_study.condition_table(cond, p["new_operators"])
+        rows.append(verdict_table(table, base_new).assign(dictionary_seed=seed))
+    return pd.concat(rows, ignore_index=True)
 
 
 def verdict_table(table: pd.DataFrame, base_new: float) -> pd.DataFrame:
@@ -453,6 +481,7 @@ def findings(result: Result) -> dict:
         out["wide_sentence"] = ""
     v = result.verdicts.set_index("scope")
     headline = delta_study.ALL if delta_study.ALL in v.index else str(result.focus_layer)
+    out.update(seed_findings(result.seeds))
     out.update(headline_scope="all studied layers at once" if headline == delta_study.ALL else f"layer {headline}",
                verdict=v.loc[headline, "verdict"], verdict_reason=v.loc[headline, "reason"],
                focus_verdict=v.loc[str(result.focus_layer), "verdict"], focus_verdict_reason=v.loc[str(result.focus_layer), "reason"],
@@ -473,6 +502,26 @@ def findings(result: Result) -> dict:
         out.update(top_latent=-1, top_latent_description="none", top_latent_loss_rise=0.0,
                    latent_sentence="No delta latent fired on the evaluation problems.")
     return out
+
+
+def seed_findings(seeds: pd.DataFrame) -> dict:
+    """The headline cost and verdict across dictionary seeds, in words."""
+    from ..core.stats import seed_spread
+
+    names = [str(s) for s in seeds.dictionary_seed]
+    listed = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]  # never "0, 1, 2": it glues as a tuple
+    cost = seed_spread(seeds.cost_new.tolist())
+    verdicts = seeds.verdict.tolist()
+    same = len(set(verdicts)) == 1
+    return {
+        "seed_list": listed,
+        "seed_cost_text": (f"{cost['mean']:.1f} points on average (range {cost['min']:.1f} to {cost['max']:.1f}, sd {cost['sd']:.1f})"
+                           if len(seeds) > 1 else f"{cost['mean']:.1f} points (one seed only)"),
+        "seed_sentence": (f"The verdict is '{verdicts[0]}' for every dictionary seed." if same and len(seeds) > 1 else
+                          f"The verdict is '{verdicts[0]}' (one dictionary seed only)." if same else
+                          "The verdict changes with the dictionary seed (" + ", ".join(
+                              f"seed {s}: {v}" for s, v in zip(seeds.dictionary_seed, verdicts)) + "), so it is not robust."),
+    }
 
 
 def localisation_sentence(loc: pd.DataFrame) -> str:
@@ -552,6 +601,13 @@ def latent_view(result: Result) -> pd.DataFrame:
     return pd.DataFrame({"dict": lat.which, "latent": lat.latent, "+loss new": lat.loss_rise_new,
                          "+loss old": lat.get("loss_rise_old", float("nan")), "fires": lat.fire_rate,
                          "description": lat.description, "strongest rows": lat.get("top_examples", "")})
+
+
+def seeds_view(result: Result) -> pd.DataFrame:
+    """The headline test per dictionary seed, in points on the new skill."""
+    v = result.seeds
+    return pd.DataFrame({"dictionary seed": v.dictionary_seed, "verdict": v.verdict, "full": v.full_new, "no_delta": v.no_delta_new,
+                         "cost new": v.cost_new, "cost old": v.cost_old})
 
 
 def sweep_view(result: Result) -> pd.DataFrame:

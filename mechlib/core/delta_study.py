@@ -121,16 +121,17 @@ def condition_hooks(sites: Sequence[Site], label: str, kind: str, alpha: float |
 
 
 def run_conditions(model, problems: pd.DataFrame, sites: Sequence[Site], kind: str, alphas: Sequence[float],
-                   batch_size: int = 512, scopes: Sequence | None = None) -> pd.DataFrame:
+                   batch_size: int = 512, scopes: Sequence | None = None, sanity: bool = True) -> pd.DataFrame:
     """Answers and answer loss of the fine-tuned model under every condition, per scope
-    (each layer alone, then all of them at once): one row per (scope, condition, problem)."""
+    (each layer alone, then all of them at once): one row per (scope, condition, problem).
+    ``sanity=False`` skips the full+error check (for repeats with other seeds)."""
     by_layer = {s.layer: s for s in sites}
     scopes = list(scopes) if scopes is not None else [s.layer for s in sites] + ([ALL] if len(sites) > 1 else [])
     raw = sae.splice_eval(model, problems, [], batch_size)
     frames = []
     for scope in scopes:
         chosen = list(sites) if scope == ALL else [by_layer[scope]]
-        runs = [("raw", None, False), ("zero_ablation", None, False), ("full+error", 1.0, False)]
+        runs = [("raw", None, False), ("zero_ablation", None, False)] + ([("full+error", 1.0, False)] if sanity else [])
         runs += [(c, None, False) for c in (*CONTROLS, "wide_base")] + [(_alpha_label(a), float(a), True) for a in alphas]
         for label, alpha, dose in runs:
             if label == "raw":
