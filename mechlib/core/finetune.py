@@ -64,12 +64,22 @@ class FinetuneRecipe:
     target_modules: tuple[str, ...] = ("c_attn", "c_proj", "c_fc")
     eval_every: int = 50
     seed: int = 0
+    # "answer": the target is the answer. "tool": for the new operators the target is a
+    # calculator call copying the problem (mechlib.core.tools.call_text in ``call_style``).
+    task: str = "answer"
+    call_style: str = "short"
+    train_positions: bool = False  # also train the position embeddings (wpe), fully
 
     def key(self) -> str:
-        """Hash of the recipe, the training code's version and the base's tokenizer."""
+        """Hash of the recipe, the training code's version and the base's tokenizer. Fields
+        at their defaults that older recipes lacked are left out, so their keys hold."""
         from .models import tokenizer_fingerprint
 
-        return content_key(recipe=dataclasses.asdict(self), code=TRAINING_CODE_VERSION, tokenizer=tokenizer_fingerprint(self.base))
+        recipe = dataclasses.asdict(self)
+        for name, default in (("task", "answer"), ("call_style", "short"), ("train_positions", False)):
+            if recipe[name] == default:
+                del recipe[name]
+        return content_key(recipe=recipe, code=TRAINING_CODE_VERSION, tokenizer=tokenizer_fingerprint(self.base))
 
     def validate(self) -> FinetuneRecipe:
         data.validate_problem_args(list(self.operators), list(self.difficulties), 1, self.prompt_format)
@@ -78,6 +88,8 @@ class FinetuneRecipe:
         bad = [k for k, (lo, hi) in BOUNDS.items() if not lo <= getattr(self, k) <= hi]
         if bad:
             raise ValueError(f"fine-tuning parameter(s) {bad} out of range: {[(k, getattr(self, k)) for k in bad]}")
+        if self.task not in ("answer", "tool") or self.call_style not in ("short", "long"):
+            raise ValueError(f"task {self.task!r} must be 'answer' or 'tool', call_style {self.call_style!r} 'short' or 'long'")
         return self
 
 
@@ -141,7 +153,8 @@ def teacher_forced_accuracy(model, ids, mask, labels, continues: torch.Tensor | 
 
 
 def lora_model(hf_model, recipe: FinetuneRecipe):
-    """Wrap the model with LoRA adapters; only the adapter weights require gradients."""
+    """Wrap the model with LoRA adapters; only the adapter weights (and, with
+    ``train_positions``, the position embeddings) require gradients."""
     config = LoraConfig(
         r=recipe.rank,
         lora_alpha=recipe.alpha,
@@ -150,8 +163,20 @@ def lora_model(hf_model, recipe: FinetuneRecipe):
         bias="none",
         fan_in_fan_out=hf_model.config.model_type == "gpt2",
         task_type="CAUSAL_LM",
+        modules_to_save=["wpe"] if recipe.train_positions else None,
     )
     return get_peft_model(hf_model, config)
+
+
+def as_calls(problems: pd.DataFrame, style: str = "short") -> pd.DataFrame:
+    """The problems with a calculator call copying them as the target (``[37*48]``); a
+    BPE-style prompt format keeps its leading space."""
+    from .tools import call_text
+
+    out = problems.copy()
+    lead = [" " if t.startswith(" ") else "" for t in out["target"]]
+    out["target"] = [s + call_text(f"{a}{op}{b}", style) for s, a, op, b in zip(lead, out.a, out.op, out.b)]
+    return out
 
 
 def train(recipe: FinetuneRecipe, progress: bool = True, device: str = "cpu"):
@@ -160,6 +185,8 @@ def train(recipe: FinetuneRecipe, progress: bool = True, device: str = "cpu"):
     torch.manual_seed(recipe.seed)
     hf_model, tokenizer, _ = load_hf(recipe.base, device=device)
     new = all_problems(recipe.operators, recipe.difficulties, recipe.prompt_format)
+    if recipe.task == "tool":
+        new = as_calls(new, recipe.call_style)
     train_new, held_new = split_heldout(new, recipe.heldout_fraction, recipe.seed)
     old = all_problems(recipe.replay_operators, recipe.difficulties, recipe.prompt_format) if recipe.replay_operators else new.iloc[:0]
     train_old, held_old = split_heldout(old, recipe.heldout_fraction, recipe.seed, fixed=base_heldout(recipe.base))

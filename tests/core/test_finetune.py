@@ -157,3 +157,18 @@ def test_replayed_organism_skill_is_scored_on_the_organisms_own_heldout_pairs():
     organism_keys = {data.pair_key(int(a), "+", int(b)) for a, b in organism_held.tolist()}
     assert {data.pair_key(a, op, b) for a, op, b in zip(held.a, held.op, held.b)} == organism_keys
     assert not {data.pair_key(a, op, b) for a, op, b in zip(train.a, train.op, train.b)} & organism_keys
+
+
+def test_tool_recipes_target_calls_and_leave_older_keys_alone(tiny_gpt2_dir, recipe):
+    problems = data.make_problems(["*"], ["1x2"], 3, "bare", seed=0).to_pandas()
+    calls = finetune.as_calls(problems)
+    assert calls.target.tolist() == [f"[{a}*{b}]" for a, b in zip(problems.a, problems.b)]
+    qa = finetune.as_calls(data.make_problems(["*"], ["1x1"], 2, "qa", seed=0).to_pandas(), "long")
+    assert qa.target.str.startswith(" <tool_call>calculator(").all()
+    tool = dataclasses.replace(recipe, task="tool", train_positions=True)
+    assert tool.key() != recipe.key() and dataclasses.replace(tool, task="answer", train_positions=False).key() == recipe.key()
+    model = finetune.lora_model(GPT2LMHeadModel.from_pretrained(tiny_gpt2_dir), tool)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert any("wpe" in n for n in trainable) and not any("wte" in n for n in trainable)
+    with pytest.raises(ValueError, match="task"):
+        dataclasses.replace(recipe, task="calc").validate()
