@@ -13,9 +13,6 @@ set; papermill (``mechlib chapter``, ``make book``) injects every value explicit
 """
 from __future__ import annotations
 
-import os
-import warnings
-
 from .. import chapters
 from ..core.narrative import glue_metrics
 from .runs import Run
@@ -37,22 +34,10 @@ def params_from_namespace(chapter: str, namespace: dict):
 
 
 def quiet() -> None:
-    """Settings for a clean page: one torch thread (fastest on a busy small machine unless
-    ``MECHLIB_THREADS`` says otherwise), and no progress bars or library warnings."""
-    import torch
+    """Settings for a clean page (see :func:`mechlib.core.quiet.quiet`)."""
+    from ..core.quiet import quiet as _quiet
 
-    torch.set_num_threads(int(os.environ.get("MECHLIB_THREADS", "1")))
-    os.environ.setdefault("TQDM_DISABLE", "1")
-    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
-    warnings.filterwarnings("ignore", category=UserWarning, module=r"(transformers|peft|torch|sae_lens|transformer_lens)")
-    try:
-        from datasets.utils.logging import disable_progress_bar
-
-        disable_progress_bar()
-    except ImportError:
-        pass
+    _quiet()
 
 
 def run_chapter(chapter: str, namespace: dict):

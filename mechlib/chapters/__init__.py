@@ -11,6 +11,7 @@ MODULES = {
     "02_layers": "layers",
     "03_finetune": "finetune",
     "04_sae_delta": "sae_delta",
+    "06_tool_use": "tool_use",
 }
 
 

@@ -197,12 +197,12 @@ class Result:
 
 
 def _train_rank(fp) -> str:
-    """One rank of the sweep (a process of its own when workers > 1)."""
-    import torch
-
+    """One rank of the sweep (a process of its own when workers > 1, quiet: a Jupyter kernel
+    shows a worker's output in the cell that started it)."""
+    from ..core.quiet import quiet
     from . import finetune
 
-    torch.set_num_threads(1)
+    quiet()
     return finetune.ensure(fp)
 
 
@@ -220,7 +220,10 @@ def rank_sweep(params: Params) -> pd.DataFrame:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
-        with ProcessPoolExecutor(min(params.workers, len(todo)), mp_context=multiprocessing.get_context("spawn")) as pool:
+        from ..core.quiet import quiet
+
+        with ProcessPoolExecutor(min(params.workers, len(todo)), mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=quiet) as pool:
             list(pool.map(_train_rank, todo))
     else:
         for fp in todo:
@@ -347,7 +350,8 @@ def headline_scope(layers) -> str:
     return delta_study.ALL if len(layers) > 1 else str(layers[0])
 
 
-def seed_repeats(base_lm, ft_lm, layers, p: dict, train, val, evals, verdicts: pd.DataFrame, base_new: float) -> pd.DataFrame:
+def seed_repeats(base_lm, ft_lm, layers, p: dict, train, val, evals, verdicts: pd.DataFrame, base_new: float,
+                 score=None) -> pd.DataFrame:
     """The headline test repeated with dictionaries trained from each of ``dictionary_seeds``
     (same problems, same fine-tune): one row per seed, the run's own seed first."""
     scope = headline_scope(layers)
@@ -357,7 +361,8 @@ def seed_repeats(base_lm, ft_lm, layers, p: dict, train, val, evals, verdicts: p
             continue
         sites = train_sites(base_lm, ft_lm, layers, {**p, "seed": seed}, train, val)
         scopes = [delta_study.ALL] if scope == delta_study.ALL else [int(scope)]
-        cond = delta_study.run_conditions(ft_lm, evals, sites, p["kind"], (0, 1), p["batch_size"], scopes=scopes, sanity=False)
+        cond = delta_study.run_conditions(ft_lm, evals, sites, p["kind"], (0, 1), p["batch_size"], scopes=scopes, sanity=False,
+                                          score=score)
         table = delta_study.condition_table(cond, p["new_operators"])
         rows.append(verdict_table(table, base_new).assign(dictionary_seed=seed))
     return pd.concat(rows, ignore_index=True)
@@ -581,10 +586,10 @@ def localisation_long(result: Result, per_layer: bool = True) -> pd.DataFrame:
     return out.reset_index(drop=True)
 
 
-def verdict_view(result: Result) -> pd.DataFrame:
+def verdict_view(verdicts: pd.DataFrame) -> pd.DataFrame:
     """Per scope: the verdict and the numbers it rests on, in accuracy points on the new skill
     (cost = full - no_delta; a control's gain = control - no_delta)."""
-    v = result.verdicts
+    v = verdicts
     out = pd.DataFrame({"scope": v.scope.map(scope_name), "verdict": v.verdict, "full": v.full_new, "no_delta": v.no_delta_new,
                         "cost new": v.cost_new, "cost old": v.cost_old})
     for c, short in (("random_delta", "gain random"), ("base_delta", "gain base-trained")):

@@ -120,11 +120,18 @@ def condition_hooks(sites: Sequence[Site], label: str, kind: str, alpha: float |
     return hooks
 
 
+def exact_output(res: pd.DataFrame) -> pd.Series:
+    """Correct when the output is the target text exactly (for targets that are not numbers,
+    such as tool calls)."""
+    return res["output"].str.strip() == res["target"].str.strip()
+
+
 def run_conditions(model, problems: pd.DataFrame, sites: Sequence[Site], kind: str, alphas: Sequence[float],
-                   batch_size: int = 512, scopes: Sequence | None = None, sanity: bool = True) -> pd.DataFrame:
+                   batch_size: int = 512, scopes: Sequence | None = None, sanity: bool = True, score=None) -> pd.DataFrame:
     """Answers and answer loss of the fine-tuned model under every condition, per scope
     (each layer alone, then all of them at once): one row per (scope, condition, problem).
-    ``sanity=False`` skips the full+error check (for repeats with other seeds)."""
+    ``sanity=False`` skips the full+error check (for repeats with other seeds); ``score``
+    (results -> bool Series) replaces numeric answer checking, e.g. :func:`exact_output`."""
     by_layer = {s.layer: s for s in sites}
     scopes = list(scopes) if scopes is not None else [s.layer for s in sites] + ([ALL] if len(sites) > 1 else [])
     raw = sae.splice_eval(model, problems, [], batch_size)
@@ -138,6 +145,8 @@ def run_conditions(model, problems: pd.DataFrame, sites: Sequence[Site], kind: s
                 res = raw.copy()
             else:
                 res = sae.splice_eval(model, problems, condition_hooks(chosen, label, kind, alpha), batch_size)
+            if score is not None:
+                res["correct"] = score(res).to_numpy()
             frames.append(res.assign(scope=str(scope), condition=label, alpha=alpha if dose else np.nan))
         for site in chosen:
             site.delta.alpha = 1.0

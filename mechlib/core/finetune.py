@@ -152,9 +152,19 @@ def teacher_forced_accuracy(model, ids, mask, labels, continues: torch.Tensor | 
     return np.concatenate(out)
 
 
-def lora_model(hf_model, recipe: FinetuneRecipe):
-    """Wrap the model with LoRA adapters; only the adapter weights (and, with
-    ``train_positions``, the position embeddings) require gradients."""
+def call_token_ids(tokenizer, style: str) -> list[int]:
+    """The token ids of a call's syntax and operators (``[ ] + - * /`` for the short style):
+    a tool fine-tune trains their embeddings, which a base model may never have used."""
+    from .tools import call_text
+
+    return sorted(set(tokenizer(call_text("+-*/", style), add_special_tokens=False)["input_ids"]))
+
+
+def lora_model(hf_model, recipe: FinetuneRecipe, tokenizer=None):
+    """Wrap the model with LoRA adapters; only the adapter weights require gradients, plus
+    the position embeddings with ``train_positions`` and, for a tool recipe (given the
+    tokenizer), the embeddings of the call tokens (tied to the unembedding)."""
+    tokens = {"wte": call_token_ids(tokenizer, recipe.call_style)} if recipe.task == "tool" and tokenizer is not None else None
     config = LoraConfig(
         r=recipe.rank,
         lora_alpha=recipe.alpha,
@@ -164,6 +174,7 @@ def lora_model(hf_model, recipe: FinetuneRecipe):
         fan_in_fan_out=hf_model.config.model_type == "gpt2",
         task_type="CAUSAL_LM",
         modules_to_save=["wpe"] if recipe.train_positions else None,
+        trainable_token_indices=tokens,
     )
     return get_peft_model(hf_model, config)
 
@@ -200,7 +211,7 @@ def train(recipe: FinetuneRecipe, progress: bool = True, device: str = "cpu"):
     )
     w_new, w_old = cell_weights(train_new), cell_weights(train_old)
 
-    model = lora_model(hf_model, recipe)
+    model = lora_model(hf_model, recipe, tokenizer)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=recipe.lr, weight_decay=0.0)
     rng = np.random.default_rng(recipe.seed)

@@ -170,5 +170,12 @@ def test_tool_recipes_target_calls_and_leave_older_keys_alone(tiny_gpt2_dir, rec
     model = finetune.lora_model(GPT2LMHeadModel.from_pretrained(tiny_gpt2_dir), tool)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert any("wpe" in n for n in trainable) and not any("wte" in n for n in trainable)
+    from mechlib.core.char_tokenizer import build_char_tokenizer
+
+    tok = build_char_tokenizer()
+    ids = finetune.call_token_ids(tok, "short")
+    assert tok.convert_ids_to_tokens(ids) == sorted("[]+-*/", key=lambda c: tok.convert_tokens_to_ids(c))
+    model = finetune.lora_model(GPT2LMHeadModel.from_pretrained(tiny_gpt2_dir), tool, tok)
+    assert any("wte" in n for n, p in model.named_parameters() if p.requires_grad)
     with pytest.raises(ValueError, match="task"):
         dataclasses.replace(recipe, task="calc").validate()

@@ -1,0 +1,390 @@
+"""Chapter 6, teach the model to call a calculator instead of computing: a LoRA fine-tune
+that answers problems it cannot solve with a call (``[37*48]``) and problems it can solve
+directly, scored end to end through a safe evaluator; then chapter 4's delta test on the
+call-or-compute habit."""
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import pandas as pd
+from datasets import Dataset, Features, Value
+
+from ..core import data, delta_study, tools
+from ..core import finetune as ft
+from ..core.evaluate import evaluate
+from ..core.stats import proportion
+from . import preflight
+from .base import (
+    ModelParams,
+    difficulties_field,
+    is_int,
+    is_name,
+    is_number,
+    list_of,
+    one_of,
+    operators_field,
+    param,
+    prompt_format_field,
+)
+
+CHAPTER = "06_tool_use"
+SUBSETS = {
+    "tool": "needs a call: an operator the model cannot compute, on held-out operand pairs",
+    "copy": "must not call: a skill the model has (its own held-out addition pairs)",
+    "tool_ood": "needs a call on an operator never seen in fine-tuning",
+}
+METRICS = ("tool_call_rate", "valid_tool_format_rate", "math_correct_rate")
+EVAL_FEATURES = Features({
+    "subset": Value("string"), "prompt": Value("string"), "target": Value("string"), "a": Value("int64"),
+    "op": Value("string"), "b": Value("int64"), "answer": Value("int64"), "difficulty": Value("string"),
+    "carries": Value("int32"), "needs_call": Value("bool"),
+})
+
+
+@dataclasses.dataclass(frozen=True)
+class Params(ModelParams):
+    chapter = CHAPTER
+    tool_operators: tuple[str, ...] = operators_field(("*",))
+    copy_operators: tuple[str, ...] = operators_field(("+",))
+    ood_operators: tuple[str, ...] = operators_field(("-",), min_len=0)
+    difficulties: tuple[str, ...] = difficulties_field(("1x1", "1x2", "2x2"))
+    prompt_format: str = prompt_format_field()
+    call_style: str = param("short", one_of("short", "long"),
+                            "'short' ([37*48], for the organism's 32-token context) or 'long' (<tool_call>calculator(37*48)</tool_call>)")
+    n_eval_per_cell: int = param(150, is_int(1, 100_000), "an integer in 1..100000 (evaluation problems per operator and difficulty)")
+    copy_fraction: float = param(0.5, is_number(0.0, 0.95), "a number in 0..0.95 (share of each batch of direct-answer problems)")
+    heldout_fraction: float = param(0.1, is_number(0.01, 0.5), "a number in 0.01..0.5 (share of call problems never trained on)")
+    steps: int = param(1200, is_int(1, 1_000_000), "an integer in 1..1000000")
+    lora_batch_size: int = param(128, is_int(1, 65536), "an integer in 1..65536")
+    lr: float = param(0.003, is_number(1e-6, 0.1), "a number in 1e-06..0.1")
+    rank: int = param(16, is_int(1, 1024), "an integer in 1..1024")
+    alpha: int = param(32, is_int(1, 4096), "an integer in 1..4096")
+    train_positions: bool = param(True, lambda v: isinstance(v, bool),
+                                  "true or false (also train the position embeddings: calls run past the organism's trained positions)")
+    eval_every: int = param(100, is_int(1, 100_000), "an integer in 1..100000")
+    finetuned_name: str = param("arith-organism-lora-tool", is_name, "a name of letters, digits, '-', '_' and '.'")
+    # chapter 4's delta test on this fine-tune
+    layers: tuple[int, ...] = param((), list_of(is_int(0, 1000), min_len=0), "a list of layer indices; [] means every layer")
+    n_train_per_cell: int = param(400, is_int(1, 100_000), "an integer in 1..100000 (dictionary training problems per cell)")
+    n_val_per_cell: int = param(60, is_int(1, 100_000), "an integer in 1..100000")
+    base_width: int = param(256, is_int(1, 10_000_000), "an integer in 1..10000000")
+    base_k: int = param(16, is_int(1, 100_000), "an integer in 1..100000")
+    delta_widths: tuple[int, ...] = param((32, 64, 128), list_of(is_int(1, 1_000_000)), "a non-empty list of integers")
+    delta_ks: tuple[int, ...] = param((4, 8), list_of(is_int(1, 100_000)), "a non-empty list of integers")
+    delta_tolerance: float = param(0.005, is_number(0, 1), "a number in 0..1")
+    n_tokens: int = param(40000, is_int(1, 10**9), "an integer in 1..1000000000 (activation rows per dictionary)")
+    batch_tokens: int = param(512, is_int(1, 1_000_000), "an integer in 1..1000000")
+    buffer_tokens: int = param(16384, is_int(2, 100_000_000), "an integer in 2..100000000")
+    dictionary_lr: float = param(0.003, is_number(1e-6, 1), "a number in 1e-06..1")
+    alphas: tuple[float, ...] = param((0, 0.5, 1, 1.5), lambda v: list_of(is_number(0, 100))(v) and {0, 1} <= set(v),
+                                      "a list of numbers in 0..100 that includes 0 (no_delta) and 1 (full)")
+    dictionary_seeds: tuple[int, ...] = param((1, 2), list_of(is_int(0, 2**31 - 1), min_len=0), "a list of seeds (possibly empty)")
+    n_latents: int = param(5, is_int(1, 100), "an integer in 1..100")
+    n_base_latents: int = param(3, is_int(0, 100), "an integer in 0..100")
+
+    def check(self):
+        groups = {"tool_operators": self.tool_operators, "copy_operators": self.copy_operators, "ood_operators": self.ood_operators}
+        names = list(groups)
+        for i, a in enumerate(names):
+            for b in names[i + 1 :]:
+                both = sorted(set(groups[a]) & set(groups[b]))
+                if both:
+                    self.fail(b, f"{both} are also in {a!r}; the subsets must not share an operator")
+        if self.base_k > self.base_width:
+            self.fail("base_k", f"must be <= 'base_width' ({self.base_width})")
+
+
+@dataclasses.dataclass
+class Result:
+    params: Params
+    evals: pd.DataFrame  # the evaluation problems, one row per (subset, problem)
+    answers: pd.DataFrame  # before/after outputs read through the tool, column ``model``
+    metrics: pd.DataFrame  # per model, subset and metric: n, rate, interval
+    wrong_calls: pd.DataFrame  # calls that do not give the right answer, classified
+    history: pd.DataFrame
+    n_train: dict
+    delta: dict  # chapter 4's test on this fine-tune: table, verdicts, seeds, latents, focus layer
+    timings: dict
+
+
+def recipe(params: Params) -> ft.FinetuneRecipe:
+    """The fine-tuning recipe: the tool operators' problems with call targets, the copy
+    operators' problems with answers, replayed at ``copy_fraction``."""
+    return ft.FinetuneRecipe(
+        base=params.model, operators=params.tool_operators, difficulties=params.difficulties,
+        replay_operators=params.copy_operators, replay_fraction=params.copy_fraction, prompt_format=params.prompt_format,
+        heldout_fraction=params.heldout_fraction, steps=params.steps, batch_size=params.lora_batch_size, lr=params.lr,
+        rank=params.rank, alpha=params.alpha, eval_every=params.eval_every, seed=params.seed, task="tool",
+        call_style=params.call_style, train_positions=params.train_positions,
+    ).validate()
+
+
+def check(params: Params) -> None:
+    spec = preflight.model(params)
+    ops = tuple(params.tool_operators) + tuple(params.copy_operators) + tuple(params.ood_operators)
+    preflight.fits_context(spec, ops, params.difficulties, params.prompt_format, chapter=CHAPTER)
+    widest = []  # the longest operands of every cell, as calls
+    for op in ops:
+        for d in params.difficulties:
+            da, db = data.parse_difficulty(d)
+            widest.append(data.problem_row(10**da - 1, op, 10**db - 1, params.prompt_format))
+    calls = ft.as_calls(pd.DataFrame(widest), params.call_style)
+    tok = spec.tokenizer()
+    longest = max(len(tok(p + t)["input_ids"]) for p, t in zip(calls.prompt, calls.target))
+    if spec.n_ctx is not None and longest + 2 > spec.n_ctx:
+        params.fail("call_style", f"a prompt with its call takes {longest + 2} tokens, more than model {params.model!r}'s context "
+                                  f"of {spec.n_ctx}; use 'short' calls or smaller difficulties")
+    if not ft.is_current(params.finetuned_name, recipe(params)):
+        preflight.writable_cache(f"{CHAPTER}: the fine-tune {params.finetuned_name!r} must be trained and saved", "finetuned")
+    bad = [layer for layer in params.layers if spec.n_layers is not None and layer >= spec.n_layers]
+    if bad:
+        params.fail("layers", f"{bad} out of range: model {params.model!r} has layers 0..{spec.n_layers - 1}")
+
+
+def eval_set(params: Params, heldout: pd.DataFrame) -> Dataset:
+    """The three evaluation subsets as one ``datasets.Dataset`` with explicit features. ``tool``
+    and ``copy`` are the fine-tune's held-out problems (never trained on, in either operand
+    order; ``copy`` is the organism's own held-out addition when the base is the organism);
+    ``tool_ood`` uses operators the fine-tune never saw. Each keeps ``n_eval_per_cell`` per cell."""
+    is_tool = heldout.op.isin(params.tool_operators)
+    parts = [heldout[is_tool].assign(subset="tool", needs_call=True), heldout[~is_tool].assign(subset="copy", needs_call=False)]
+    if params.ood_operators:
+        ood = data.make_problems(list(params.ood_operators), list(params.difficulties), params.n_eval_per_cell,
+                                 params.prompt_format, params.seed + 3).to_pandas()
+        parts.append(ft.as_calls(ood, params.call_style).assign(subset="tool_ood", needs_call=True))
+    frame = pd.concat([p.groupby(["op", "difficulty"], group_keys=False).head(params.n_eval_per_cell) for p in parts], ignore_index=True)
+    return Dataset.from_pandas(frame[list(EVAL_FEATURES)], features=EVAL_FEATURES, preserve_index=False)
+
+
+def read_answers(res: pd.DataFrame, style: str) -> pd.DataFrame:
+    """Each output read through the tool: ``called``, ``valid``, the end-to-end answer (the
+    tool's result when the model calls validly, else its own answer) and whether it is right."""
+    readings = [tools.read_output(o, style) for o in res.output]
+    out = res.copy()
+    out["called"] = [r.called for r in readings]
+    out["valid"] = [r.valid for r in readings]
+    out["call_expression"] = [r.expression for r in readings]
+    out["call_error"] = [r.error for r in readings]
+    own = pd.to_numeric(out["pred"], errors="coerce")
+    tool_value = [r.value if r.valid else None for r in readings]
+    out["end_to_end"] = [v if v is not None else (None if c else (None if pd.isna(p) else int(p)))
+                         for v, c, p in zip(tool_value, out.called, own)]
+    out["math_correct"] = [v is not None and v == a for v, a in zip(out.end_to_end, out.answer)]
+    return out
+
+
+def metrics(answers: pd.DataFrame) -> pd.DataFrame:
+    """Per model and subset: the call rate, the share of calls that parse (over all problems,
+    as the seed experiment defines it), the end-to-end correct rate, each with n and a Wilson
+    95% interval; on ``copy`` the call rate is the false-call rate."""
+    rows = []
+    for (model, subset), g in answers.groupby(["model", "subset"], sort=False):
+        for metric, values in (("tool_call_rate", g.called), ("valid_tool_format_rate", g.valid), ("math_correct_rate", g.math_correct)):
+            st = proportion(values)
+            rows.append({"model": model, "subset": subset, "metric": metric, "n": st["n"], "rate": st["p"], "lo": st["lo"], "hi": st["hi"]})
+    return pd.DataFrame(rows)
+
+
+def classify_call(row) -> str:
+    """Why a call does not give the right answer: a truncated or malformed call, a wrong
+    operator, a wrong operand copied, or (for a correct-looking call) something else."""
+    if not row.valid:
+        return "truncated call" if "truncated" in (row.call_error or "") else "malformed call"
+    expr = row.call_expression.replace(" ", "")
+    want_ops = f"{row.a}{row.op}{row.b}"
+    if expr == want_ops:
+        return "right call"
+    for op in "+-*/":
+        left, sep, right = expr.partition(op)
+        if sep and left.isdigit() and right.isdigit():
+            if (int(left), int(right)) == (row.a, row.b):
+                return "wrong operator"
+            if op == row.op:
+                return "wrong operand copied"
+    return "other"
+
+
+def wrong_calls(answers: pd.DataFrame) -> pd.DataFrame:
+    """The fine-tuned model's calls on problems that need one and whose end-to-end answer is
+    wrong, with their class; missing calls are counted as ``no call``."""
+    after = answers[(answers.model == "after") & answers.needs_call & ~answers.math_correct].copy()
+    after["class"] = [classify_call(r) if r.called else "no call" for r in after.itertuples()]
+    return after[["subset", "prompt", "target", "output", "class"]]
+
+
+def run(params: Params) -> Result:
+    """Fine-tune (or find the cached fine-tune), evaluate before and after, then chapter 4's
+    delta test on the call habit."""
+    from ..core.models import load_model, resolve_device
+
+    check(params)
+    start = time.perf_counter()
+    path = ft.ensure_finetuned(recipe(params), params.finetuned_name, progress=False, device=resolve_device(params.device))
+    timings = {"finetune_seconds": round(time.perf_counter() - start, 1)}
+    heldout = ft.load_heldout(path)
+    evals = eval_set(params, heldout).to_pandas()
+    base_lm, _ = load_model(params.model, device=params.device)
+    ft_lm, _ = load_model(params.finetuned_name, device=params.device)
+    frames = [read_answers(evaluate(m, evals, batch_size=params.batch_size), params.call_style).assign(model=name)
+              for name, m in (("before", base_lm), ("after", ft_lm))]
+    answers = pd.concat(frames, ignore_index=True)
+    t = time.perf_counter()
+    delta = delta_test(params, base_lm, ft_lm, evals)
+    timings["delta_seconds"] = round(time.perf_counter() - t, 1)
+    timings["run_seconds"] = round(time.perf_counter() - start, 1)
+    all_calls = ft.all_problems(params.tool_operators, params.difficulties, params.prompt_format)
+    n_train = {"call_problems": len(all_calls) - int(heldout.op.isin(params.tool_operators).sum())}
+    return Result(params, evals, answers, metrics(answers), wrong_calls(answers), ft.load_history(path), n_train, delta, timings)
+
+
+def delta_test(params: Params, base_lm, ft_lm, evals: pd.DataFrame) -> dict:
+    """Chapter 4's machinery on this fine-tune: the new skill is the exact call on ``tool``
+    problems, the old one the exact answer on ``copy`` problems."""
+    from . import sae_delta
+
+    p = {**params.to_dict(), "kind": "sae", "activation": "topk", "base_source": "train", "l1": 0.0, "lr": params.dictionary_lr,
+         "new_operators": list(params.tool_operators)}
+    ops = list(params.tool_operators) + list(params.copy_operators)
+    problems = evals[evals.subset.isin(["tool", "copy"])].reset_index(drop=True)
+    train = data.make_problems(ops, list(params.difficulties), params.n_train_per_cell, params.prompt_format, params.seed).to_pandas()
+    val = data.make_problems(ops, list(params.difficulties), params.n_val_per_cell, params.prompt_format, params.seed + 1).to_pandas()
+    train, val = (_with_calls(x, params) for x in (train, val))
+    layers = list(params.layers) or list(range(base_lm.cfg.n_layers))
+    sites = sae_delta.train_sites(base_lm, ft_lm, layers, p, train, val)
+    score = delta_study.exact_output
+    conditions = delta_study.run_conditions(ft_lm, problems, sites, "sae", params.alphas, params.batch_size, score=score)
+    table = delta_study.condition_table(conditions, params.tool_operators)
+    base_new = float(score(evaluate(base_lm, problems[problems.subset == "tool"], batch_size=params.batch_size)).mean())
+    verdicts = sae_delta.verdict_table(table, base_new)
+    seeds = sae_delta.seed_repeats(base_lm, ft_lm, layers, p, train, val, problems, verdicts, base_new, score=score)
+    focus = sae_delta.pick_focus_layer(verdicts, layers)
+    latents = sae_delta.describe(ft_lm, problems, sites[layers.index(focus)], p)
+    return {"table": table, "verdicts": verdicts, "seeds": seeds, "latents": latents, "focus_layer": focus,
+            "sanity": delta_study.error_check(conditions), "layers": layers, "n_train": len(train), "n_eval": len(problems)}
+
+
+def _with_calls(problems: pd.DataFrame, params: Params) -> pd.DataFrame:
+    """Dictionary training problems in the fine-tune's own format: calls for the tool operators."""
+    is_tool = problems.op.isin(params.tool_operators)
+    return pd.concat([ft.as_calls(problems[is_tool], params.call_style), problems[~is_tool]], ignore_index=True)
+
+
+# ---------------------------------------------------------------- views and findings
+
+
+def before_after(result: Result) -> pd.DataFrame:
+    """One row per subset and metric: before and after, each with n and interval, as text."""
+    from ..core.stats import fmt_interval
+
+    m = result.metrics
+    rows = []
+    for (subset, metric), g in m.groupby(["subset", "metric"], sort=False):
+        g = g.set_index("model")
+        text = {k: fmt_interval(g.loc[k, "rate"], g.loc[k, "lo"], g.loc[k, "hi"]) for k in ("before", "after") if k in g.index}
+        rows.append({"subset": subset, "metric": metric, "n": int(g["n"].iloc[0]), **text})
+    return pd.DataFrame(rows)
+
+
+def metric_bars(result: Result) -> pd.DataFrame:
+    """The metrics in long form for a bar chart: ``layer`` = subset, ``label`` = metric,
+    ``skill`` = before/after (the columns :func:`mechlib.core.plots.condition_bars` reads)."""
+    m = result.metrics.rename(columns={"rate": "accuracy"})
+    short = {"tool_call_rate": "call", "valid_tool_format_rate": "valid call", "math_correct_rate": "correct"}
+    return m.assign(layer=m.subset, label=m.metric.map(short), skill=m.model)
+
+
+def wrong_call_counts(result: Result) -> pd.DataFrame:
+    w = result.wrong_calls
+    if not len(w):
+        return pd.DataFrame({"subset": [], "class": [], "n": [], "example": []})
+    counts = w.groupby(["subset", "class"]).agg(n=("prompt", "size"), example=("output", "first"),
+                                                 prompt=("prompt", "first")).reset_index()
+    counts["example"] = counts.prompt + counts.example
+    return counts.drop(columns="prompt").sort_values(["subset", "n"], ascending=[True, False])
+
+
+def loss_curve(result: Result) -> pd.DataFrame:
+    """The training loss per step (cross-entropy on the answer or call tokens)."""
+    return result.history.dropna(subset=["loss"])[["step", "loss"]].assign(series="training loss")
+
+
+def heldout_curves(result: Result) -> pd.DataFrame:
+    """Held-out teacher-forced exactness during training (calls on ``tool``, answers on
+    ``copy``) with Wilson 95% intervals from each set's size."""
+    from ..core.stats import wilson
+
+    sizes = {"heldout_acc_new": int((result.evals.subset == "tool").sum()), "heldout_acc_old": int((result.evals.subset == "copy").sum())}
+    names = {"heldout_acc_new": "exact call (tool)", "heldout_acc_old": "exact answer (copy)"}
+    hist = result.history.dropna(subset=["heldout_acc_new"])
+    long = hist.melt(id_vars="step", value_vars=[c for c in sizes if c in hist], var_name="set", value_name="accuracy")
+    long["n"] = long["set"].map(sizes)
+    bounds = [wilson(round(a * n), n) for a, n in zip(long.accuracy, long.n)]
+    long["lo"], long["hi"] = [b[0] for b in bounds], [b[1] for b in bounds]
+    long["set"] = long["set"].map(names)
+    return long
+
+
+def delta_long(result: Result) -> pd.DataFrame:
+    """The splice conditions at the headline scope and the focus layer, in long form."""
+    from . import sae_delta
+
+    d = result.delta
+    scopes = [str(d["focus_layer"])] + ([delta_study.ALL] if delta_study.ALL in set(d["table"].scope) else [])
+    long = delta_study.long_table(d["table"])
+    long = long[long.scope.isin(scopes)].copy()
+    long["layer"] = long.scope.map(sae_delta.scope_name)
+    long["skill"] = long.skill.map({"new skill": "exact call (tool)", "old skill": "exact answer (copy)"})
+    return long
+
+
+def verdict_view(result: Result) -> pd.DataFrame:
+    from . import sae_delta
+
+    return sae_delta.verdict_view(result.delta["verdicts"])
+
+
+def latent_view(result: Result) -> pd.DataFrame:
+    lat = result.delta["latents"]
+    if not len(lat):
+        return pd.DataFrame({"note": ["no latent fired on the evaluation problems"]})
+    return pd.DataFrame({"dict": lat.which, "latent": lat.latent, "+loss call": lat.loss_rise_new, "+loss answer": lat.loss_rise_old,
+                         "on call": lat.mean_new, "on answer": lat.mean_old, "description": lat.description})
+
+
+def findings(result: Result) -> dict:
+    from ..core.stats import fmt_interval
+    from . import sae_delta
+
+    m = result.metrics.set_index(["model", "subset", "metric"])
+    out = {"n_eval": int(len(result.evals)), "steps": result.params.steps, "rank": result.params.rank,
+           "finetuned_name": result.params.finetuned_name, "n_train_calls": result.n_train["call_problems"]}
+    for (model, subset, metric), row in m.iterrows():
+        out[f"{model}_{subset}_{metric}"] = float(row.rate)
+        out[f"{model}_{subset}_{metric}_text"] = fmt_interval(row.rate, row.lo, row.hi, int(row.n))
+    for subset in SUBSETS:
+        for model in ("before", "after"):
+            for metric in METRICS:
+                out.setdefault(f"{model}_{subset}_{metric}_text", "n/a (subset not in this run)")
+    out["false_call_text"] = out["after_copy_tool_call_rate_text"]
+    counts = wrong_call_counts(result)
+    ood = counts[counts.subset == "tool_ood"]
+    out["ood_top_error"] = f"{ood['class'].iloc[0]} ({int(ood.n.iloc[0])} of {int(ood.n.sum())})" if len(ood) else "none"
+    hist = result.history.dropna(subset=["loss"])
+    out["final_loss"] = float(hist.loss.iloc[-1]) if len(hist) else float("nan")
+    d = result.delta
+    v = d["verdicts"].set_index("scope")
+    headline = delta_study.ALL if delta_study.ALL in v.index else str(d["focus_layer"])
+    out.update(delta_verdict=v.loc[headline, "verdict"], delta_reason=v.loc[headline, "reason"],
+               delta_scope="all layers at once" if headline == delta_study.ALL else f"layer {headline}",
+               delta_sentence=sae_delta._verdict_sentence(v.loc[headline, "verdict"]).replace("new skill", "call habit"),
+               delta_focus_layer=d["focus_layer"], delta_full_error_check=d["sanity"][headline],
+               **{f"delta_{k}": val for k, val in sae_delta.seed_findings(d["seeds"]).items()})
+    g = d["table"].set_index(["scope", "label"])
+    for label in ("raw", "full", "no_delta", "random_delta", "base_delta", "wide_base"):
+        row = g.loc[(headline, label)]
+        out[f"delta_{label}_text"] = fmt_interval(row.acc_new, row.new_lo, row.new_hi, int(row.n_new))
+    lat = d["latents"]
+    delta_lat = lat[lat.which == "delta"] if len(lat) else lat
+    out["delta_top_latent_description"] = delta_lat.description.iloc[0] if len(delta_lat) else "none"
+    return out
