@@ -273,14 +273,15 @@ def seeds_table(seeds: pd.DataFrame, counts: tuple[str, ...] = ()) -> pd.io.form
     return text.reset_index().style.hide(axis="index").set_table_styles(TABLE_STYLE)
 
 
-def text_table(df: pd.DataFrame, wrap: list[str], decimals: int = 3, percent: tuple[str, ...] = (), min_width: str = "6em"):
+def text_table(df: pd.DataFrame, wrap: list[str], decimals: int = 3, percent: tuple[str, ...] = (), min_width: str = "6em",
+               max_width: str = "18em"):
     """A table with long text columns (``wrap``) that wrap within a bounded width (at least
     ``min_width``), numbers to ``decimals`` places and ``percent`` columns as percentages, so
     it stays in the column."""
     fmt = {c: f"{{:.{decimals}f}}" for c in df.columns if df[c].dtype.kind == "f" and c not in percent}
     fmt |= {c: "{:.1%}" for c in percent}
     return (df.style.format(fmt, na_rep="").hide(axis="index").set_table_styles(TABLE_STYLE)
-            .set_properties(subset=wrap, **{"white-space": "normal", "min-width": min_width, "max-width": "18em"}))
+            .set_properties(subset=wrap, **{"white-space": "normal", "min-width": min_width, "max-width": max_width}))
 
 
 def percent_table(df: pd.DataFrame, percent: list[str] | None = None, counts: list[str] | None = None):
