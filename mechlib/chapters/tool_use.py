@@ -358,7 +358,8 @@ def findings(result: Result) -> dict:
 
     m = result.metrics.set_index(["model", "subset", "metric"])
     out = {"n_eval": int(len(result.evals)), "steps": result.params.steps, "rank": result.params.rank,
-           "finetuned_name": result.params.finetuned_name, "n_train_calls": result.n_train["call_problems"]}
+           "finetuned_name": result.params.finetuned_name, "n_train_calls": result.n_train["call_problems"],
+           "copy_share": f"{result.params.copy_fraction:.0%}"}
     for (model, subset, metric), row in m.iterrows():
         out[f"{model}_{subset}_{metric}"] = float(row.rate)
         out[f"{model}_{subset}_{metric}_text"] = fmt_interval(row.rate, row.lo, row.hi, int(row.n))
