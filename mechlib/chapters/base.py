@@ -60,6 +60,11 @@ def list_of(check: Check, min_len: int = 1, max_len: int | None = None) -> Check
     return out
 
 
+def is_alphas(v) -> bool:
+    """A dose sweep: numbers in 0..100 that include 0 (no delta) and 1 (the full delta)."""
+    return list_of(is_number(0, 100))(v) and {0, 1} <= set(v)
+
+
 def is_name(v) -> bool:
     return isinstance(v, str) and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", v) is not None
 

@@ -107,19 +107,9 @@ def run(params: Params) -> Result:
 
 
 def heldout_curves(result: Result) -> pd.DataFrame:
-    """Held-out accuracy during training in long form (step, set, accuracy) with the Wilson
-    95% interval from each set's number of held-out problems."""
-    from ..core.stats import wilson
-
+    """Held-out accuracy during training in long form, with Wilson 95% intervals."""
     is_new = result.heldout.op.isin(result.params.operators)
-    sizes = {"heldout_acc_new": int(is_new.sum()), "heldout_acc_old": int((~is_new).sum())}
-    history = result.history.dropna(subset=["heldout_acc_new"])
-    sets = [c for c in sizes if c in history and sizes[c]]
-    long = history.melt(id_vars="step", value_vars=sets, var_name="set", value_name="accuracy")
-    long["n"] = long["set"].map(sizes)
-    bounds = [wilson(round(a * n), n) for a, n in zip(long.accuracy, long.n)]
-    long["lo"], long["hi"] = [b[0] for b in bounds], [b[1] for b in bounds]
-    return long
+    return ft.heldout_curves(result.history, {"heldout_acc_new": int(is_new.sum()), "heldout_acc_old": int((~is_new).sum())})
 
 
 def findings(result: Result) -> dict:

@@ -17,6 +17,7 @@ from . import preflight
 from .base import (
     ModelParams,
     difficulties_field,
+    is_alphas,
     is_int,
     is_name,
     is_number,
@@ -39,10 +40,6 @@ def _is_param_set(v) -> bool:
     from .base import PARAMSETS_DIR
 
     return is_name(v) and (PARAMSETS_DIR / f"{v}.yaml").is_file()
-
-
-def _is_alphas(v) -> bool:
-    return list_of(is_number(0, 100))(v) and {0, 1} <= set(v)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,7 +70,7 @@ class Params(ModelParams):
     n_tokens: int = param(60000, is_int(1, 10**9), "an integer in 1..1000000000 (activation rows per dictionary)")
     batch_tokens: int = param(512, is_int(1, 1_000_000), "an integer in 1..1000000")
     buffer_tokens: int = param(8192, is_int(2, 100_000_000), "an integer in 2..100000000 (activation rows held in memory)")
-    alphas: tuple[float, ...] = param((0, 0.25, 0.5, 1, 1.5, 2), _is_alphas,
+    alphas: tuple[float, ...] = param((0, 0.25, 0.5, 1, 1.5, 2), is_alphas,
                                       "a list of numbers in 0..100 that includes 0 (no_delta) and 1 (full)")
     ranks: tuple[int, ...] = param((1, 2, 4, 8, 16, 32), list_of(is_int(1, 1024), min_len=0),
                                    "a list of LoRA ranks in 1..1024 for the rank sweep; [] studies 'finetuned' as it is")
@@ -257,7 +254,7 @@ def choose_rank(ranks: pd.DataFrame, share: float) -> int:
     return int(new[new.accuracy >= share * new.accuracy.max()]["rank"].iloc[0])
 
 
-def run(params: Params, progress: bool = False) -> Result:
+def run(params: Params) -> Result:
     """The whole study: rank sweep, the chosen fine-tune, weight patching, dictionaries,
     conditions with controls, latents and the verdict."""
     from ..core.models import load_model
@@ -429,8 +426,10 @@ def findings(result: Result) -> dict:
            **{f"threshold_{k}": v for k, v in delta_study.THRESHOLDS.items()}}
     out.update({f"{k}_text": f"{v:.0%}" if k.endswith(("share", "fidelity")) else f"{v:g} points"
                 for k, v in delta_study.THRESHOLDS.items()})
+    ch3 = finetune_params(result.params)
     out.update(delta_tolerance=result.params.delta_tolerance, rank_share=f"{result.params.rank_share:.0%}",
-               sweep_steps=result.params.sweep_steps)
+               sweep_steps=result.params.sweep_steps, ch3_rank=ch3.rank, ch3_steps=ch3.steps,
+               sweep_budget=f"{result.params.sweep_steps / ch3.steps:.0%}", latent_top_rows=delta_study.TOP_ROWS)
     if result.chosen_rank is not None:
         new = result.ranks[result.ranks.skill == "new skill"].set_index("rank")
         best = new.accuracy.idxmax()
@@ -491,7 +490,7 @@ def findings(result: Result) -> dict:
                verdict=v.loc[headline, "verdict"], verdict_reason=v.loc[headline, "reason"],
                focus_verdict=v.loc[str(result.focus_layer), "verdict"], focus_verdict_reason=v.loc[str(result.focus_layer), "reason"],
                cost_new=float(v.loc[headline, "cost_new"]), cost_old=float(v.loc[headline, "cost_old"]),
-               verdict_sentence=_verdict_sentence(v.loc[headline, "verdict"]))
+               verdict_sentence=verdict_sentence(v.loc[headline, "verdict"]))
     if len(result.latents):
         d = result.latents[result.latents.which == "delta"]
         out["top_latent"] = int(d.latent.iloc[0]) if len(d) else -1
@@ -558,21 +557,24 @@ def scope_name(scope) -> str:
     return "all layers" if str(scope) == delta_study.ALL else f"layer {scope}"
 
 
-def conditions_long(result: Result, scopes=None, labels=delta_study.LABELS[:-1]) -> pd.DataFrame:
+def conditions_long(table: pd.DataFrame, focus_layer, scopes=None, labels=delta_study.LABELS[:-1]) -> pd.DataFrame:
     """The conditions in long form (scope, label, skill, n, accuracy, interval) at the given
     scopes (default: the focus layer and all layers at once), with a ``layer`` column for charts."""
-    scopes = [str(s) for s in (scopes or [result.focus_layer, delta_study.ALL])]
-    long = delta_study.long_table(result.table, labels)
+    scopes = [str(s) for s in (scopes or [focus_layer, delta_study.ALL])]
+    long = delta_study.long_table(table, labels)
     long = long[long.scope.isin(scopes)].copy()
     long["layer"] = long.scope.map(scope_name)
     return long.reset_index(drop=True)
 
 
-def dose_long(result: Result) -> pd.DataFrame:
-    """base + alpha x delta per scope and skill, with a ``series`` label for one line each."""
+def dose_long(result: Result, every_layer: bool = False) -> pd.DataFrame:
+    """base + alpha x delta per scope and skill (the focus layer and all layers at once, or
+    ``every_layer``), with a ``series`` label for one line each."""
     doses = delta_study.long_table(result.table[result.table.alpha.notna()], list(result.table.label.unique()))
+    if not every_layer:
+        doses = doses[doses.scope.isin([str(result.focus_layer), delta_study.ALL])]
     doses["series"] = doses.skill + ", " + doses.scope.map(scope_name)
-    return doses
+    return doses.reset_index(drop=True)
 
 
 def localisation_long(result: Result, per_layer: bool = True) -> pd.DataFrame:
@@ -639,12 +641,13 @@ def _row_text(row) -> str:
     return fmt_interval(row["accuracy"], row["lo"], row["hi"], int(row["n"]))
 
 
-def _verdict_sentence(verdict: str) -> str:
+def verdict_sentence(verdict: str, skill: str = "the new skill") -> str:
+    """The verdict in one plain sentence about ``skill``."""
     return {
-        "in the delta": "The data support the hypothesis: the new skill lives in the delta.",
-        "partly in the delta": "The data support the hypothesis only in part: the delta carries some of the new skill, and the rest lives elsewhere.",
-        "not in the delta": "The data go against the hypothesis: removing the delta does not remove the new skill.",
-        "inconclusive": "The data cannot answer the question: the splice itself breaks the skill.",
+        "in the delta": f"The data support the hypothesis: {skill} lives in the delta.",
+        "partly in the delta": f"The data support the hypothesis only in part: the delta carries some of {skill}, and the rest lives elsewhere.",
+        "not in the delta": f"The data go against the hypothesis: removing the delta does not remove {skill}.",
+        "inconclusive": f"The data cannot answer the question: the splice itself breaks {skill}.",
     }[verdict]
 
 

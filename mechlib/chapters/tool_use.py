@@ -18,6 +18,7 @@ from . import preflight
 from .base import (
     ModelParams,
     difficulties_field,
+    is_alphas,
     is_int,
     is_name,
     is_number,
@@ -77,8 +78,7 @@ class Params(ModelParams):
     batch_tokens: int = param(512, is_int(1, 1_000_000), "an integer in 1..1000000")
     buffer_tokens: int = param(16384, is_int(2, 100_000_000), "an integer in 2..100000000")
     dictionary_lr: float = param(0.003, is_number(1e-6, 1), "a number in 1e-06..1")
-    alphas: tuple[float, ...] = param((0, 0.5, 1, 1.5), lambda v: list_of(is_number(0, 100))(v) and {0, 1} <= set(v),
-                                      "a list of numbers in 0..100 that includes 0 (no_delta) and 1 (full)")
+    alphas: tuple[float, ...] = param((0, 0.5, 1, 1.5), is_alphas, "a list of numbers in 0..100 that includes 0 (no_delta) and 1 (full)")
     dictionary_seeds: tuple[int, ...] = param((1, 2), list_of(is_int(0, 2**31 - 1), min_len=0), "a list of seeds (possibly empty)")
     n_latents: int = param(5, is_int(1, 100), "an integer in 1..100")
     n_base_latents: int = param(3, is_int(0, 100), "an integer in 0..100")
@@ -103,7 +103,7 @@ class Result:
     metrics: pd.DataFrame  # per model, subset and metric: n, rate, interval
     wrong_calls: pd.DataFrame  # calls that do not give the right answer, classified
     history: pd.DataFrame
-    n_train: dict
+    n_train_calls: int  # call problems trained on
     delta: dict  # chapter 4's test on this fine-tune: table, verdicts, seeds, latents, focus layer
     timings: dict
 
@@ -234,8 +234,8 @@ def run(params: Params) -> Result:
     timings["delta_seconds"] = round(time.perf_counter() - t, 1)
     timings["run_seconds"] = round(time.perf_counter() - start, 1)
     all_calls = ft.all_problems(params.tool_operators, params.difficulties, params.prompt_format)
-    n_train = {"call_problems": len(all_calls) - int(heldout.op.isin(params.tool_operators).sum())}
-    return Result(params, evals, answers, metrics(answers), wrong_calls(answers), ft.load_history(path), n_train, delta, timings)
+    n_train_calls = len(all_calls) - int(heldout.op.isin(params.tool_operators).sum())
+    return Result(params, evals, answers, metrics(answers), wrong_calls(answers), ft.load_history(path), n_train_calls, delta, timings)
 
 
 def delta_test(params: Params, base_lm, ft_lm, evals: pd.DataFrame) -> dict:
@@ -312,28 +312,15 @@ def loss_curve(result: Result) -> pd.DataFrame:
 def heldout_curves(result: Result) -> pd.DataFrame:
     """Held-out teacher-forced exactness during training (calls on ``tool``, answers on
     ``copy``) with Wilson 95% intervals from each set's size."""
-    from ..core.stats import wilson
-
     sizes = {"heldout_acc_new": int((result.evals.subset == "tool").sum()), "heldout_acc_old": int((result.evals.subset == "copy").sum())}
-    names = {"heldout_acc_new": "exact call (tool)", "heldout_acc_old": "exact answer (copy)"}
-    hist = result.history.dropna(subset=["heldout_acc_new"])
-    long = hist.melt(id_vars="step", value_vars=[c for c in sizes if c in hist], var_name="set", value_name="accuracy")
-    long["n"] = long["set"].map(sizes)
-    bounds = [wilson(round(a * n), n) for a, n in zip(long.accuracy, long.n)]
-    long["lo"], long["hi"] = [b[0] for b in bounds], [b[1] for b in bounds]
-    long["set"] = long["set"].map(names)
-    return long
+    return ft.heldout_curves(result.history, sizes, {"heldout_acc_new": "exact call (tool)", "heldout_acc_old": "exact answer (copy)"})
 
 
 def delta_long(result: Result) -> pd.DataFrame:
-    """The splice conditions at the headline scope and the focus layer, in long form."""
+    """The splice conditions at the focus layer and all layers at once, in long form."""
     from . import sae_delta
 
-    d = result.delta
-    scopes = [str(d["focus_layer"])] + ([delta_study.ALL] if delta_study.ALL in set(d["table"].scope) else [])
-    long = delta_study.long_table(d["table"])
-    long = long[long.scope.isin(scopes)].copy()
-    long["layer"] = long.scope.map(sae_delta.scope_name)
+    long = sae_delta.conditions_long(result.delta["table"], result.delta["focus_layer"])
     long["skill"] = long.skill.map({"new skill": "exact call (tool)", "old skill": "exact answer (copy)"})
     return long
 
@@ -352,14 +339,25 @@ def latent_view(result: Result) -> pd.DataFrame:
                          "on call": lat.mean_new, "on answer": lat.mean_old, "description": lat.description})
 
 
+def _positions(evals: pd.DataFrame) -> dict:
+    """How far the organism's training reached (chapter 1's count) and how far a call runs."""
+    from ..core.organism import OrganismRecipe
+    from .baseline import last_positions
+
+    calls = evals[evals.needs_call].assign(kind="longer_operands")
+    pos = last_positions(calls, OrganismRecipe())
+    return {"trained_last_position": pos["trained_last"], "call_last_position": pos.get("longer_last", pos["trained_last"])}
+
+
 def findings(result: Result) -> dict:
     from ..core.stats import fmt_interval
     from . import sae_delta
 
     m = result.metrics.set_index(["model", "subset", "metric"])
     out = {"n_eval": int(len(result.evals)), "steps": result.params.steps, "rank": result.params.rank,
-           "finetuned_name": result.params.finetuned_name, "n_train_calls": result.n_train["call_problems"],
+           "finetuned_name": result.params.finetuned_name, "n_train_calls": result.n_train_calls,
            "copy_share": f"{result.params.copy_fraction:.0%}"}
+    out.update(_positions(result.evals))
     for (model, subset, metric), row in m.iterrows():
         out[f"{model}_{subset}_{metric}"] = float(row.rate)
         out[f"{model}_{subset}_{metric}_text"] = fmt_interval(row.rate, row.lo, row.hi, int(row.n))
@@ -378,7 +376,7 @@ def findings(result: Result) -> dict:
     headline = delta_study.ALL if delta_study.ALL in v.index else str(d["focus_layer"])
     out.update(delta_verdict=v.loc[headline, "verdict"], delta_reason=v.loc[headline, "reason"],
                delta_scope="all layers at once" if headline == delta_study.ALL else f"layer {headline}",
-               delta_sentence=sae_delta._verdict_sentence(v.loc[headline, "verdict"]).replace("new skill", "call habit"),
+               delta_sentence=sae_delta.verdict_sentence(v.loc[headline, "verdict"], "the call habit"),
                delta_focus_layer=d["focus_layer"], delta_full_error_check=d["sanity"][headline],
                **{f"delta_{k}": val for k, val in sae_delta.seed_findings(d["seeds"]).items()})
     g = d["table"].set_index(["scope", "label"])

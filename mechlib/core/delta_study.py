@@ -31,6 +31,7 @@ ALL = "all"
 # The order of the conditions in tables and charts.
 LABELS = ("raw", "no_delta", "full", "full+error", "random_delta", "base_delta", "wide_base", "zero_ablation")
 CONTROLS = ("random_delta", "base_delta")
+TOP_ROWS = 20  # a latent is described from its this-many strongest evaluation rows
 
 
 @dataclasses.dataclass
@@ -296,7 +297,7 @@ def latent_effects(model, problems: pd.DataFrame, site: Site, kind: str, which: 
 
 
 def describe_latents(acts: torch.Tensor, meta: pd.DataFrame, problems: pd.DataFrame, latents: Sequence[int],
-                     logit_push: dict, new_ops: Sequence[str], decode, top: int = 20) -> pd.DataFrame:
+                     logit_push: dict, new_ops: Sequence[str], decode, top: int = TOP_ROWS) -> pd.DataFrame:
     """A data-derived description per latent from its activations on evaluation rows: where
     it fires (which answer token it predicts), on which operator, on which kind of problem
     among its ``top`` strongest rows, and which tokens its decoder direction pushes."""

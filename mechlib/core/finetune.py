@@ -340,6 +340,23 @@ def recipe_from_params(params: dict) -> FinetuneRecipe:
     return FinetuneRecipe(**kw).validate()
 
 
+def heldout_curves(history: pd.DataFrame, sizes: dict, names: dict | None = None) -> pd.DataFrame:
+    """Held-out accuracy during training in long form (step, set, accuracy, n, lo, hi): the
+    history's columns in ``sizes`` (column -> number of held-out problems), each with the Wilson
+    95% interval from that size; ``names`` relabels the sets."""
+    from .stats import wilson
+
+    history = history.dropna(subset=["heldout_acc_new"])
+    sets = [c for c in sizes if c in history and sizes[c]]
+    long = history.melt(id_vars="step", value_vars=sets, var_name="set", value_name="accuracy")
+    long["n"] = long["set"].map(sizes)
+    bounds = [wilson(round(a * n), n) for a, n in zip(long.accuracy, long.n)]
+    long["lo"], long["hi"] = [b[0] for b in bounds], [b[1] for b in bounds]
+    if names:
+        long["set"] = long["set"].map(names)
+    return long
+
+
 def before_after(models: dict, problems: pd.DataFrame, batch_size: int = 512) -> pd.DataFrame:
     """Evaluate each model (name -> HookedTransformer) on the same problems, stacked."""
     from .evaluate import evaluate

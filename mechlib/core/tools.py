@@ -9,6 +9,7 @@ length, nesting and the size of intermediate numbers keep hostile input from han
 from __future__ import annotations
 
 import dataclasses
+import operator
 import re
 from fractions import Fraction
 
@@ -19,6 +20,7 @@ MAX_DIGITS = 60  # no literal or intermediate result may have more digits than t
 SHORT = re.compile(r"\[([^\[\]]*)\]")
 LONG = re.compile(r"<tool_call>\s*calculator\((.*?)\)\s*</tool_call>", re.S)
 OPENERS = ("[", "<tool_call>")
+_OPS = {"+": operator.add, "-": operator.sub, "*": operator.mul, "/": operator.truediv}
 
 
 class ToolError(ValueError):
@@ -50,22 +52,21 @@ class _Parser:
         return value
 
     def expr(self) -> Fraction:
-        value = self.term()
-        while self.peek() in ("+", "-"):
-            op = self.text[self.i]
-            self.i += 1
-            value = _check_size(value + self.term() if op == "+" else value - self.term())
-        return value
+        return self._chain(self.term, "+-")
 
     def term(self) -> Fraction:
-        value = self.factor()
-        while self.peek() in ("*", "/"):
+        return self._chain(self.factor, "*/")
+
+    def _chain(self, operand, ops: str) -> Fraction:
+        """operand (op operand)*, left to right, for the operators in ``ops``."""
+        value = operand()
+        while self.peek() and self.peek() in ops:
             op = self.text[self.i]
             self.i += 1
-            right = self.factor()
+            right = operand()
             if op == "/" and right == 0:
                 raise ToolError("division by zero")
-            value = _check_size(value * right if op == "*" else value / right)
+            value = _check_size(_OPS[op](value, right))
         return value
 
     def factor(self) -> Fraction:
