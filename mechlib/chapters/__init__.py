@@ -11,6 +11,7 @@ MODULES = {
     "02_layers": "layers",
     "03_finetune": "finetune",
     "04_sae_delta": "sae_delta",
+    "05_circuits": "circuits",
     "06_tool_use": "tool_use",
 }
 

@@ -291,3 +291,56 @@ def percent_table(df: pd.DataFrame, percent: list[str] | None = None, counts: li
     counts = counts or [c for c in df.columns if df[c].dtype.kind in "iu"]
     fmt = {c: "{:.1%}" for c in percent} | {c: "{:,.0f}" for c in counts}
     return df.style.format(fmt, na_rep="").hide(axis="index").set_table_styles(TABLE_STYLE)
+
+
+def value_heatmap(long: pd.DataFrame, x: str, y: str, value: str, title: str, caption: str | None = None,
+                  facet: str | None = None, columns: int = 3, domain: tuple[float, float] = (0, 1), fmt: str = ".2f",
+                  x_sort: list | None = None, y_sort: list | None = None, facet_sort: list | None = None,
+                  scheme: str = "viridis", cell: int = 30, labels: bool = True) -> alt.Chart:
+    """A heat map of ``value`` over ``x`` and ``y`` with the value written in each cell,
+    optionally faceted (wrapped into ``columns`` panels per row so it fits the column)."""
+    data = long.copy()
+    data["label"] = [_no_minus_zero(format(v, fmt)) if v == v else "" for v in data[value]]
+    mid = (domain[0] + domain[1]) / 2
+    base = alt.Chart(data).encode(
+        x=alt.X(f"{x}:N", title=x, sort=x_sort or list(dict.fromkeys(data[x])), axis=alt.Axis(labelAngle=-40)),
+        y=alt.Y(f"{y}:N", title=y, sort=y_sort or list(dict.fromkeys(data[y]))),
+    )
+    rect = base.mark_rect().encode(
+        color=alt.Color(f"{value}:Q", scale=alt.Scale(domain=list(domain), scheme=scheme, clamp=True), title=value,
+                        legend=alt.Legend(orient="bottom", gradientLength=160)),
+        tooltip=[c for c in (facet, y, x) if c] + [alt.Tooltip(f"{value}:Q", format=fmt)],
+    )
+    layers = rect
+    if labels:
+        layers = rect + base.mark_text(fontSize=9).encode(
+            text="label:N", color=alt.condition(f"datum['{value}'] > {mid}", alt.value("black"), alt.value("white")))
+    n_x = data[x].nunique()
+    chart = layers.properties(width=cell * n_x, height=alt.Step(18 if cell < 30 else 24))
+    if facet:
+        return chart.facet(facet=alt.Facet(f"{facet}:N", title=None, sort=facet_sort or list(dict.fromkeys(data[facet]))),
+                           columns=columns, title=_title(title, caption))
+    return chart.properties(title=_title(title, caption))
+
+
+def _no_minus_zero(text: str) -> str:
+    """'-0%' and '-0.00' (a rounded tiny negative) read as '0%' and '0.00'."""
+    return text[1:] if text.startswith("-") and not any(c in "123456789" for c in text) else text
+
+
+def roc_chart(roc: pd.DataFrame, title: str, caption: str | None = None, columns: int = 3) -> alt.Chart:
+    """ROC curves (columns program, method, fpr, tpr), one panel per program, the diagonal dashed."""
+    diag = pd.DataFrame({"fpr": [0, 1], "tpr": [0, 1]})
+    order = list(dict.fromkeys(roc["method"]))
+    panels = []
+    for program, group in roc.groupby("program", sort=False):
+        lines = alt.Chart(group).mark_line(strokeWidth=1.8, point=alt.OverlayMarkDef(size=14)).encode(
+            x=alt.X("fpr:Q", title="false-positive rate", scale=alt.Scale(domain=[-0.03, 1.03], nice=False)),
+            y=alt.Y("tpr:Q", title="true-positive rate", scale=alt.Scale(domain=[-0.03, 1.03], nice=False)),
+            color=alt.Color("method:N", sort=order, legend=alt.Legend(orient="bottom", columns=4, title="method")),
+            strokeDash=alt.StrokeDash("method:N", sort=order, legend=None),
+            tooltip=["method", "fpr", "tpr"])
+        rule = alt.Chart(diag).mark_line(color="gray", strokeDash=[3, 3], strokeWidth=0.8).encode(x="fpr:Q", y="tpr:Q")
+        panels.append((rule + lines).properties(width=150, height=150, title=program))
+    rows = [alt.hconcat(*panels[i : i + columns]) for i in range(0, len(panels), columns)]
+    return alt.vconcat(*rows, title=_title(title, caption))
