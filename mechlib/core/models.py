@@ -98,6 +98,7 @@ class ModelSpec:
     n_ctx: int | None
     source: str  # directory, or Hub name
     local: bool
+    n_heads: int | None = None
 
     def tokenizer(self):
         """The model's tokenizer (cheap: no weights)."""
@@ -115,7 +116,7 @@ def model_spec(name_or_path: str | Path) -> ModelSpec:
     name = str(name_or_path)
     if name == ORGANISM_NAME:
         recipe = OrganismRecipe()
-        return ModelSpec(name, recipe.n_layer, recipe.n_positions, str(organism_dir(recipe)), True)
+        return ModelSpec(name, recipe.n_layer, recipe.n_positions, str(organism_dir(recipe)), True, recipe.n_head)
     if "/" not in name and (finetuned_dir(name) / "config.json").is_file():
         source, local = str(finetuned_dir(name)), True
     else:
@@ -129,7 +130,8 @@ def model_spec(name_or_path: str | Path) -> ModelSpec:
         config = json.loads(Path(cached).read_text()) if isinstance(cached, str) else {}
     n_layers = config.get("n_layer", config.get("num_hidden_layers"))
     n_ctx = config.get("n_positions", config.get("max_position_embeddings"))
-    return ModelSpec(name, n_layers, n_ctx, source, local)
+    n_heads = config.get("n_head", config.get("num_attention_heads"))
+    return ModelSpec(name, n_layers, n_ctx, source, local, n_heads)
 
 
 def tokenizer_fingerprint(name_or_path: str | Path) -> str:
