@@ -589,7 +589,7 @@ def mechanism(result: Result) -> dict:
                      f"and the MLP writing most directly is {writer} ({direct.loc[writer].mean():.0%} on average over the families)")
     later = [m for m in mlps.index if m != "m0"]
     if "carry_flip" in pivot and "tens_nocarry" in pivot and later:
-        out["use_carry"] = (f"ablating the MLPs after layer 0 ({' and '.join(later)}) one at a time removes on average "
+        out["use_carry"] = (f"ablating the MLPs after layer 0 ({and_list(later)}) one at a time removes on average "
                             f"{pivot.loc[later, 'carry_flip'].mean():.0%} of the logit difference when the carry changes "
                             f"(carry_flip) and {pivot.loc[later, 'tens_nocarry'].mean():.0%} when a tens digit changes "
                             "without a carry (tens_nocarry)")
@@ -602,6 +602,17 @@ def mechanism(result: Result) -> dict:
     out["residual"] = (f"From layer 1 on, the residual stream at the answer position alone carries {at_answer.removed.min():.0%} "
                        f"or more of every family's effect, and no other position more than {max(elsewhere.removed.max(), 0):.0%}")
     return out
+
+
+PART2_KEYS = (
+    "circuit_accuracy_text", "ablated_accuracy_text", "random_ablated_accuracy_text", "n_pairs", "n_families", "n_per_family",
+    "clean_accuracy_text", "ld_clean", "ld_corrupt", "mech_movers", "mech_movers_found", "mech_movers_layers", "mech_carry",
+    "mech_carry_head", "mech_carry_found", "mech_mlp_range", "mech_direct", "mech_use_carry", "mech_use_carry_more",
+    "mech_residual", "subject", "eap_spearman", "eap_ig_spearman", "eap_overlap", "eap_ig_overlap", "edge_scores", "circuit_k",
+    "n_edges", "n_discovery", "n_test", "circuit_share", "circuit_recovered", "test_clean_accuracy_text", "none_accuracy",
+    "ablated_removed", "random_ablated_removed", "circuit_nodes", "faithful", "faithful_verdict", "random_recovered", "n_seeds",
+    "seeds", "roles_same", "carry_head_seeds", "roles_held", "carry_heads", "roles_verdict", "verdict",
+)
 
 
 def and_list(items) -> str:
@@ -653,15 +664,20 @@ def findings(result: Result) -> dict:
         out["organism_method"] = organism_method
         out["organism_method_auroc"] = f"{float(mean.auroc.get(organism_method, float('nan'))):.2f}"
         out["organism_method_varying"] = f"{float(mean.auroc_varying.get(organism_method, float('nan'))):.2f}"
+    for method in METHODS:  # every method's glue exists; one not run reads nan
+        key = method.replace(":", "_").replace("-", "_")
+        for prefix in ("auroc", "auroc_floored", "auroc_varying"):
+            out.setdefault(f"{prefix}_{key}", float("nan"))
+    out.setdefault("validated_threshold", VALIDATED)
     for key in ("truth_matches", "truth_non_circuit", "truth_circuit_only", "truth_circuit_ablated", "varying_share", "random_auroc",
                 "random_range", "validated", "validated_varying", "organism_method", "organism_method_auroc", "organism_method_varying"):
         out.setdefault(key, "n/a (no tracr program in this run)")
     if not len(result.baseline):
-        return out
+        return out | {k: "n/a (no minimal pairs in this run)" for k in PART2_KEYS}
     b, c = result.baseline, result.circuit
     pooled = proportion(result.pairs.correct)
     out.update(n_pairs=int(b.n.sum()), n_families=len(b), n_per_family=p.n_pairs,
-               clean_accuracy=fmt_interval(pooled["p"], pooled["lo"], pooled["hi"], pooled["n"]),
+               clean_accuracy_text=fmt_interval(pooled["p"], pooled["lo"], pooled["hi"], pooled["n"]),
                ld_clean=f"{result.pairs.ld_clean.mean():.1f}", ld_corrupt=f"{result.pairs.ld_corrupt.mean():.1f}")
     out.update({f"mech_{k}": v for k, v in mechanism(result).items()})
     out["subject"] = ("On held-out problems, the organism's" if p.model == ORGANISM_NAME else
@@ -677,11 +693,11 @@ def findings(result: Result) -> dict:
     out["edge_scores"] = p.edge_scores
     out.update(circuit_k=k, n_edges=c["n_edges"], n_discovery=c["n_discovery"], n_test=c["n"],
                circuit_share=f"{k / c['n_edges']:.0%}", circuit_recovered=f"{c['recovered']:.0%}",
-               circuit_accuracy=fmt_interval(c["accuracy"], c["accuracy_lo"], c["accuracy_hi"], c["n"]),
-               test_clean_accuracy=fmt_interval(c["clean_accuracy"], c["clean_lo"], c["clean_hi"], c["n"]),
+               circuit_accuracy_text=fmt_interval(c["accuracy"], c["accuracy_lo"], c["accuracy_hi"], c["n"]),
+               test_clean_accuracy_text=fmt_interval(c["clean_accuracy"], c["clean_lo"], c["clean_hi"], c["n"]),
                none_accuracy=f"{c['none_accuracy']:.1%}",
-               ablated_accuracy=fmt_interval(c["ablated_accuracy"], c["ablated_lo"], c["ablated_hi"], c["n"]),
-               random_ablated_accuracy=fmt_interval(c["random_ablated_accuracy"], c["random_ablated_lo"],
+               ablated_accuracy_text=fmt_interval(c["ablated_accuracy"], c["ablated_lo"], c["ablated_hi"], c["n"]),
+               random_ablated_accuracy_text=fmt_interval(c["random_ablated_accuracy"], c["random_ablated_lo"],
                                                     c["random_ablated_hi"], c["n"]),
                ablated_removed=f"{c['ablated_removed']:.0%}", random_ablated_removed=f"{c['random_ablated_removed']:.0%}",
                circuit_nodes=and_list(c["nodes"]),
@@ -708,7 +724,8 @@ def findings(result: Result) -> dict:
                             "yes: the same roles appear in every seed" if out["roles_held"] else
                             "no: the roles differ between seeds")
     out["verdict"] = verdict_paragraph(out)
-    return out
+    first = ("circuit_accuracy_text", "ablated_accuracy_text", "random_ablated_accuracy_text")  # the Runs page's headline
+    return {**{k: out[k] for k in first}, **out}
 
 
 def verdict_paragraph(f: dict) -> str:
@@ -723,9 +740,9 @@ def verdict_paragraph(f: dict) -> str:
              f"Direct logit attribution: {f['mech_direct']}. {f['mech_residual']}."]
     parts.append(f"Keeping only the top {f['circuit_k']} of {f['n_edges']} edges (mean-ablating the rest) recovers "
                  f"{f['circuit_recovered']} of the logit difference on the test half of the pairs, with accuracy "
-                 f"{f['circuit_accuracy']} (clean: {f['test_clean_accuracy']}); {f['circuit_k']} random edges recover "
-                 f"{f['random_recovered']}. Ablating those {f['circuit_k']} edges alone drops accuracy to {f['ablated_accuracy']} "
-                 f"(random edges of the same number: {f['random_ablated_accuracy']}).")
+                 f"{f['circuit_accuracy_text']} (clean: {f['test_clean_accuracy_text']}); {f['circuit_k']} random edges recover "
+                 f"{f['random_recovered']}. Ablating those {f['circuit_k']} edges alone drops accuracy to {f['ablated_accuracy_text']} "
+                 f"(random edges of the same number: {f['random_ablated_accuracy_text']}).")
     if f["n_seeds"] > 1:
         parts.append(f"Across organism seeds {f['seeds']}, the roles {'held' if f['roles_held'] else 'did not all hold'}: the same "
                      f"operand columns were read in {f['roles_same']} repeats, and a single carry head was found in "
@@ -742,6 +759,8 @@ def verdict_paragraph(f: dict) -> str:
 
 
 def truth_view(result: Result) -> pd.DataFrame:
+    if not len(result.truth):
+        return pd.DataFrame({"note": ["no tracr program in this run"]})
     t = result.truth.copy()
     t["non_circuit_max_change"] = [f"{x:.0e}" if x else "0" for x in t.non_circuit_max_change]
     for c in ("matches_rasp", "circuit_only_matches", "circuit_ablated_matches"):
@@ -753,14 +772,20 @@ def truth_view(result: Result) -> pd.DataFrame:
 
 
 def auroc_long(result: Result, column: str = "auroc") -> pd.DataFrame:
+    if not len(result.scores):
+        return pd.DataFrame()
     return result.scores[["program", "method", column]].rename(columns={column: "AUROC"})
 
 
 def roc_view(result: Result, methods: tuple[str, ...] = ("exact:zero", "exact:resample", "eap:zero", "eap-ig:zero")) -> pd.DataFrame:
+    if not len(result.roc):
+        return pd.DataFrame()
     return result.roc[result.roc.method.isin(methods)]
 
 
 def baseline_view(result: Result) -> pd.DataFrame:
+    if not len(result.baseline):
+        return pd.DataFrame({"note": ["no minimal pairs in this run"]})
     b = result.baseline.copy()
     labels = result.positions
     b["read at"] = [labels[p] for p in b.position]
@@ -770,17 +795,23 @@ def baseline_view(result: Result) -> pd.DataFrame:
 
 
 def node_view(result: Result, column: str = "removed") -> pd.DataFrame:
+    if not len(result.nodes):
+        return pd.DataFrame()
     seed = result.nodes.seed.iloc[0]
     return result.nodes[result.nodes.seed == seed][["family", "node", column]].rename(columns={column: "share"})
 
 
 def attention_view(result: Result) -> pd.DataFrame:
+    if not len(result.attention):
+        return pd.DataFrame()
     seed = result.attention.seed.iloc[0]
     a = result.attention[(result.attention.seed == seed) & result.attention.key.isin(ROLES)]
     return a.assign(query="from " + a["query"].str.split(":").str[-1])
 
 
 def roles_view(result: Result) -> pd.DataFrame:
+    if not len(result.roles):
+        return pd.DataFrame({"note": ["no minimal pairs in this run"]})
     r = result.roles.copy()
     r["columns read"] = [_columns(d) for d in r.digits_read]
     return r[["seed", "family", "heads", "mlps", "columns read"]].rename(
@@ -788,6 +819,8 @@ def roles_view(result: Result) -> pd.DataFrame:
 
 
 def faithfulness_view(result: Result) -> pd.DataFrame:
+    if not len(result.faithfulness):
+        return pd.DataFrame()
     f = result.faithfulness.melt(id_vars=["k", "edges", "lo", "hi", "n"], value_vars=["recovered", "accuracy"],
                                  var_name="measure", value_name="value")
     f.loc[f.measure == "recovered", ["lo", "hi"]] = np.nan

@@ -190,14 +190,18 @@ def run_ablated(model, tokens: torch.Tensor, mask: torch.Tensor | None, ablated:
     H = g.n_heads
 
     def delta(rows: list[int]) -> torch.Tensor:
-        """[n_var * batch, pos, len(rows), d]: what ablation adds to each of these readers. Only
-        the sources some variant ablates are stacked (single-edge variants touch few)."""
+        """[n_var * batch, pos, len(rows), d]: what ablation adds to each of these readers. Each
+        variant stacks only the sources it ablates (a single-edge or single-node variant: one)."""
         w = weights[:, rows, : len(current)]  # [n_var, n_rows, n_have]
-        active = torch.nonzero(w.abs().sum((0, 1))).flatten().tolist()
-        have = torch.stack([current[i] for i in active], dim=2)  # [V*b, p, n_active, d]
-        diff = ablated[:, :, active].repeat(n_var, 1, 1, 1) - have
-        w_rows = w[:, :, active].repeat_interleave(batch, dim=0)  # [V*b, n_rows, n_active]
-        return torch.einsum("bpsd,brs->bprd", diff, w_rows)
+        out = torch.zeros((n_var * batch, tokens.shape[1], len(rows), current[0].shape[-1]), dtype=ablated.dtype)
+        for v in range(n_var):
+            active = torch.nonzero(w[v].abs().sum(0)).flatten().tolist()
+            if not active:
+                continue
+            part = slice(v * batch, (v + 1) * batch)
+            have = torch.stack([current[i][part] for i in active], dim=2)  # [b, p, n_active, d]
+            out[part] = torch.einsum("bpsd,rs->bprd", ablated[:, :, active] - have, w[v][:, active])
+        return out
 
     def on_embed(x, hook):
         if embed is not None:
@@ -316,7 +320,9 @@ def eap_scores(model, task: Task, how: str, steps: int = 0) -> np.ndarray:
     total = None
     for alpha in points:
         grads: dict = {}
-        embed = None if alpha is None else ablated[:, :, 0] + alpha * (clean[:, :, 0] - ablated[:, :, 0])
+        # The embeddings are passed in (the clean ones for plain EAP) so that every reader's input
+        # has a gradient even when the model's parameters are frozen.
+        embed = clean[:, :, 0] if alpha is None else ablated[:, :, 0] + alpha * (clean[:, :, 0] - ablated[:, :, 0])
         logits = run_ablated(model, task.tokens, task.mask, ablated, none, grads=grads, embed=embed)
         task.metric(logits).sum().backward()
         gm = _grad_matrix(g, grads).detach()
@@ -352,20 +358,23 @@ def top_k_masks(g: Graph, scores: np.ndarray, ks: list[int]) -> list[np.ndarray]
 
 def residual_patching(model, task: Task) -> np.ndarray:
     """[n_layers + 1, pos, batch]: the metric when the residual stream at one (layer, position)
-    is taken from the corrupted run (layer n_layers is the final residual)."""
+    is taken from the corrupted run (layer n_layers is the final residual). All positions of a
+    layer run in one batched forward pass, one copy of the batch per position."""
     names = [get_act_name("resid_pre", layer) for layer in range(model.cfg.n_layers)]
     names.append(get_act_name("resid_post", model.cfg.n_layers - 1))
+    batch, n_pos = task.tokens.shape
+    rows = torch.arange(n_pos).repeat_interleave(batch)  # copy p patches position p
     with torch.no_grad():
         _, cache = model.run_with_cache(task.corrupt, names_filter=lambda n: n in names)
-        n_pos = task.tokens.shape[1]
-        out = np.zeros((len(names), n_pos, task.tokens.shape[0]))
+        out = np.zeros((len(names), n_pos, batch))
         for i, name in enumerate(names):
-            for pos in range(n_pos):
-                def hook(x, hook, pos=pos):
-                    x = x.clone()
-                    x[:, pos] = cache[hook.name][:, pos]
-                    return x
-                out[i, pos] = task.metric(model.run_with_hooks(task.tokens, fwd_hooks=[(name, hook)])).numpy()
+            def hook(x, hook):
+                x = x.clone()
+                source = cache[hook.name].repeat(n_pos, 1, 1)
+                x[torch.arange(len(rows)), rows] = source[torch.arange(len(rows)), rows]
+                return x
+            logits = model.run_with_hooks(task.tokens.repeat(n_pos, 1), fwd_hooks=[(name, hook)])
+            out[i] = np.stack([task.metric(part).numpy() for part in logits.split(batch)])
     return out
 
 

@@ -186,6 +186,8 @@ def line_chart(df: pd.DataFrame, x: str, y: str, color: str | None = None, title
     """A line chart with points and tooltips; ``integer_x`` for layers (no 2.5 ticks),
     ``band`` = (lo, hi) columns for an interval band, ``rule`` a dashed baseline, ``log2_x``
     a base-2 log x axis (LoRA ranks)."""
+    if not len(df):
+        return not_measured(title)
     x_axis = alt.Axis(tickMinStep=1, format="d") if integer_x or log2_x else alt.Axis()
     x_scale = alt.Scale(type="log", base=2) if log2_x else alt.Scale()
     enc = {
@@ -278,8 +280,9 @@ def text_table(df: pd.DataFrame, wrap: list[str], decimals: int = 3, percent: tu
     """A table with long text columns (``wrap``) that wrap within a bounded width (at least
     ``min_width``), numbers to ``decimals`` places and ``percent`` columns as percentages, so
     it stays in the column."""
+    wrap = [c for c in wrap if c in df.columns]  # a "not measured" note has none of them
     fmt = {c: f"{{:.{decimals}f}}" for c in df.columns if df[c].dtype.kind == "f" and c not in percent}
-    fmt |= {c: "{:.1%}" for c in percent}
+    fmt |= {c: "{:.1%}" for c in percent if c in df.columns}
     return (df.style.format(fmt, na_rep="").hide(axis="index").set_table_styles(TABLE_STYLE)
             .set_properties(subset=wrap, **{"white-space": "normal", "min-width": min_width, "max-width": max_width}))
 
@@ -299,6 +302,8 @@ def value_heatmap(long: pd.DataFrame, x: str, y: str, value: str, title: str, ca
                   scheme: str = "viridis", cell: int = 30, labels: bool = True) -> alt.Chart:
     """A heat map of ``value`` over ``x`` and ``y`` with the value written in each cell,
     optionally faceted (wrapped into ``columns`` panels per row so it fits the column)."""
+    if not len(long):
+        return not_measured(title)
     data = long.copy()
     data["label"] = [_no_minus_zero(format(v, fmt)) if v == v else "" for v in data[value]]
     mid = (domain[0] + domain[1]) / 2
@@ -323,6 +328,12 @@ def value_heatmap(long: pd.DataFrame, x: str, y: str, value: str, title: str, ca
     return chart.properties(title=_title(title, caption))
 
 
+def not_measured(title: str) -> alt.Chart:
+    """A placeholder chart for a part of a chapter that this run's parameters left out."""
+    return alt.Chart(pd.DataFrame({"text": ["not measured in this run"]})).mark_text(align="left").encode(
+        text="text:N").properties(width=300, height=20, title=_title(title, None))
+
+
 def _no_minus_zero(text: str) -> str:
     """'-0%' and '-0.00' (a rounded tiny negative) read as '0%' and '0.00'."""
     return text[1:] if text.startswith("-") and not any(c in "123456789" for c in text) else text
@@ -330,6 +341,8 @@ def _no_minus_zero(text: str) -> str:
 
 def roc_chart(roc: pd.DataFrame, title: str, caption: str | None = None, columns: int = 3) -> alt.Chart:
     """ROC curves (columns program, method, fpr, tpr), one panel per program, the diagonal dashed."""
+    if not len(roc):
+        return not_measured(title)
     diag = pd.DataFrame({"fpr": [0, 1], "tpr": [0, 1]})
     order = list(dict.fromkeys(roc["method"]))
     panels = []

@@ -93,3 +93,14 @@ def test_glue_helpers_never_produce_a_tuple_looking_list():
     assert circuits.and_list(["a", "b", "c"]) == "a, b and c" and circuits.and_list(["x"]) == "x" and circuits.and_list([]) == ""
     assert circuits.pct(-0.001) == "0%" and circuits.pct(0.456) == "46%" and circuits.pct(-0.2) == "-20%"
     assert np.isclose(circuits.FAITHFUL, 0.8)
+
+
+def test_findings_fill_every_part_2_key_even_without_pairs():
+    """A run without minimal pairs still fills every glue name the page uses (as n/a)."""
+    empty = pd.DataFrame()
+    result = circuits.Result(params=circuits.Params(families=()), truth=empty, scores=empty, roc=empty, pairs=empty,
+                             baseline=empty, residual=empty, nodes=empty, attention=empty, edges=empty, faithfulness=empty,
+                             circuit={}, roles=empty, positions=[], timings={})
+    found = circuits.findings(result)
+    assert set(circuits.PART2_KEYS) <= set(found) and found["verdict"].startswith("n/a")
+    assert np.isnan(found["auroc_eap_zero"]) and found["truth_matches"].startswith("n/a")

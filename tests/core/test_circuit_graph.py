@@ -218,3 +218,31 @@ def test_bad_ablation_is_refused():
         cg.ablated_outputs(model, torch.zeros((1, 3), dtype=torch.long), None, "noise")
     with pytest.raises(ValueError, match="resample ablation needs corrupted inputs"):
         cg.ablated_outputs(model, torch.zeros((1, 3), dtype=torch.long), None, "resample")
+
+
+def test_eap_works_on_a_frozen_model():
+    model = tiny(seed=5)
+    tokens, corrupt = torch.randint(0, 7, (2, 5)), torch.randint(0, 7, (2, 5))
+    task = cg.Task(tokens=tokens, metric=metric_last, corrupt=corrupt)
+    before = cg.eap_scores(model, task, "resample")
+    for p in model.parameters():
+        p.requires_grad_(False)
+    assert np.allclose(cg.eap_scores(model, task, "resample"), before)
+
+
+def test_residual_patching_patches_one_layer_and_position_at_a_time():
+    model = tiny(seed=6)
+    tokens, corrupt = torch.randint(0, 7, (3, 5)), torch.randint(0, 7, (3, 5))
+    task = cg.Task(tokens=tokens, metric=metric_last, corrupt=corrupt)
+    out = cg.residual_patching(model, task)
+    assert out.shape == (3, 5, 3)
+    _, cache = model.run_with_cache(corrupt)
+    layer, pos = 1, 2
+
+    def hook(x, hook):
+        x = x.clone()
+        x[:, pos] = cache[hook.name][:, pos]
+        return x
+    want = metric_last(model.run_with_hooks(tokens, fwd_hooks=[("blocks.1.hook_resid_pre", hook)]))
+    assert np.allclose(out[layer, pos], want.detach().numpy())
+    assert np.allclose(out[2, 4], metric_last(model(corrupt)).detach().numpy())  # the final residual at the last position
