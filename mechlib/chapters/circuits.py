@@ -13,7 +13,7 @@ import torch
 from ..core import circuit_graph as cg
 from ..core import data, tracr_models
 from ..core.circuits import auroc, roc_curve
-from ..core.organism import ORGANISM_NAME, OrganismRecipe, organism_dir, split_pairs
+from ..core.organism import ORGANISM_NAME, OrganismRecipe, ensure_organism, organism_dir, split_pairs
 from ..core.stats import proportion
 from . import preflight
 from .base import ModelParams, is_int, is_number, list_of, one_of, param, prompt_format_field
@@ -36,8 +36,8 @@ ROLE_EFFECT = 0.2  # a component "matters" for a family when ablating it removes
 ROLE_ATTENTION = 0.3  # a head "reads" a digit when it gives that position this much attention
 COLUMN_ATTENTION = 0.5  # a head "moves a column" when its two digits get this much of its attention together
 CARRY_EFFECT = 0.5  # a "carry head" removes this much of carry_flip's logit difference on its own
-ROLES = ("a₁", "a₀", "b₁", "b₀")
-EXACT_LIMIT = 5000  # edges; exact patching runs one forward pass per edge  # operand digits: a₁ is a's tens digit, a₀ its units digit
+ROLES = ("a₁", "a₀", "b₁", "b₀")  # operand digits: a₁ is a's tens digit, a₀ its units digit
+EXACT_LIMIT = 5000  # edges; exact patching runs one forward pass per edge
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,8 +46,8 @@ class Params(ModelParams):
     programs: tuple[str, ...] = param(("frac_prevs", "reverse", "sort", "hist", "sort_freq"),
                                       list_of(one_of(*tracr_models.PROGRAMS), min_len=0, max_len=len(tracr_models.PROGRAMS)),
                                       f"a list of tracr programs from {list(tracr_models.PROGRAMS)}")
-    methods: tuple[str, ...] = param(METHODS, list_of(one_of(*METHODS), max_len=len(METHODS)),
-                                     f"a list of scoring methods from {list(METHODS)}")
+    methods: tuple[str, ...] = param(METHODS, list_of(one_of(*METHODS), min_len=0, max_len=len(METHODS)),
+                                     f"a list of scoring methods from {list(METHODS)}", "methods scored on the tracr programs")
     tracr_max_len: int = param(5, is_int(2, 8), "an integer in 2..8 (longest tracr input; lengths vary from 2 up)")
     n_tracr: int = param(100, is_int(4, 2000), "an integer in 4..2000 (random inputs per tracr program)")
     ig_steps: int = param(10, is_int(1, 100), "an integer in 1..100 (EAP-IG interpolation steps)")
@@ -71,8 +71,8 @@ class Params(ModelParams):
     def check(self):
         if len(self.programs) == 0 and len(self.families) == 0:
             self.fail("programs", "give at least one tracr program or one minimal-pair family")
-        if self.families and not self.methods:
-            self.fail("methods", "give at least one method")
+        if self.programs and not self.methods:
+            self.fail("methods", "give at least one method to score on the tracr programs")
 
 
 @dataclasses.dataclass
@@ -86,10 +86,11 @@ class Result:
     residual: pd.DataFrame  # per family, layer, position: share of the logit difference removed
     nodes: pd.DataFrame  # per seed, family, node: share removed by ablating it
     attention: pd.DataFrame  # per seed, head, answer digit, operand digit: mean attention
-    edges: pd.DataFrame  # per edge: exact score and EAP / EAP-IG scores on the organism
+    edges: pd.DataFrame  # per edge: EAP and EAP-IG scores on the model, and exact ones when they rank
     faithfulness: pd.DataFrame  # per k: share recovered and accuracy, top-k and random edges
     circuit: dict  # the named circuit: k, share recovered, accuracy, ablation of it and a random set
     roles: pd.DataFrame  # per seed and family: the components that matter and what they read
+    seed_circuits: pd.DataFrame  # per organism seed: the named circuit's size, recovery, accuracy, ablation
     positions: list  # position labels of the organism's inputs
     timings: dict
 
@@ -284,17 +285,18 @@ def pair_task(pairs: pd.DataFrame, clean: torch.Tensor, corrupt: torch.Tensor) -
     good, bad = torch.tensor(pairs.token.tolist()), torch.tensor(pairs.token_corrupt.tolist())
 
     def metric(logits: torch.Tensor) -> torch.Tensor:
-        at = logits[rows, pos]
-        return at[rows, good] - at[rows, bad]
+        r = rows.to(logits.device)
+        at = logits[r, pos.to(logits.device)]
+        return at[r, good.to(logits.device)] - at[r, bad.to(logits.device)]
 
     return cg.Task(tokens=clean, metric=metric, corrupt=corrupt)
 
 
 def correct(logits: torch.Tensor, pairs: pd.DataFrame) -> np.ndarray:
     """Whether the top token at each pair's position is the clean answer token."""
-    rows = torch.arange(len(pairs))
-    top = logits[rows, torch.tensor(pairs.position.tolist())].argmax(-1)
-    return (top == torch.tensor(pairs.token.tolist())).numpy()
+    rows = torch.arange(len(pairs), device=logits.device)
+    top = logits[rows, torch.tensor(pairs.position.tolist(), device=logits.device)].argmax(-1)
+    return cg.numpy(top == torch.tensor(pairs.token.tolist(), device=logits.device))
 
 
 def position_labels(tokenizer, prompt_format: str, length: int) -> list[str]:
@@ -325,7 +327,7 @@ def organism_study(params: Params, model, tokenizer, recipe) -> dict:
     with torch.no_grad():
         clean_logits, corrupt_logits = model(clean), model(corrupt)
     task = pair_task(pairs, clean, corrupt)
-    ld_clean, ld_corrupt = task.metric(clean_logits).numpy(), task.metric(corrupt_logits).numpy()
+    ld_clean, ld_corrupt = cg.numpy(task.metric(clean_logits)), cg.numpy(task.metric(corrupt_logits))
     pairs = pairs.assign(ld_clean=ld_clean, ld_corrupt=ld_corrupt, correct=correct(clean_logits, pairs))
     base_rows, node_rows, resid_rows = [], [], []
     for family, idx in pairs.groupby("family", sort=False).groups.items():
@@ -338,7 +340,8 @@ def organism_study(params: Params, model, tokenizer, recipe) -> dict:
                           "position": int(pairs.position.iloc[idx[0]])})
         position = int(pairs.position.iloc[idx[0]])
         fam = pairs.iloc[idx]
-        good, bad = torch.tensor(fam.token.tolist()), torch.tensor(fam.token_corrupt.tolist())
+        good = torch.tensor(fam.token.tolist(), device=model.W_U.device)
+        bad = torch.tensor(fam.token_corrupt.tolist(), device=model.W_U.device)
         direction = (model.W_U[:, good] - model.W_U[:, bad]).T.detach()  # [batch, d_model]
         direct = cg.direct_effects(model, clean[idx], direction, position)
         ld = float(ld_clean[idx].mean())
@@ -397,7 +400,7 @@ def edge_study(params: Params, model, study: dict) -> tuple[pd.DataFrame, pd.Dat
         ablate = torch.tensor(g.allowed & ~keep, dtype=torch.float32)
         with torch.no_grad():
             logits = cg.run_ablated(model, task.tokens, None, mean_ablated, ablate)
-        return task.metric(logits).numpy(), correct(logits, held)
+        return cg.numpy(task.metric(logits)), correct(logits, held)
 
     def random_keep(k: int) -> np.ndarray:
         r = np.zeros(n_edges)
@@ -485,25 +488,26 @@ def run(params: Params) -> Result:
     timings["tracr_seconds"] = round(time.perf_counter() - start, 1)
     empty = pd.DataFrame()
     out = dict(pairs=empty, baseline=empty, residual=empty, nodes=empty, attention=empty, edges=empty,
-               faithfulness=empty, circuit={}, roles=empty, positions=[])
+               faithfulness=empty, circuit={}, roles=empty, positions=[], seed_circuits=empty)
     if params.families:
         t = time.perf_counter()
         is_organism = params.model == ORGANISM_NAME
-        model, tok = load_model(params.model, device="cpu")
+        model, tok = load_model(params.model, device=params.device)
         study = organism_study(params, model, tok, OrganismRecipe() if is_organism else None)
         edges, curve, circuit = edge_study(params, model, study)
         timings["organism_seconds"] = round(time.perf_counter() - t, 1)
-        seeds = [study]
+        seeds, circuits = [study], [circuit]
         t = time.perf_counter()
         for s in params.organism_seeds if is_organism else ():
             recipe = OrganismRecipe(seed=s)
-            from ..core.organism import ensure_organism
-
             ensure_organism(recipe, progress=False)
-            m, tk = load_model(str(organism_dir(recipe)), device="cpu")
+            m, tk = load_model(str(organism_dir(recipe)), device=params.device)
             seeds.append(organism_study(params, m, tk, recipe))
+            circuits.append(edge_study(params, m, seeds[-1])[2])
         timings["seeds_seconds"] = round(time.perf_counter() - t, 1)
         seed_ids = [0 if is_organism else params.seed] + list(params.organism_seeds if is_organism else ())
+        out["seed_circuits"] = pd.DataFrame([{"seed": i, **{k: v for k, v in c.items() if k != "nodes"}}
+                                             for i, c in zip(seed_ids, circuits)])
         out.update(pairs=study["pairs"], baseline=study["baseline"], residual=study["residual"], edges=edges,
                    faithfulness=curve, circuit=circuit, positions=study["labels"],
                    nodes=pd.concat([s["nodes"].assign(seed=i) for s, i in zip(seeds, seed_ids)], ignore_index=True),
@@ -611,7 +615,8 @@ PART2_KEYS = (
     "mech_residual", "subject", "eap_spearman", "eap_ig_spearman", "eap_overlap", "eap_ig_overlap", "edge_scores", "circuit_k",
     "n_edges", "n_discovery", "n_test", "circuit_share", "circuit_recovered", "test_clean_accuracy_text", "none_accuracy",
     "ablated_removed", "random_ablated_removed", "circuit_nodes", "faithful", "faithful_verdict", "random_recovered", "n_seeds",
-    "seeds", "roles_same", "carry_head_seeds", "roles_held", "carry_heads", "roles_verdict", "verdict",
+    "seeds", "roles_same", "carry_head_seeds", "roles_held", "carry_heads", "roles_verdict", "verdict", "seed_circuits",
+    "seed_recovered_range", "seed_accuracy_range", "seed_ablated_range", "seeds_faithful",
 )
 
 
@@ -720,6 +725,12 @@ def findings(result: Result) -> dict:
                carry_head_seeds=f"{len(carry_ok)} of {len(seeds)}" if carry_heads else "n/a",
                roles_held=bool(len(seeds) > 1 and len(same) == len(seeds) - 1 and len(carry_ok) == len(seeds)),
                carry_heads=and_list(f"{h['name']} in seed {s} ({h['flip']:.0%})" for s, h in carry_heads.items() if h) or "n/a")
+    sc = result.seed_circuits
+    out["seed_circuits"] = and_list(f"{r.recovered:.0%} with {r.k} edges (seed {r.seed})" for r in sc.itertuples())
+    out["seed_recovered_range"] = f"{sc.recovered.min():.0%} to {sc.recovered.max():.0%}"
+    out["seed_accuracy_range"] = f"{sc.accuracy.min():.1%} to {sc.accuracy.max():.1%}"
+    out["seed_ablated_range"] = f"{sc.ablated_accuracy.min():.1%} to {sc.ablated_accuracy.max():.1%}"
+    out["seeds_faithful"] = f"{int(sc.found.sum())} of {len(sc)}"
     out["roles_verdict"] = ("not tested: only one seed was run" if len(seeds) < 2 else
                             "yes: the same roles appear in every seed" if out["roles_held"] else
                             "no: the roles differ between seeds")
@@ -746,7 +757,9 @@ def verdict_paragraph(f: dict) -> str:
     if f["n_seeds"] > 1:
         parts.append(f"Across organism seeds {f['seeds']}, the roles {'held' if f['roles_held'] else 'did not all hold'}: the same "
                      f"operand columns were read in {f['roles_same']} repeats, and a single carry head was found in "
-                     f"{f['carry_head_seeds']} seeds ({f['carry_heads']}); the head indices differ.")
+                     f"{f['carry_head_seeds']} seeds ({f['carry_heads']}); the head indices differ. A circuit meeting the "
+                     f"threshold was found in {f['seeds_faithful']} seeds, recovering {f['seed_recovered_range']} of the "
+                     f"logit difference (accuracy {f['seed_accuracy_range']}).")
     else:
         parts.append("Only one model was run, so whether the roles recur across seeds is not tested.")
     parts.append("What the data does not support: the pairs never have three-digit sums, so the sum-9 cascade of "
@@ -816,6 +829,22 @@ def roles_view(result: Result) -> pd.DataFrame:
     r["columns read"] = [_columns(d) for d in r.digits_read]
     return r[["seed", "family", "heads", "mlps", "columns read"]].rename(
         columns={"heads": "heads that matter", "mlps": "MLPs that matter"})
+
+
+def seed_circuit_view(result: Result) -> pd.DataFrame:
+    """Per organism seed: the named circuit and what it recovers, on that seed's test pairs."""
+    if not len(result.seed_circuits):
+        return pd.DataFrame({"note": ["no minimal pairs in this run"]})
+    sc = result.seed_circuits
+    iv = lambda a, lo, hi: f"{a:.1%} [{lo * 100:.1f}, {hi * 100:.1f}]"  # noqa: E731
+    return pd.DataFrame({
+        "seed": sc.seed, "edges kept": [f"{k} of {n}" for k, n in zip(sc.k, sc.n_edges)],
+        "logit diff recovered": [f"{x:.0%}" for x in sc.recovered],
+        "circuit accuracy": [iv(a, lo, hi) for a, lo, hi in zip(sc.accuracy, sc.accuracy_lo, sc.accuracy_hi)],
+        "circuit ablated": [iv(a, lo, hi) for a, lo, hi in zip(sc.ablated_accuracy, sc.ablated_lo, sc.ablated_hi)],
+        "random ablated": [iv(a, lo, hi) for a, lo, hi in zip(sc.random_ablated_accuracy, sc.random_ablated_lo,
+                                                              sc.random_ablated_hi)],
+        "n": sc.n})
 
 
 def faithfulness_view(result: Result) -> pd.DataFrame:

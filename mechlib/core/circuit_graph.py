@@ -103,6 +103,11 @@ class Graph:
         return {by_hook[tuple(p)] for p in pairs}
 
 
+def numpy(t: torch.Tensor) -> np.ndarray:
+    """A tensor on any device as a numpy array."""
+    return t.detach().cpu().numpy()
+
+
 def graph_of(model) -> Graph:
     return Graph(model.cfg.n_layers, model.cfg.n_heads)
 
@@ -111,6 +116,9 @@ def prepare(model):
     """Turn on the hooks the graph needs: per-head Q/K/V inputs and the MLP input. Per-head
     outputs are computed from ``hook_z`` (TransformerLens's ``use_attn_result`` builds a
     [batch, pos, head, d_head, d_model] product and is several times slower)."""
+    if getattr(model.cfg, "parallel_attn_mlp", False):
+        raise NotImplementedError(f"{model.cfg.model_name}: attention and MLP read the same residual (parallel blocks, "
+                                  "as in GPT-J and Pythia); this graph assumes each MLP reads its layer's attention output")
     model.set_use_split_qkv_input(True)
     model.set_use_hook_mlp_in(True)
     return model
@@ -123,7 +131,7 @@ def _pad_hooks(mask: torch.Tensor | None, repeat: int = 1):
     keep = mask.bool().repeat(repeat, 1)[:, None, None, :]
 
     def hook(scores, hook):
-        return scores.masked_fill(~keep, -1e30)
+        return scores.masked_fill(~keep.to(scores.device), -1e30)
 
     return [(lambda name: name.endswith("attn.hook_attn_scores"), hook)]
 
@@ -163,7 +171,7 @@ def ablated_outputs(model, tokens: torch.Tensor, mask: torch.Tensor | None, how:
     if how == "zero":
         return torch.zeros_like(clean)
     if how == "mean":
-        w = (mask if mask is not None else torch.ones(tokens.shape)).to(clean.dtype)[:, :, None, None]
+        w = (mask if mask is not None else torch.ones(tokens.shape)).to(clean.device, clean.dtype)[:, :, None, None]
         mean = (clean * w).sum(0, keepdim=True) / w.sum(0, keepdim=True).clamp(min=1)
         return mean.expand_as(clean).clone()
     if corrupt is None:
@@ -183,7 +191,7 @@ def run_ablated(model, tokens: torch.Tensor, mask: torch.Tensor | None, ablated:
     g = graph_of(model)
     variants = ablate[None] if ablate.dim() == 2 else ablate
     n_var, batch = variants.shape[0], tokens.shape[0]
-    weights = variants.to(ablated.dtype)  # [n_var, n_dest, n_source]
+    weights = variants.to(ablated.device, ablated.dtype)  # [n_var, n_dest, n_source]
     tokens = tokens.repeat(n_var, 1)
     current: list[torch.Tensor] = []  # each source's output in this run, [n_var * batch, pos, d_model]
     dest_index = {d: j for j, d in enumerate(g.destinations)}
@@ -193,7 +201,8 @@ def run_ablated(model, tokens: torch.Tensor, mask: torch.Tensor | None, ablated:
         """[n_var * batch, pos, len(rows), d]: what ablation adds to each of these readers. Each
         variant stacks only the sources it ablates (a single-edge or single-node variant: one)."""
         w = weights[:, rows, : len(current)]  # [n_var, n_rows, n_have]
-        out = torch.zeros((n_var * batch, tokens.shape[1], len(rows), current[0].shape[-1]), dtype=ablated.dtype)
+        out = torch.zeros((n_var * batch, tokens.shape[1], len(rows), current[0].shape[-1]), dtype=ablated.dtype,
+                          device=ablated.device)
         for v in range(n_var):
             active = torch.nonzero(w[v].abs().sum(0)).flatten().tolist()
             if not active:
@@ -284,7 +293,7 @@ def exact_edge_scores(model, task: Task, how: str, rows_per_run: int = 1024) -> 
             m = _per_variant(task, run_ablated(model, task.tokens, task.mask, ablated, variants))
             absolute.append((m - base).abs().mean(1))
             signed.append((m - base).mean(1))
-    return torch.cat(absolute).numpy(), torch.cat(signed).numpy()  # argwhere is row-major: ``edges`` order
+    return numpy(torch.cat(absolute)), numpy(torch.cat(signed))  # argwhere is row-major: ``edges`` order
 
 
 def node_ablation_matrix(g: Graph, nodes: list[str]) -> torch.Tensor:
@@ -305,7 +314,7 @@ def exact_node_scores(model, task: Task, how: str, nodes: list[str] | None = Non
     with torch.no_grad():
         base = task.metric(run_ablated(model, task.tokens, task.mask, ablated, torch.zeros(g.allowed.shape)))
         m = _per_variant(task, run_ablated(model, task.tokens, task.mask, ablated, node_ablation_matrix(g, nodes)))
-    return {n: (m[i] - base).numpy() for i, n in enumerate(nodes)}
+    return {n: numpy(m[i] - base) for i, n in enumerate(nodes)}
 
 
 def eap_scores(model, task: Task, how: str, steps: int = 0) -> np.ndarray:
@@ -329,11 +338,11 @@ def eap_scores(model, task: Task, how: str, steps: int = 0) -> np.ndarray:
         total = gm if total is None else total + gm
     gm = total / len(points)
     if task.mask is not None:
-        gm = gm * task.mask[:, :, None, None]
+        gm = gm * task.mask.to(gm.device, gm.dtype)[:, :, None, None]
     diff = ablated - clean  # [b, p, n_source, d]
     per_example = torch.einsum("bpsd,bprd->brs", diff, gm)  # [b, n_dest, n_source]
     model.zero_grad(set_to_none=True)
-    return g.edge_values(per_example.abs().mean(0).numpy())
+    return g.edge_values(numpy(per_example.abs().mean(0)))
 
 
 def circuit_metric(model, task: Task, how: str, keep: np.ndarray) -> torch.Tensor:
@@ -363,7 +372,7 @@ def residual_patching(model, task: Task) -> np.ndarray:
     names = [get_act_name("resid_pre", layer) for layer in range(model.cfg.n_layers)]
     names.append(get_act_name("resid_post", model.cfg.n_layers - 1))
     batch, n_pos = task.tokens.shape
-    rows = torch.arange(n_pos).repeat_interleave(batch)  # copy p patches position p
+    rows = torch.arange(n_pos, device=model.cfg.device).repeat_interleave(batch)  # copy p patches position p
     with torch.no_grad():
         _, cache = model.run_with_cache(task.corrupt, names_filter=lambda n: n in names)
         out = np.zeros((len(names), n_pos, batch))
@@ -371,10 +380,11 @@ def residual_patching(model, task: Task) -> np.ndarray:
             def hook(x, hook):
                 x = x.clone()
                 source = cache[hook.name].repeat(n_pos, 1, 1)
-                x[torch.arange(len(rows)), rows] = source[torch.arange(len(rows)), rows]
+                every = torch.arange(len(rows), device=x.device)
+                x[every, rows] = source[every, rows]
                 return x
             logits = model.run_with_hooks(task.tokens.repeat(n_pos, 1), fwd_hooks=[(name, hook)])
-            out[i] = np.stack([task.metric(part).numpy() for part in logits.split(batch)])
+            out[i] = np.stack([numpy(task.metric(part)) for part in logits.split(batch)])
     return out
 
 
@@ -383,7 +393,7 @@ def attention_to(model, tokens: torch.Tensor, queries: list[int]) -> np.ndarray:
     names = [get_act_name("pattern", layer) for layer in range(model.cfg.n_layers)]
     with torch.no_grad():
         _, cache = model.run_with_cache(tokens, names_filter=lambda n: n in names)
-    return np.stack([cache[n][:, :, queries].mean(0).numpy() for n in names])
+    return np.stack([numpy(cache[n][:, :, queries].mean(0)) for n in names])
 
 
 def direct_effects(model, tokens: torch.Tensor, direction: torch.Tensor, position: int) -> dict[str, np.ndarray]:
@@ -396,5 +406,5 @@ def direct_effects(model, tokens: torch.Tensor, direction: torch.Tensor, positio
     if model.cfg.normalization_type is not None:
         _, cache = model.run_with_cache(tokens, names_filter=lambda n: n == "ln_final.hook_scale")
         x = (x - x.mean(-1, keepdim=True)) / cache["ln_final.hook_scale"][:, position][:, None]
-    values = torch.einsum("bsd,bd->bs", x, direction).detach().numpy()
+    values = numpy(torch.einsum("bsd,bd->bs", x, direction.to(x.device)))
     return {s: values[:, i] for i, s in enumerate(g.sources)}

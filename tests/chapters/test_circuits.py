@@ -100,7 +100,7 @@ def test_findings_fill_every_part_2_key_even_without_pairs():
     empty = pd.DataFrame()
     result = circuits.Result(params=circuits.Params(families=()), truth=empty, scores=empty, roc=empty, pairs=empty,
                              baseline=empty, residual=empty, nodes=empty, attention=empty, edges=empty, faithfulness=empty,
-                             circuit={}, roles=empty, positions=[], timings={})
+                             circuit={}, roles=empty, positions=[], timings={}, seed_circuits=empty)
     found = circuits.findings(result)
     assert set(circuits.PART2_KEYS) <= set(found) and found["verdict"].startswith("n/a")
     assert np.isnan(found["auroc_eap_zero"]) and found["truth_matches"].startswith("n/a")

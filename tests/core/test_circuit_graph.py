@@ -246,3 +246,10 @@ def test_residual_patching_patches_one_layer_and_position_at_a_time():
     want = metric_last(model.run_with_hooks(tokens, fwd_hooks=[("blocks.1.hook_resid_pre", hook)]))
     assert np.allclose(out[layer, pos], want.detach().numpy())
     assert np.allclose(out[2, 4], metric_last(model(corrupt)).detach().numpy())  # the final residual at the last position
+
+
+def test_parallel_blocks_are_refused():
+    cfg = HookedTransformerConfig(n_layers=1, d_model=8, n_ctx=4, d_head=4, n_heads=2, d_mlp=8, d_vocab=5, act_fn="relu",
+                                  parallel_attn_mlp=True)
+    with pytest.raises(NotImplementedError, match="parallel blocks"):
+        cg.prepare(HookedTransformer(cfg))
