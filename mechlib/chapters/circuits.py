@@ -318,8 +318,8 @@ def position_labels(tokenizer, prompt_format: str, length: int) -> list[str]:
 
 
 def organism_study(params: Params, model, tokenizer, recipe) -> dict:
-    """Everything part 2 measures on one model: baseline, residual patching, node effects,
-    attention, and (when ``full``) edge scores and the faithfulness curve."""
+    """What part 2 measures on one model before its edges: the pairs and their baseline,
+    residual patching, node effects with direct logit attribution, and attention."""
     pairs = minimal_pairs(params, recipe)
     pairs, clean, corrupt = encode_pairs(pairs, tokenizer, params.prompt_format)
     cg.prepare(model)
@@ -335,10 +335,10 @@ def organism_study(params: Params, model, tokenizer, recipe) -> dict:
         sub = pair_task(pairs.iloc[idx].reset_index(drop=True), clean[idx], corrupt[idx])
         gap = float(ld_clean[idx].mean() - ld_corrupt[idx].mean())
         stat = proportion(pairs.correct.iloc[idx])
+        position = int(pairs.position.iloc[idx[0]])  # one position per family
         base_rows.append({"family": family, "n": stat["n"], "accuracy": stat["p"], "lo": stat["lo"], "hi": stat["hi"],
                           "ld_clean": float(ld_clean[idx].mean()), "ld_corrupt": float(ld_corrupt[idx].mean()),
-                          "position": int(pairs.position.iloc[idx[0]])})
-        position = int(pairs.position.iloc[idx[0]])
+                          "position": position})
         fam = pairs.iloc[idx]
         good = torch.tensor(fam.token.tolist(), device=model.W_U.device)
         bad = torch.tensor(fam.token_corrupt.tolist(), device=model.W_U.device)
@@ -851,7 +851,7 @@ def faithfulness_view(result: Result) -> pd.DataFrame:
     if not len(result.faithfulness):
         return pd.DataFrame()
     f = result.faithfulness.melt(id_vars=["k", "edges", "lo", "hi", "n"], value_vars=["recovered", "accuracy"],
-                                 var_name="measure", value_name="value")
+                                 var_name="measure", value_name="share")
     f.loc[f.measure == "recovered", ["lo", "hi"]] = np.nan
     f["series"] = f.edges.map({"top-k edges": "top-k", "random edges": "random"}) + ": " + f.measure.map(
         {"recovered": "logit diff recovered", "accuracy": "accuracy"})
