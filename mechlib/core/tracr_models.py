@@ -155,7 +155,10 @@ def compile_program(name: str, max_seq_len: int = 5, vocab: tuple | None = None,
         d_vocab=tokens_space.num_dims, d_vocab_out=output_space.num_dims, act_fn="relu", normalization_type=None,
         attention_dir="bidirectional", positional_embedding_type="standard", device=device,
         model_name=f"tracr-{name}", default_prepend_bos=False)
-    w = {k: np.zeros(v.shape, dtype=np.float64) for k, v in HookedTransformer(cfg).state_dict().items()}
+    model = HookedTransformer(cfg)
+    state = model.state_dict()
+    # Every parameter zero unless set below; buffers (the attention mask, IGNORE) stay as they are.
+    w = {k: np.zeros(p.shape, dtype=np.float64) for k, p in model.named_parameters()}
 
     emb = vectorspace_fns.project(tokens_space, residual)
     one = bases.BasisDirection("one")
@@ -183,10 +186,7 @@ def compile_program(name: str, max_seq_len: int = 5, vocab: tuple | None = None,
             w[p + "attn.W_V"][h, :, :v] = project(head.w_ov.input_space) @ head.w_ov.matrix
             w[p + "attn.W_O"][h, :v, :] = project(head.w_ov.output_space).T
 
-    model = HookedTransformer(cfg)
-    state = model.state_dict()
-    model.load_state_dict({k: torch.tensor(v, dtype=state[k].dtype) if k in w else state[k] for k, v in w.items()
-                           if k in state} | {k: v for k, v in state.items() if k not in w}, strict=True)
+    model.load_state_dict(state | {k: torch.tensor(v, dtype=state[k].dtype) for k, v in w.items()}, strict=True)
     token_ids = {b.value: i for i, b in enumerate(tokens_space.basis)}
     return TracrModel(name=name, model=model.eval(), program=program, vocab=vocab, max_seq_len=max_seq_len,
                       token_ids=token_ids, output_values=[b.value for b in output_space.basis], categorical=categorical)

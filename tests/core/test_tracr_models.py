@@ -91,6 +91,11 @@ def test_exact_zero_patching_finds_the_truth_and_resample_finds_the_varying_part
     assert auroc(resample, truth) < 0.95  # constant-signal circuit edges are invisible to resampling
 
 
+def test_only_parameters_are_set_and_buffers_keep_transformer_lens_defaults(compiled):
+    attn = compiled["reverse"].model.blocks[0].attn
+    assert torch.isinf(attn.IGNORE) and attn.IGNORE < 0
+
+
 def test_unknown_program_and_bad_input_fail_clearly(compiled):
     with pytest.raises(ValueError, match="tracr program 'nope' is not one of"):
         tm.compile_program("nope")
