@@ -14,7 +14,7 @@ from ..core import circuit_graph as cg
 from ..core import data, tracr_models
 from ..core.circuits import auroc, roc_curve
 from ..core.organism import ORGANISM_NAME, OrganismRecipe, ensure_organism, organism_dir, split_pairs
-from ..core.stats import proportion
+from ..core.stats import fmt_interval, proportion
 from . import preflight
 from .base import ModelParams, is_int, is_number, list_of, one_of, param, prompt_format_field
 
@@ -150,7 +150,7 @@ def ground_truth_checks(tm, task: cg.Task, truth: np.ndarray) -> dict:
     """The claims the truth rests on, measured: the converted model matches the RASP evaluator;
     ablating any single non-circuit edge (every ablation) changes no output; keeping only the
     circuit (the rest zero-ablated) keeps every output; zero-ablating the circuit breaks it."""
-    inputs = task_inputs(tm, task)
+    inputs = tm.inputs_of(task.tokens, task.mask)
     reference = tm.evaluate(inputs)
     model = tm.model
     g = cg.graph_of(model)
@@ -159,7 +159,7 @@ def ground_truth_checks(tm, task: cg.Task, truth: np.ndarray) -> dict:
     def agree(ablate) -> float:
         with torch.no_grad():
             out = tm.decode(cg.run_ablated(model, task.tokens, task.mask, zero, ablate), task.mask)
-        return float(np.mean([_same(o, r) for o, r in zip(out, reference)]))
+        return float(np.mean([tm.same(o, r) for o, r in zip(out, reference)]))
 
     allowed = torch.tensor(g.allowed, dtype=torch.float32)
     circuit = torch.tensor(truth, dtype=torch.float32)
@@ -171,25 +171,11 @@ def ground_truth_checks(tm, task: cg.Task, truth: np.ndarray) -> dict:
             off = np.argwhere(g.allowed & ~truth)
             for start in range(0, len(off), 16):
                 part = off[start : start + 16]
-                v = torch.zeros((len(part), *allowed.shape))
-                v[torch.arange(len(part)), part[:, 0], part[:, 1]] = 1.0
-                out = cg.run_ablated(model, task.tokens, task.mask, ablated, v).view(len(part), *clean.shape)
+                out = cg.run_ablated(model, task.tokens, task.mask, ablated, cg.single_edges(g, part)).view(len(part), *clean.shape)
                 real = task.mask.bool()[None, :, :, None]
                 largest = max(largest, float(((out - clean[None]).abs() * real).max()))
     return {"matches_rasp": agree(torch.zeros_like(allowed)), "non_circuit_max_change": largest,
             "circuit_only_matches": agree(allowed - circuit), "circuit_ablated_matches": agree(circuit)}
-
-
-def task_inputs(tm, task: cg.Task) -> list[list]:
-    """The RASP inputs behind a task's clean tokens."""
-    by_id = {i: v for v, i in tm.token_ids.items()}
-    return [[by_id[t] for t in row[1 : int(m.sum())].tolist()] for row, m in zip(task.tokens, task.mask)]
-
-
-def _same(out: list, ref: list) -> bool:
-    if any(isinstance(r, float) for r in ref):
-        return all(abs(o - r) < 1e-3 for o, r in zip(out, ref))
-    return list(out) == list(ref)
 
 
 # ------------------------------------------------------------------ part 2: the organism
@@ -632,8 +618,6 @@ def pct(x: float) -> str:
 
 
 def findings(result: Result) -> dict:
-    from ..core.stats import fmt_interval
-
     p = result.params
     out = {"n_programs": len(p.programs), "n_tracr": p.n_tracr, "tracr_max_len": p.tracr_max_len, "ig_steps": p.ig_steps,
            "n_random": p.n_random, "faithful_share": f"{p.faithful_share:.0%}", "role_effect": f"{ROLE_EFFECT:.0%}",
@@ -802,9 +786,15 @@ def baseline_view(result: Result) -> pd.DataFrame:
     b = result.baseline.copy()
     labels = result.positions
     b["read at"] = [labels[p] for p in b.position]
-    b["accuracy [95% interval]"] = [f"{a:.1%} [{lo * 100:.1f}, {hi * 100:.1f}]" for a, lo, hi in zip(b.accuracy, b.lo, b.hi)]
+    b["accuracy [95% interval]"] = [fmt_interval(a, lo, hi) for a, lo, hi in zip(b.accuracy, b.lo, b.hi)]
     b["logit diff: clean / corrupted"] = [f"{c:.1f} / {x:.1f}" for c, x in zip(b.ld_clean, b.ld_corrupt)]
     return b[["family", "n", "read at", "accuracy [95% interval]", "logit diff: clean / corrupted"]]
+
+
+def residual_caption(result: Result) -> str:
+    """The residual heat map's caption: which layer index is the final residual."""
+    last = int(result.residual.layer.max()) if len(result.residual) else 0
+    return f"Layer {last} is the final residual. Share of the logit difference removed."
 
 
 def node_view(result: Result, column: str = "removed") -> pd.DataFrame:
@@ -836,13 +826,12 @@ def seed_circuit_view(result: Result) -> pd.DataFrame:
     if not len(result.seed_circuits):
         return pd.DataFrame({"note": ["no minimal pairs in this run"]})
     sc = result.seed_circuits
-    iv = lambda a, lo, hi: f"{a:.1%} [{lo * 100:.1f}, {hi * 100:.1f}]"  # noqa: E731
     return pd.DataFrame({
         "seed": sc.seed, "edges kept": [f"{k} of {n}" for k, n in zip(sc.k, sc.n_edges)],
         "logit diff recovered": [f"{x:.0%}" for x in sc.recovered],
-        "circuit accuracy": [iv(a, lo, hi) for a, lo, hi in zip(sc.accuracy, sc.accuracy_lo, sc.accuracy_hi)],
-        "circuit ablated": [iv(a, lo, hi) for a, lo, hi in zip(sc.ablated_accuracy, sc.ablated_lo, sc.ablated_hi)],
-        "random ablated": [iv(a, lo, hi) for a, lo, hi in zip(sc.random_ablated_accuracy, sc.random_ablated_lo,
+        "circuit accuracy": [fmt_interval(a, lo, hi) for a, lo, hi in zip(sc.accuracy, sc.accuracy_lo, sc.accuracy_hi)],
+        "circuit ablated": [fmt_interval(a, lo, hi) for a, lo, hi in zip(sc.ablated_accuracy, sc.ablated_lo, sc.ablated_hi)],
+        "random ablated": [fmt_interval(a, lo, hi) for a, lo, hi in zip(sc.random_ablated_accuracy, sc.random_ablated_lo,
                                                               sc.random_ablated_hi)],
         "n": sc.n})
 

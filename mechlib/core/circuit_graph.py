@@ -288,12 +288,17 @@ def exact_edge_scores(model, task: Task, how: str, rows_per_run: int = 1024) -> 
         chunk = max(1, rows_per_run // task.tokens.shape[0])
         for start in range(0, len(idx), chunk):
             part = idx[start : start + chunk]
-            variants = torch.zeros((len(part), *g.allowed.shape))
-            variants[torch.arange(len(part)), part[:, 0], part[:, 1]] = 1.0
-            m = _per_variant(task, run_ablated(model, task.tokens, task.mask, ablated, variants))
+            m = _per_variant(task, run_ablated(model, task.tokens, task.mask, ablated, single_edges(g, part)))
             absolute.append((m - base).abs().mean(1))
             signed.append((m - base).mean(1))
     return numpy(torch.cat(absolute)), numpy(torch.cat(signed))  # argwhere is row-major: ``edges`` order
+
+
+def single_edges(g: Graph, cells: np.ndarray) -> torch.Tensor:
+    """[len(cells), n_dest, n_source]: variant i ablates the one edge at cells[i] = (dest, source)."""
+    out = torch.zeros((len(cells), *g.allowed.shape))
+    out[torch.arange(len(cells)), cells[:, 0], cells[:, 1]] = 1.0
+    return out
 
 
 def node_ablation_matrix(g: Graph, nodes: list[str]) -> torch.Tensor:

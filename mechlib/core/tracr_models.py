@@ -92,6 +92,18 @@ class TracrModel:
 
         return [rasp.evaluate(self.program, list(seq)) for seq in inputs]
 
+    def inputs_of(self, ids: torch.Tensor, mask: torch.Tensor) -> list[list]:
+        """The RASP inputs behind encoded ids (BOS and padding dropped): ``encode``'s inverse."""
+        by_id = {i: v for v, i in self.token_ids.items()}
+        return [[by_id[t] for t in row[1 : int(m.sum())].tolist()] for row, m in zip(ids, mask)]
+
+    @staticmethod
+    def same(out: list, ref: list, tol: float = 1e-3) -> bool:
+        """Whether decoded outputs equal RASP's (numerical outputs to ``tol``)."""
+        if any(isinstance(r, float) for r in ref):
+            return all(abs(o - r) < tol for o, r in zip(out, ref))
+        return list(out) == list(ref)
+
     def random_inputs(self, n: int, seed: int, min_len: int = 2) -> list[list]:
         """``n`` inputs of random length (min_len to max_seq_len) and random tokens."""
         rng = np.random.default_rng(seed)

@@ -16,12 +16,6 @@ def compiled():
     return {name: tm.compile_program(name, max_seq_len=5) for name in PROGRAMS}
 
 
-def same(out, ref):
-    if any(isinstance(r, float) for r in ref):
-        return all(abs(o - r) < 1e-4 for o, r in zip(out, ref))
-    return list(out) == list(ref)
-
-
 @pytest.mark.parametrize("name", PROGRAMS)
 def test_converted_models_match_the_rasp_evaluator_on_padded_inputs(compiled, name):
     m = compiled[name]
@@ -32,7 +26,7 @@ def test_converted_models_match_the_rasp_evaluator_on_padded_inputs(compiled, na
     with torch.no_grad():
         logits = cg.run_ablated(m.model, ids, mask, ablated, torch.zeros(cg.graph_of(m.model).allowed.shape))
     got, ref = m.decode(logits, mask), m.evaluate(inputs)
-    assert all(same(o, r) for o, r in zip(got, ref))
+    assert all(m.same(o, r, tol=1e-4) for o, r in zip(got, ref))
 
 
 def test_the_weights_are_tracrs_own(compiled):
@@ -68,13 +62,8 @@ def test_non_circuit_edges_have_exactly_zero_effect_and_the_circuit_is_needed(co
     zero = task.ablated(m.model, "zero")
     with torch.no_grad():
         broken = cg.run_ablated(m.model, task.tokens, task.mask, zero, torch.tensor(truth, dtype=torch.float32))
-    ref = m.evaluate([x for x in _inputs(m, task)])
-    assert np.mean([same(o, r) for o, r in zip(m.decode(broken, task.mask), ref)]) < 0.5
-
-
-def _inputs(m, task):
-    by_id = {i: v for v, i in m.token_ids.items()}
-    return [[by_id[t] for t in row[1 : int(k.sum())].tolist()] for row, k in zip(task.tokens, task.mask)]
+    ref = m.evaluate(m.inputs_of(task.tokens, task.mask))
+    assert np.mean([m.same(o, r) for o, r in zip(m.decode(broken, task.mask), ref)]) < 0.5
 
 
 def test_exact_zero_patching_finds_the_truth_and_resample_finds_the_varying_part(compiled):
