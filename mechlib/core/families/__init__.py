@@ -1,0 +1,83 @@
+"""The model-family layer: what differs between architectures lives here, once.
+
+Chapters and the core ask a model's :class:`Family` what they need to know (how to convert
+it to TransformerLens, which modules LoRA adapts, which norm it uses, whether per-head
+outputs add up to what attention writes), never the model's name. One module per family:
+:mod:`.gpt2`, :mod:`.llama`, :mod:`.gemma3`.
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+from transformer_lens import HookedTransformerConfig
+
+# TransformerLens allocates an n_ctx x n_ctx causal mask in every attention layer: at a
+# real model's 8,192 or 32,768 positions that is gigabytes for prompts of a few dozen tokens.
+# Real models run with at most this many positions; arithmetic prompts need far fewer.
+CONTEXT_CAP = 2048
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+    """One architecture family and everything mechlib needs to know about it."""
+
+    name: str
+    model_types: tuple[str, ...]  # Hugging Face ``config.model_type`` values
+    architecture: str  # TransformerLens ``cfg.original_architecture`` of a converted model
+    hooked_config: Callable[..., HookedTransformerConfig]  # (hf_config, model_name, prepend_bos) -> cfg
+    convert_weights: Callable  # (hf_model, cfg) -> TransformerLens state dict
+    norm: str  # 'layernorm' (centres, then scales) or 'rmsnorm' (scales only)
+    lora_targets: tuple[str, ...]  # peft target_modules for attention and MLP weights
+    fan_in_fan_out: bool  # GPT-2's Conv1D stores weights transposed
+    embed_module: str  # token embedding module name (peft trainable tokens)
+    position_module: str | None  # learned position embeddings, or None (rotary)
+    # Do per-head outputs z @ W_O add up to what the attention block writes to the residual
+    # stream? Not when a norm is applied to their sum (Gemma's post-attention RMSNorm).
+    additive_heads: bool = True
+    center_writing_weights: bool = False  # TransformerLens processing (LayerNorm models only)
+
+    def context_length(self, hf_config) -> int:
+        """Positions mechlib runs the model with: its trained context, capped (:data:`CONTEXT_CAP`)."""
+        n = getattr(hf_config, "n_positions", None) or getattr(hf_config, "max_position_embeddings", None)
+        return int(min(n, CONTEXT_CAP))
+
+
+def _families() -> list[Family]:
+    from . import gemma3, gpt2, llama
+
+    return [gpt2.FAMILY, llama.FAMILY, gemma3.FAMILY]
+
+
+def family_of(model_type: str) -> Family:
+    """The family of a Hugging Face ``model_type``; an unknown one fails naming those known."""
+    for family in _families():
+        if model_type in family.model_types:
+            return family
+    known = sorted(t for f in _families() for t in f.model_types)
+    raise ValueError(f"model_type {model_type!r} has no model family in mechlib; known: {known}")
+
+
+def known_family(model_type: str) -> Family | None:
+    """The family of a ``model_type``, or None when mechlib has none for it."""
+    return next((f for f in _families() if model_type in f.model_types), None)
+
+
+def family_of_config(hf_config) -> Family:
+    return family_of(hf_config.model_type)
+
+
+def family_of_hooked(model) -> Family:
+    """The family of a converted HookedTransformer, from its original architecture."""
+    arch = model.cfg.original_architecture
+    for family in _families():
+        if arch == family.architecture:
+            return family
+    raise ValueError(f"model {model.cfg.model_name!r} (architecture {arch!r}) has no model family in mechlib")
+
+
+def names() -> list[str]:
+    return [f.name for f in _families()]
+
+
+__all__ = ["CONTEXT_CAP", "Family", "family_of", "family_of_config", "family_of_hooked", "known_family", "names"]
