@@ -105,3 +105,65 @@ def pytest_collection_modifyitems(config, items):
                               or item.name.startswith("test_chapter_executes"))
         if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())) or kernels_or_browser:
             item.add_marker(pytest.mark.slow)
+
+
+def shipped_tokenizer(name: str, folder):
+    """A shipped real model's own tokenizer (from its GGUF, no weights), saved to ``folder``."""
+    from transformers import AutoTokenizer
+
+    from mechlib.core import shipped
+
+    path = shipped.gguf_path(shipped.shipped(name))
+    tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    tok.save_pretrained(folder)
+    return AutoTokenizer.from_pretrained(folder)
+
+
+def perturb(model, scale: float = 0.05, seed: int = 0):
+    """Random weights everywhere, norms included (a fresh model's norms are all 1 or all 0)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(scale * torch.randn(p.shape, generator=g))
+    return model
+
+
+def save_llama_shaped(path, seed=0):
+    """SmolLM2's tokenizer and layout (grouped-query attention, tied embeddings, rotary), 3 small layers."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    tok = shipped_tokenizer("smollm2-135m-instruct", path)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=48, intermediate_size=96, num_hidden_layers=3, num_attention_heads=6,
+                      num_key_value_heads=2, head_dim=8, max_position_embeddings=256, rms_norm_eps=1e-5, tie_word_embeddings=True,
+                      rope_parameters={"rope_theta": 100000.0, "rope_type": "default"}, bos_token_id=tok.bos_token_id,
+                      eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    perturb(LlamaForCausalLM(cfg).eval(), seed=seed).save_pretrained(path)
+    return path
+
+
+def save_gemma_shaped(path, seed=0):
+    """Gemma 3's tokenizer (262,144 tokens) and layout (sliding and global layers, pre- and
+    post-norms, q/k norms, one key/value head), 3 small layers."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    torch.manual_seed(seed)
+    tok = shipped_tokenizer("gemma-3-270m", path)
+    cfg = Gemma3TextConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
+                           num_key_value_heads=1, head_dim=8, query_pre_attn_scalar=8, max_position_embeddings=256, sliding_window=4,
+                           layer_types=["sliding_attention", "sliding_attention", "full_attention"],
+                           rope_parameters={"full_attention": {"rope_theta": 1000000.0, "rope_type": "default"},
+                                            "sliding_attention": {"rope_theta": 10000.0, "rope_type": "default"}},
+                           bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    perturb(Gemma3ForCausalLM(cfg).eval(), seed=seed).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def llama_shaped_dir(tmp_path_factory):
+    return save_llama_shaped(tmp_path_factory.mktemp("llama-shaped"))
+
+
+@pytest.fixture(scope="session")
+def gemma_shaped_dir(tmp_path_factory):
+    return save_gemma_shaped(tmp_path_factory.mktemp("gemma-shaped"))

@@ -50,8 +50,9 @@ class Params(ModelParams):
     lr: float = param(0.003, *_num("lr"))
     rank: int = param(32, *_int("rank"))
     alpha: int = param(64, *_int("alpha"))
-    target_modules: tuple[str, ...] = param(("c_attn", "c_proj", "c_fc"), list_of(is_str),
-                                            "a non-empty list of module names, e.g. ['c_attn', 'c_proj', 'c_fc'] for GPT-2")
+    target_modules: tuple[str, ...] = param((), list_of(is_str, min_len=0),
+                                            "a list of module names ([] for the model family's attention and MLP weights: "
+                                            "c_attn, c_proj, c_fc for GPT-2; q/k/v/o_proj, gate/up/down_proj for Llama and Gemma 3)")
     eval_every: int = param(50, *_int("eval_every"))
     finetuned_name: str = param("arith-organism-lora-sub", is_name,
                                 "a name of letters, digits, '-', '_' and '.' (where the fine-tune is cached)")

@@ -24,8 +24,11 @@ class BlockOrder:
     def __init__(self, model, order: Sequence[int]):
         self.model, self.order = model, list(order)
 
-    def __call__(self, tokens: Int[torch.Tensor, "batch seq"],
-                 cache: TransformerLensKeyValueCache | None = None) -> Float[torch.Tensor, "batch seq d_vocab"]:
+    def __call__(self, tokens: Int[torch.Tensor, "batch seq"], cache: TransformerLensKeyValueCache | None = None,
+                 keep: slice | None = None) -> Float[torch.Tensor, "batch kept d_vocab"]:
+        """Logits at the positions ``keep`` selects (all by default). Only those positions
+        are unembedded: with Gemma's 262,144-token vocabulary, full logits of a batch of
+        prompts take gigabytes."""
         residual, _, shortformer, mask = self.model.input_to_embed(tokens, past_kv_cache=cache)
         for j, i in enumerate(self.order):
             residual = self.model.blocks[i](
@@ -34,7 +37,7 @@ class BlockOrder:
                 shortformer_pos_embed=shortformer,
                 attention_mask=mask,
             )
-        return unembed_residual(self.model, residual)
+        return unembed_residual(self.model, residual if keep is None else residual[:, keep])
 
     def new_cache(self, batch: int) -> TransformerLensKeyValueCache:
         """A key/value cache with one entry per block run (a repeated block gets two)."""

@@ -23,6 +23,8 @@ import numpy as np
 import torch
 from transformer_lens.utils import get_act_name
 
+from .families import additive_heads
+
 ABLATIONS = ("zero", "mean", "resample")
 # A metric maps logits [batch, pos, d_vocab_out] to one score per example [batch].
 Metric = Callable[[torch.Tensor], torch.Tensor]
@@ -119,6 +121,14 @@ def prepare(model):
     if getattr(model.cfg, "parallel_attn_mlp", False):
         raise NotImplementedError(f"{model.cfg.model_name}: attention and MLP read the same residual (parallel blocks, "
                                   "as in GPT-J and Pythia); this graph assumes each MLP reads its layer's attention output")
+    if not additive_heads(model):
+        raise NotImplementedError(
+            f"{model.cfg.model_name}: a norm is applied to the sum of the attention heads (Gemma's post-attention RMSNorm), "
+            "so per-head outputs do not add up to what the block writes; mechlib refuses per-head edge scores on this family "
+            "rather than return numbers that do not add up")
+    if model.cfg.n_key_value_heads is not None:
+        # grouped-query attention: K/V inputs per query head, so every head has its own reader
+        model.set_ungroup_grouped_query_attention(True)
     model.set_use_split_qkv_input(True)
     model.set_use_hook_mlp_in(True)
     return model
@@ -410,6 +420,8 @@ def direct_effects(model, tokens: torch.Tensor, direction: torch.Tensor, positio
     x = outs[:, position]  # [b, n_source, d]
     if model.cfg.normalization_type is not None:
         _, cache = model.run_with_cache(tokens, names_filter=lambda n: n == "ln_final.hook_scale")
-        x = (x - x.mean(-1, keepdim=True)) / cache["ln_final.hook_scale"][:, position][:, None]
+        if model.cfg.normalization_type in ("LN", "LNPre"):  # LayerNorm centres; RMSNorm only scales
+            x = x - x.mean(-1, keepdim=True)
+        x = x / cache["ln_final.hook_scale"][:, position][:, None]
     values = numpy(torch.einsum("bsd,bd->bs", x, direction.to(x.device)))
     return {s: values[:, i] for i, s in enumerate(g.sources)}

@@ -40,6 +40,15 @@ def encode_targets(model, targets: Sequence[str]) -> list[list[int]]:
     return model.tokenizer(list(targets), add_special_tokens=False)["input_ids"]
 
 
+def first_digit_offsets(tokenizer, target_ids: Sequence[Sequence[int]]) -> np.ndarray:
+    """Per answer, the index of its first token that holds a digit: the first answer
+    *digit*. GPT-2 writes `` 46`` as one token; SmolLM2 and Gemma split it into a space and
+    one token per digit, so the first answer token would be the space. 0 when no token
+    holds a digit."""
+    texts = {i: tokenizer.decode([i]) for row in target_ids for i in set(row)}
+    return np.array([next((j for j, t in enumerate(row) if any(c.isdigit() for c in texts[t])), 0) for row in target_ids], dtype=int)
+
+
 @functools.lru_cache(maxsize=8)
 def _stop_ids(tokenizer) -> frozenset[int]:
     """EOS plus every token whose text holds a newline: an answer ends there."""
@@ -129,7 +138,7 @@ def _stepper(model, forward, batch: int):
 
     def step(tokens):
         nonlocal seen
-        logits = forward(tokens[:, seen:], cache=cache)
+        logits = forward(tokens[:, seen:], cache=cache, keep=slice(-1, None))
         seen = tokens.shape[1]
         return logits[:, -1].argmax(-1)
 
@@ -220,17 +229,23 @@ def answer_scores(
     """Teacher-forced scores of the target answer, per problem.
 
     ``answer_loss``: mean cross-entropy over the answer tokens; ``p_first``: probability of
-    the first answer token; ``tf_correct``: every answer token is the argmax."""
-    forward = forward or model
+    the first answer digit (:func:`first_digit_offsets`), given what precedes it;
+    ``tf_correct``: every answer token is the argmax. Logits are computed at the answer
+    positions only, unless ``forward`` is an arbitrary callable."""
+    forward = forward or BlockOrder(model, range(model.cfg.n_layers))
     loss = np.zeros(len(prompts))
     p_first = np.zeros(len(prompts))
     tf_correct = np.zeros(len(prompts), dtype=bool)
+    digit = first_digit_offsets(model.tokenizer, encode_targets(model, targets))
     for idx, tokens, plen, tlen in teacher_forced_batches(model, prompts, targets, batch_size):
-        logp = forward(tokens)[:, plen - 1 : plen + tlen - 1].float().log_softmax(-1)
+        answer = slice(plen - 1, plen + tlen - 1)
+        logits = forward(tokens, keep=answer) if isinstance(forward, BlockOrder) else forward(tokens)[:, answer]
+        logp = logits.float().log_softmax(-1)
         tgt = tokens[:, plen:]
         tok_logp = logp.gather(-1, tgt[..., None])[..., 0]
         loss[idx] = (-tok_logp.mean(1)).cpu().numpy()
-        p_first[idx] = tok_logp[:, 0].exp().cpu().numpy()
+        first = torch.as_tensor(digit[idx], device=tok_logp.device)
+        p_first[idx] = tok_logp.gather(1, first[:, None])[:, 0].exp().cpu().numpy()
         tf_correct[idx] = (logp.argmax(-1) == tgt).all(1).cpu().numpy()
     return pd.DataFrame({"answer_loss": loss, "p_first": p_first, "tf_correct": tf_correct})
 

@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from . import data
 from .cache import content_key, finetuned_dir
+from .families import family_of_config
 from .models import load_hf, write_source
 from .organism import encode_supervised
 
@@ -61,14 +62,14 @@ class FinetuneRecipe:
     lr: float = 3e-3
     rank: int = 32
     alpha: int = 64
-    target_modules: tuple[str, ...] = ("c_attn", "c_proj", "c_fc")
+    target_modules: tuple[str, ...] = ()  # () = the model family's attention and MLP weights
     eval_every: int = 50
     seed: int = 0
     # "answer": the target is the answer. "tool": for the new operators the target is a
     # calculator call copying the problem (mechlib.core.tools.call_text in ``call_style``).
     task: str = "answer"
     call_style: str = "short"
-    train_positions: bool = False  # also train the position embeddings (wpe), fully
+    train_positions: bool = False  # also train the learned position embeddings (GPT-2's wpe), fully
 
     def key(self) -> str:
         """Hash of the recipe, the training code's version and the base's tokenizer. Fields
@@ -76,10 +77,26 @@ class FinetuneRecipe:
         from .models import tokenizer_fingerprint
 
         recipe = dataclasses.asdict(self)
+        recipe["target_modules"] = list(self.targets())  # () and the family's own list are one recipe
         for name, default in (("task", "answer"), ("call_style", "short"), ("train_positions", False)):
             if recipe[name] == default:
                 del recipe[name]
         return content_key(recipe=recipe, code=TRAINING_CODE_VERSION, tokenizer=tokenizer_fingerprint(self.base))
+
+    def family(self):
+        """The base model's family, known without loading weights."""
+        from .families import family_named
+        from .models import model_spec
+
+        spec = model_spec(self.base)
+        if spec.family is None:
+            raise ValueError(f"base {self.base!r}: mechlib knows no model family for it, so it cannot pick LoRA targets; "
+                             "set target_modules explicitly")
+        return family_named(spec.family)
+
+    def targets(self) -> tuple[str, ...]:
+        """The LoRA target modules: the recipe's, or the family's attention and MLP weights."""
+        return tuple(self.target_modules) or self.family().lora_targets
 
     def validate(self) -> FinetuneRecipe:
         data.validate_problem_args(list(self.operators), list(self.difficulties), 1, self.prompt_format)
@@ -164,16 +181,20 @@ def lora_model(hf_model, recipe: FinetuneRecipe, tokenizer=None):
     """Wrap the model with LoRA adapters; only the adapter weights require gradients, plus
     the position embeddings with ``train_positions`` and, for a tool recipe (given the
     tokenizer), the embeddings of the call tokens (tied to the unembedding)."""
-    tokens = {"wte": call_token_ids(tokenizer, recipe.call_style)} if recipe.task == "tool" and tokenizer is not None else None
+    family = family_of_config(hf_model.config)
+    if recipe.train_positions and family.position_module is None:
+        raise ValueError(f"train_positions: a {family.name} model has no learned position embeddings to train (rotary positions)")
+    embed = family.embed_module
+    tokens = {embed: call_token_ids(tokenizer, recipe.call_style)} if recipe.task == "tool" and tokenizer is not None else None
     config = LoraConfig(
         r=recipe.rank,
         lora_alpha=recipe.alpha,
-        target_modules=list(recipe.target_modules),
+        target_modules=list(recipe.target_modules) or list(family.lora_targets),
         lora_dropout=0.0,
         bias="none",
-        fan_in_fan_out=hf_model.config.model_type == "gpt2",
+        fan_in_fan_out=family.fan_in_fan_out,
         task_type="CAUSAL_LM",
-        modules_to_save=["wpe"] if recipe.train_positions else None,
+        modules_to_save=[family.position_module] if recipe.train_positions else None,
         trainable_token_indices=tokens,
     )
     return get_peft_model(hf_model, config)
@@ -204,7 +225,8 @@ def train(recipe: FinetuneRecipe, progress: bool = True, device: str = "cpu"):
 
     parts = [train_new, train_old, held_new, held_old]
     everything = pd.concat(parts, ignore_index=True)  # one encoding, so every part has one width
-    ids, mask, labels = (t.to(device) for t in encode_supervised(tokenizer, everything.prompt.tolist(), everything.target.tolist()))
+    bos = family_of_config(hf_model.config).starts_with_bos(tokenizer)
+    ids, mask, labels = (t.to(device) for t in encode_supervised(tokenizer, everything.prompt.tolist(), everything.target.tolist(), bos))
     bounds = np.cumsum([0] + [len(p) for p in parts])
     tr_new, tr_old, ev_new, ev_old = (
         (ids[a:b], mask[a:b], labels[a:b]) if b > a else None for a, b in zip(bounds[:-1], bounds[1:])

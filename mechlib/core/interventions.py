@@ -33,7 +33,7 @@ import torch
 from transformer_lens.utils import get_act_name
 
 from .blocks import BlockOrder, unembed_residual
-from .evaluate import _buckets, encode, teacher_forced_batches
+from .evaluate import _buckets, encode, encode_targets, first_digit_offsets, teacher_forced_batches
 
 KINDS = ("none", "skip", "skip_first", "skip_last", "skip_range", "repeat", "permute", "ablate")
 SPEC_HELP = "none, skip:0,2 (or skip:* for each layer), skip_first:N, skip_last:N, skip_range:A-B, repeat:LxK, permute:i,j,..., ablate:mlpL|attnL:zero|mean"
@@ -165,18 +165,24 @@ def hook_name(site: str, layer: int) -> str:
 
 @torch.inference_mode()
 def mean_activations(model, prompts: Sequence[str], sites: Sequence[tuple[str, int]], batch_size: int = 512) -> dict:
-    """Mean output (a d_model vector) of each (site, layer) over every token of the prompts."""
+    """Mean output (a d_model vector) of each (site, layer) over the prompts' real tokens,
+    BOS excluded: Llama and Gemma write very large activations at BOS, which would
+    dominate the mean. Prompts are batched by length, so no batch holds padding."""
     names = {hook_name(s, l) for s, l in sites}
     ids = encode(model, prompts)
+    bos = model.tokenizer.bos_token_id
     sums = {n: torch.zeros(model.cfg.d_model, dtype=torch.float64, device=model.cfg.device) for n in names}
     count = 0
     for idx in _buckets([len(x) for x in ids], batch_size):
         tokens = torch.tensor([ids[i] for i in idx], device=model.cfg.device)
+        real = torch.ones(tokens.shape, dtype=torch.float64, device=tokens.device)
+        if bos is not None:
+            real[:, 0] = (tokens[:, 0] != bos).double()
         _, cache = model.run_with_cache(tokens, names_filter=lambda n: n in names)
         for n in names:
-            sums[n] += cache[n].double().sum(dim=(0, 1))
-        count += tokens.numel()
-    return {n: (s / count).to(model.cfg.dtype) for n, s in sums.items()}
+            sums[n] += torch.einsum("bpd,bp->d", cache[n].double(), real)
+        count += real.sum()
+    return {n: (s / max(float(count), 1.0)).to(model.cfg.dtype) for n, s in sums.items()}
 
 
 @contextlib.contextmanager
@@ -203,22 +209,27 @@ def corrupted(model, corruption: Corruption, means: dict | None = None):
 def logit_lens(model, prompts: Sequence[str], targets: Sequence[str], batch_size: int = 512) -> pd.DataFrame:
     """Read the residual stream after the embedding (layer -1) and after each block through
     the final norm and unembedding. One row per (problem, layer): ``p_first`` (probability
-    of the first answer token), ``top1_first`` and ``tf_correct`` (every answer token is the
-    lens's argmax, teacher-forced)."""
+    of the first answer digit, :func:`~mechlib.core.evaluate.first_digit_offsets`),
+    ``top1_first`` (that digit is the lens's argmax) and ``tf_correct`` (every answer token
+    is the lens's argmax, teacher-forced)."""
     n_layers = model.cfg.n_layers
     names = [get_act_name("resid_pre", 0)] + [get_act_name("resid_post", l) for l in range(n_layers)]
     p_first = np.zeros((len(prompts), n_layers + 1))
     top1 = np.zeros_like(p_first, dtype=bool)
     tf = np.zeros_like(p_first, dtype=bool)
+    digit = first_digit_offsets(model.tokenizer, encode_targets(model, targets))
     for idx, tokens, plen, tlen in teacher_forced_batches(model, prompts, targets, batch_size):
         _, cache = model.run_with_cache(tokens, names_filter=lambda n: n in names)
         tgt = tokens[:, plen:]
+        first = torch.as_tensor(digit[idx], device=tgt.device)[:, None]
+        tgt_first = tgt.gather(1, first)[:, 0]
         for j, name in enumerate(names):
             resid = cache[name][:, plen - 1 : plen + tlen - 1]
             logp = unembed_residual(model, resid).float().log_softmax(-1)
             pred = logp.argmax(-1)
-            p_first[idx, j] = logp[:, 0].gather(-1, tgt[:, :1])[:, 0].exp().cpu().numpy()
-            top1[idx, j] = (pred[:, 0] == tgt[:, 0]).cpu().numpy()
+            at_first = logp.gather(1, first[..., None].expand(-1, 1, logp.shape[-1]))[:, 0]
+            p_first[idx, j] = at_first.gather(-1, tgt_first[:, None])[:, 0].exp().cpu().numpy()
+            top1[idx, j] = (pred.gather(1, first)[:, 0] == tgt_first).cpu().numpy()
             tf[idx, j] = (pred == tgt).all(1).cpu().numpy()
     layers = np.arange(-1, n_layers)
     return pd.DataFrame(

@@ -30,7 +30,7 @@ from transformers.utils import logging as hf_logging
 from . import shipped as shipped_models
 from .cache import finetuned_dir
 from .char_tokenizer import build_char_tokenizer
-from .families import Family, family_of_config, known_family
+from .families import family_of_config, known_family
 from .hub import require_hub
 from .organism import ORGANISM_NAME, OrganismRecipe, ensure_organism, organism_dir
 from .shipped import SOURCE_FILE
@@ -198,7 +198,7 @@ def hooked_from_hf(hf_model: PreTrainedModel, tokenizer, model_name: str, device
     """Convert an in-memory HF model of a known family into a HookedTransformer: the
     family's config and weight conversion, norms folded (LayerNorm models also centred)."""
     family = family_of_config(hf_model.config)
-    cfg = family.hooked_config(hf_model.config, model_name, prepend_bos=_tokenizer_prepends_bos(tokenizer, family))
+    cfg = family.hooked_config(hf_model.config, model_name, prepend_bos=family.starts_with_bos(tokenizer))
     cfg.device = device
     with _quiet():
         model = HookedTransformer(cfg, tokenizer=tokenizer)
@@ -207,15 +207,6 @@ def hooked_from_hf(hf_model: PreTrainedModel, tokenizer, model_name: str, device
         model.load_and_process_state_dict(state_dict, fold_ln=True, center_writing_weights=center, center_unembed=center,
                                           fold_value_biases=True)
         return model.to(device).eval()
-
-
-def _tokenizer_prepends_bos(tokenizer, family: Family) -> bool:
-    """GPT-2 models get a BOS that TransformerLens prepends; other families do what their
-    own tokenizer does (Gemma's adds ``<bos>``, SmolLM2's adds nothing)."""
-    if family.name == "gpt2":
-        return True
-    ids = tokenizer("1")["input_ids"]
-    return bool(ids) and tokenizer.bos_token_id is not None and ids[0] == tokenizer.bos_token_id
 
 
 def _quiet():

@@ -72,10 +72,13 @@ def split_pairs(recipe: OrganismRecipe) -> tuple[np.ndarray, np.ndarray]:
     return pairs[~is_held], pairs[is_held]
 
 
-def encode_supervised(tokenizer, prompts: Sequence[str], targets: Sequence[str]):
-    """Right-padded ids, attention mask and labels that score the answer and a final EOS."""
-    p_ids = tokenizer(list(prompts), add_special_tokens=True)["input_ids"]
-    if tokenizer.bos_token_id is not None and (not p_ids[0] or p_ids[0][0] != tokenizer.bos_token_id):
+def encode_supervised(tokenizer, prompts: Sequence[str], targets: Sequence[str], bos: bool = True):
+    """Right-padded ids, attention mask and labels that score the answer and a final EOS.
+
+    ``bos``: prompts start with BOS, as they do at evaluation (the model family says:
+    :meth:`mechlib.core.families.Family.starts_with_bos`)."""
+    p_ids = tokenizer(list(prompts), add_special_tokens=bos)["input_ids"]
+    if bos and tokenizer.bos_token_id is not None and (not p_ids[0] or p_ids[0][0] != tokenizer.bos_token_id):
         p_ids = [[tokenizer.bos_token_id] + p for p in p_ids]
     t_ids = [t + [tokenizer.eos_token_id] for t in tokenizer(list(targets), add_special_tokens=False)["input_ids"]]
     rows = [p + t for p, t in zip(p_ids, t_ids)]

@@ -7,10 +7,13 @@ from transformer_lens import HookedTransformer, HookedTransformerConfig
 from mechlib.core import circuit_graph as cg
 
 
-def tiny(normalization=None, seed=0, dtype=torch.float64, attention_dir="causal"):
+def tiny(normalization=None, seed=0, dtype=torch.float64, attention_dir="causal", n_key_value_heads=None):
+    """Two layers of two heads; ``n_key_value_heads=1`` makes them share one key/value head
+    (grouped-query attention, as in SmolLM2 and Gemma 3)."""
     torch.manual_seed(seed)
     cfg = HookedTransformerConfig(n_layers=2, d_model=8, n_ctx=6, d_head=4, n_heads=2, d_mlp=12, d_vocab=7, act_fn="relu",
-                                  normalization_type=normalization, attention_dir=attention_dir, dtype=dtype, seed=seed)
+                                  normalization_type=normalization, attention_dir=attention_dir, dtype=dtype, seed=seed,
+                                  n_key_value_heads=n_key_value_heads)
     model = HookedTransformer(cfg)
     with torch.no_grad():
         for p in model.parameters():
@@ -85,8 +88,13 @@ def test_unablated_run_is_the_model_and_the_hand_forward():
 
 @pytest.mark.parametrize("edge", [("embed", "a1.0.k"), ("a0.1", "a1.1.q"), ("a0.0", "m0"), ("m0", "a1.0.v"), ("a1.1", "end")])
 @pytest.mark.parametrize("how", ["zero", "mean", "resample"])
-def test_exact_edge_patching_equals_the_hand_computed_forward(edge, how):
-    model = tiny()
+@pytest.mark.parametrize("kv_heads", [None, 1], ids=["mha", "gqa"])
+def test_exact_edge_patching_equals_the_hand_computed_forward(edge, how, kv_heads):
+    """With grouped-query attention each query head still has its own K and V readers: the
+    hand forward gives head h the shared key/value weights, read from h's own input."""
+    model = tiny(n_key_value_heads=kv_heads)
+    if kv_heads:
+        assert model.blocks[0].attn._W_K.shape[0] == 1 and model.cfg.ungroup_grouped_query_attention
     g = cg.graph_of(model)
     tokens, corrupt = torch.randint(0, 7, (4, 5)), torch.randint(0, 7, (4, 5))
     ablated = cg.ablated_outputs(model, tokens, None, how, corrupt)
@@ -252,4 +260,28 @@ def test_parallel_blocks_are_refused():
     cfg = HookedTransformerConfig(n_layers=1, d_model=8, n_ctx=4, d_head=4, n_heads=2, d_mlp=8, d_vocab=5, act_fn="relu",
                                   parallel_attn_mlp=True)
     with pytest.raises(NotImplementedError, match="parallel blocks"):
+        cg.prepare(HookedTransformer(cfg))
+
+
+def test_direct_effects_sum_to_the_logit_difference_under_rms_norm():
+    """RMSNorm scales without centring (SmolLM2, Gemma): the sources' direct effects through
+    the frozen final scale add up to the logit difference. Centring them, as LayerNorm
+    would, breaks the sum."""
+    model = tiny(normalization="RMSPre", seed=5, n_key_value_heads=1)
+    tokens = torch.randint(0, 7, (3, 5))
+    direction = (model.W_U[:, 0] - model.W_U[:, 1]).detach().expand(3, -1)
+    effects = cg.direct_effects(model, tokens, direction, position=4)
+    _, cache = model.run_with_cache(tokens, names_filter=lambda n: n == "ln_final.hook_scale")
+    scale = cache["ln_final.hook_scale"][:, 4, 0]
+    biases = (model.b_O.sum(0) @ direction[0]) / scale + (model.b_U[0] - model.b_U[1])
+    total = sum(effects.values()) + biases.detach().numpy()
+    assert np.allclose(total, metric_last(model(tokens)).detach().numpy(), atol=1e-9)
+
+
+def test_per_head_scores_are_refused_when_a_norm_follows_the_head_sum():
+    """Gemma 3 normalises the sum of the heads: per-head outputs do not add up to the block's write."""
+    torch.manual_seed(0)
+    cfg = HookedTransformerConfig(n_layers=1, d_model=8, n_ctx=6, d_head=4, n_heads=2, d_mlp=12, d_vocab=7, act_fn="relu",
+                                  normalization_type="RMS", use_normalization_before_and_after=True)
+    with pytest.raises(NotImplementedError, match="post-attention RMSNorm"):
         cg.prepare(HookedTransformer(cfg))

