@@ -144,6 +144,12 @@ def build_book(param_set: str | Path = "default", only: list[str] | None = None,
             print(f"[mechlib] {chapter} done in {time.time() - start:.0f} s", flush=True)
         write_runs_page()
         write_agent_page()
+        start = time.time()
+        print("[mechlib] measuring the real models for the Models page", flush=True)
+        from .models_page import write_models_page
+
+        write_models_page(record=project_root() / "_build" / "models.json")
+        print(f"[mechlib] models page done in {time.time() - start:.0f} s", flush=True)
         return render_site()
 
 

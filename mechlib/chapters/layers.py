@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import pandas as pd
 from tqdm import tqdm
 
-from ..core.evaluate import answer_scores, evaluate, greedy_decode
+from ..core.evaluate import answer_scores, encode_targets, evaluate, first_digit_offsets, greedy_decode
 from ..core.interventions import DEPTH_UNKNOWN, SPEC_HELP, Corruption, activation_stats, corrupted, logit_lens, mean_activations, parse_corruptions
 from ..core.models import load_model
 from ..core.organism import ORGANISM_NAME, OrganismRecipe, ensure_organism
@@ -82,7 +82,7 @@ class Result:
     stats: pd.DataFrame  # activation statistics per layer
     generations: pd.DataFrame
     seeds: pd.DataFrame  # organism: headline numbers per training seed
-    base_rate: float  # top-1 accuracy of always predicting the most common first answer token
+    base_rate: float  # top-1 accuracy of always predicting the most common first answer digit
     timings: dict
 
 
@@ -120,7 +120,8 @@ def run(params: Params, progress: bool = False) -> Result:
     start = time.perf_counter()
     results = sweep(lm, problems, conditions, batch_size=params.batch_size, progress=progress)
     sweep_seconds = time.perf_counter() - start
-    first = problems["target"].map(lambda t: lm.tokenizer(t, add_special_tokens=False)["input_ids"][0])
+    target_ids = encode_targets(lm, problems["target"].tolist())
+    first = pd.Series([row[i] for row, i in zip(target_ids, first_digit_offsets(lm.tokenizer, target_ids))])  # the first answer digit
     return Result(
         params=params,
         n_layers=lm.cfg.n_layers,

@@ -2,7 +2,7 @@ import time
 
 import pytest
 import torch
-from transformers import GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+from transformers import GPT2LMHeadModel, GPTNeoXConfig, GPTNeoXForCausalLM
 
 from mechlib.core.char_tokenizer import build_char_tokenizer
 from mechlib.core.hub import HubUnavailableError
@@ -37,12 +37,13 @@ def test_missing_path_is_a_clear_error(tmp_path):
         load_model(str(tmp_path / "empty"))
 
 
-def test_local_non_gpt2_checkpoint_asks_for_its_base(tmp_path):
+def test_local_checkpoint_of_no_family_asks_for_its_base(tmp_path):
+    """GPT-2, Llama and Gemma 3 checkpoints convert through their family; any other needs its base named."""
     tok = build_char_tokenizer()
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2)
-    LlamaForCausalLM(cfg).save_pretrained(tmp_path)
+    cfg = GPTNeoXConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2)
+    GPTNeoXForCausalLM(cfg).save_pretrained(tmp_path)
     tok.save_pretrained(tmp_path)
-    with pytest.raises(ValueError, match="mechlib_source.json"):
+    with pytest.raises(ValueError, match="'gpt_neox'.*GPT-2, Llama and Gemma 3.*mechlib_source.json"):
         load_model(str(tmp_path), device="cpu")
 
 
