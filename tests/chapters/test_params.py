@@ -96,8 +96,17 @@ def test_cross_field_rules():
 
 @pytest.mark.parametrize("param_set", known_param_sets())
 def test_shipped_parameter_sets_are_valid(param_set):
+    """Every chapter a set covers builds from it; a chapter it does not cover is refused by name."""
+    from mechlib.chapters.base import load_param_set
+
+    covers = load_param_set(param_set).get("covers", ALL)
+    assert set(covers) <= set(ALL)
     for chapter in ALL:
-        chapters.params(chapter, param_set)
+        if chapter in covers:
+            chapters.params(chapter, param_set)
+        else:
+            with pytest.raises(ParamError, match=f"{chapter}: parameter set '{param_set}' covers only"):
+                chapters.params(chapter, param_set)
 
 
 def test_default_set_is_the_dataclass_defaults():
