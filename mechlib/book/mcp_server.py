@@ -14,6 +14,7 @@ import dataclasses
 import functools
 import json
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -37,11 +38,16 @@ class Limits:
 
     @classmethod
     def from_env(cls) -> Limits:
+        """The caps; a value that is not a whole number of at least 1 fails here, naming the variable."""
         values = {}
         for f in dataclasses.fields(cls):
-            raw = os.environ.get(f"MECHLIB_MCP_{f.name.upper()}")
-            if raw is not None:
-                values[f.name] = int(raw)
+            name = f"MECHLIB_MCP_{f.name.upper()}"
+            raw = os.environ.get(name)
+            if raw is None:
+                continue
+            if not raw.strip().isdigit() or int(raw) < 1:
+                raise ValueError(f"{name}={raw!r}: expected a whole number of at least 1 (default {f.default})")
+            values[f.name] = int(raw)
         return cls(**values)
 
 
@@ -56,6 +62,48 @@ def _model(name: str, device: str = "cpu"):
     return load_model(name, device=device)[0]
 
 
+_LOCKS: dict[str, threading.Lock] = {}
+_LOCKS_GUARD = threading.Lock()
+
+
+def _model_lock(name: str) -> threading.Lock:
+    """One lock per model: tools run on worker threads, and a corruption's hooks live on the
+    shared cached model, so two calls on one model must never overlap."""
+    with _LOCKS_GUARD:
+        return _LOCKS.setdefault(name, threading.Lock())
+
+
+def _reasoned(fn):
+    """Every failure reaches the client with its reason: the SDK hides an unexpected
+    exception's text behind 'Error executing tool'."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except ToolError:
+            raise
+        except Exception as err:
+            raise ToolError(f"{fn.__name__} failed: {type(err).__name__}: {str(err)[-800:]}") from None
+
+    return wrapper
+
+
+def _strict(server: MCPServer) -> None:
+    """Refuse unknown arguments and wrong types (``true`` for an integer, ``"50"`` for 50),
+    instead of the SDK's silent drop and coercion; the published schemas say so too."""
+    from pydantic import ConfigDict
+
+    for tool in server._tool_manager.list_tools():
+        base = tool.fn_metadata.arg_model
+        strict = type(f"{base.__name__}Strict", (base,), {"model_config": ConfigDict(**base.model_config, strict=True, extra="forbid")})
+        tool.fn_metadata.arg_model = strict
+        tool.parameters["additionalProperties"] = False
+
+
+MAX_NOTE_CHARS = 20_000
+
+
 def _problems(model: str, operators, difficulties, n: int, prompt_format: str, seed: int, limits: Limits):
     """Problems drawn exactly as chapter 1 draws them (held-out pairs in the organism's
     trained cells), validated by chapter 1's own parameters and capped."""
@@ -63,6 +111,12 @@ def _problems(model: str, operators, difficulties, n: int, prompt_format: str, s
 
     if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= 100_000:
         raise ToolError(f"parameter 'n' = {n!r}: expected an integer in 1..100000 (problems per cell)")
+    if n > limits.max_problems:  # before building anything: no cell needs more than n problems
+        raise ToolError(f"parameter 'n' = {n} exceeds this server's cap of {limits.max_problems} problems "
+                        "(MECHLIB_MCP_MAX_PROBLEMS); ask for fewer per cell")
+    for name, value in (("operators", operators), ("difficulties", difficulties)):
+        if not value:
+            raise ToolError(f"parameter {name!r} = {value!r}: give at least one (or leave it out for the default)")
     try:
         params = baseline.Params(model=model, device="cpu", operators=operators, difficulties=difficulties, n_per_cell=n,
                                  prompt_format=prompt_format, seed=seed, organism_seeds=())
@@ -74,6 +128,11 @@ def _problems(model: str, operators, difficulties, n: int, prompt_format: str, s
         raise ToolError(f"{len(problems)} problems exceed this server's cap of {limits.max_problems} "
                         "(MECHLIB_MCP_MAX_PROBLEMS); ask for fewer per cell")
     return params, problems
+
+
+def _or(value, default):
+    """The default only when the argument was left out: an empty list is refused, not replaced."""
+    return default if value is None else value
 
 
 def _corruption(model, spec: str):
@@ -100,6 +159,7 @@ def build_server(limits: Limits | None = None) -> MCPServer:
     )
 
     @server.tool()
+    @_reasoned
     def list_chapters() -> dict:
         """The chapters, each with its parameters as a JSON schema (defaults, bounds, allowed values),
         and the parameter sets a run can start from."""
@@ -110,6 +170,7 @@ def build_server(limits: Limits | None = None) -> MCPServer:
         return {"chapters": out, "param_sets": known_param_sets()}
 
     @server.tool()
+    @_reasoned
     def run_chapter(chapter: str, params: dict | None = None, param_set: str = "default") -> dict:
         """Validate, then execute one chapter through papermill into the run store, as `mechlib chapter`
         does. `params` overrides fields of `param_set`. A run already recorded with the same parameters is
@@ -117,6 +178,8 @@ def build_server(limits: Limits | None = None) -> MCPServer:
         from .build import check_chapter, execute_chapter
         from .paths import project_root
 
+        if param_set not in known_param_sets():
+            raise ToolError(f"param_set {param_set!r}: one of the book's sets {known_param_sets()}; change single values with 'params'")
         try:
             resolved = check_chapter(chapter, param_set, params or {})
         except (ParamError, ValueError) as err:
@@ -138,6 +201,7 @@ def build_server(limits: Limits | None = None) -> MCPServer:
                 "metrics": _headline(record["metrics"]), "timings": record.get("timings", {})}
 
     @server.tool()
+    @_reasoned
     def evaluate(model: str = "arith-organism", operators: list[str] | None = None, difficulties: list[str] | None = None,
                  n: int = 50, corruption: str = "none", prompt_format: str = "bare", seed: int = 0) -> dict:
         """Score a model on arithmetic problems in-process (seconds): accuracy per cell with n and a Wilson
@@ -147,13 +211,14 @@ def build_server(limits: Limits | None = None) -> MCPServer:
         from ..core.evaluate import evaluate as run_eval
         from ..core.interventions import corrupted, mean_activations
 
-        params, problems = _problems(model, operators or ["+"], difficulties or ["1x1", "1x2", "2x2"], n, prompt_format, seed, limits)
-        lm = _model(model)
-        c = _corruption(lm, corruption)
-        sites = [(s, layer) for s, layer, mode in c.ablations if mode == "mean"]
-        means = mean_activations(lm, problems["prompt"].tolist(), sites) if sites else {}
-        with corrupted(lm, c, means) as forward:
-            res = run_eval(lm, problems, forward=forward)
+        params, problems = _problems(model, _or(operators, ["+"]), _or(difficulties, ["1x1", "1x2", "2x2"]), n, prompt_format, seed, limits)
+        with _model_lock(model):
+            lm = _model(model)
+            c = _corruption(lm, corruption)
+            sites = [(s, layer) for s, layer, mode in c.ablations if mode == "mean"]
+            means = mean_activations(lm, problems["prompt"].tolist(), sites) if sites else {}
+            with corrupted(lm, c, means) as forward:
+                res = run_eval(lm, problems, forward=forward)
         cells = accuracy_cells(res, ["kind", "op", "difficulty"])
         wrong = res[~res.correct]
         return {
@@ -164,6 +229,7 @@ def build_server(limits: Limits | None = None) -> MCPServer:
         }
 
     @server.tool()
+    @_reasoned
     def logit_lens(model: str = "arith-organism", operators: list[str] | None = None, difficulties: list[str] | None = None,
                    n: int = 50, seed: int = 0) -> dict:
         """Read the residual stream after the embedding (layer -1) and each block through the unembedding:
@@ -171,12 +237,14 @@ def build_server(limits: Limits | None = None) -> MCPServer:
         whole answer is the argmax (teacher-forced)."""
         from ..core.interventions import logit_lens as lens
 
-        _, problems = _problems(model, operators or ["+"], difficulties or ["1x1", "1x2", "2x2"], n, "bare", seed, limits)
-        table = lens(_model(model), problems["prompt"].tolist(), problems["target"].tolist())
+        _, problems = _problems(model, _or(operators, ["+"]), _or(difficulties, ["1x1", "1x2", "2x2"]), n, "bare", seed, limits)
+        with _model_lock(model):
+            table = lens(_model(model), problems["prompt"].tolist(), problems["target"].tolist())
         per_layer = table.groupby("layer")[["top1_first", "p_first", "tf_correct"]].mean().round(4).reset_index()
         return {"model": model, "n_problems": int(len(problems)), "layers": per_layer.to_dict("records")}
 
     @server.tool()
+    @_reasoned
     def generate(prompts: list[str], model: str = "arith-organism", corruption: str = "none", max_new_tokens: int = 8) -> dict:
         """Greedy continuations of a few prompts, optionally under a layer corruption ('ablate' specs use
         zero ablation here: mean ablation needs a problem set)."""
@@ -189,28 +257,33 @@ def build_server(limits: Limits | None = None) -> MCPServer:
             raise ToolError(f"max_new_tokens: give 1..{limits.max_new_tokens} (MECHLIB_MCP_MAX_NEW_TOKENS)")
         if "ablate" in corruption and ":mean" in corruption:
             raise ToolError("generate: mean ablation needs a problem set to average over; use ':zero' here, or evaluate")
-        lm = _model(model)
-        c = _corruption(lm, corruption)
-        longest = max(len(ids) for ids in encode(lm, prompts))
-        try:
-            check_context(lm, longest + max_new_tokens - 1, f"the longest prompt plus max_new_tokens = {max_new_tokens}")
-        except ValueError as err:
-            raise _fail(err) from None
-        with corrupted(lm, c) as forward:
-            out = greedy_decode(lm, prompts, max_new_tokens, forward=forward, stop_at_newline=False)
+        with _model_lock(model):
+            lm = _model(model)
+            c = _corruption(lm, corruption)
+            longest = max(len(ids) for ids in encode(lm, prompts))
+            try:
+                check_context(lm, longest + max_new_tokens - 1, f"the longest prompt plus max_new_tokens = {max_new_tokens}")
+            except ValueError as err:
+                raise _fail(err) from None
+            with corrupted(lm, c) as forward:
+                out = greedy_decode(lm, prompts, max_new_tokens, forward=forward, stop_at_newline=False)
         return {"model": model, "corruption": corruption, "continuations": dict(zip(prompts, out))}
 
     @server.tool()
+    @_reasoned
     def query_runs(chapter: str | None = None, model: str | None = None, limit: int = 20) -> dict:
         """Recorded runs, newest first, optionally of one chapter or one model: id, chapter, model,
         start time, headline metrics."""
-        runs = [r for r in load_runs(store_dir()) if (chapter is None or r["chapter"] == chapter)
+        skipped: list[str] = []
+        runs = [r for r in load_runs(store_dir(), skipped) if (chapter is None or r["chapter"] == chapter)
                 and (model is None or r["params"].get("model") == model)]
         runs = list(reversed(runs))[: max(1, min(limit, 200))]
         return {"runs": [{"run_id": r["id"], "chapter": r["chapter"], "model": r["params"].get("model"),
-                          "started": r["started"], "metrics": _headline(r["metrics"])} for r in runs]}
+                          "started": r["started"], "metrics": _headline(r["metrics"])} for r in runs],
+                "unreadable_records": skipped}
 
     @server.tool()
+    @_reasoned
     def get_run(run_id: str) -> dict:
         """One run record in full: parameters, environment, every metric, timings."""
         for r in load_runs(store_dir()):
@@ -219,10 +292,13 @@ def build_server(limits: Limits | None = None) -> MCPServer:
         raise ToolError(f"run_id {run_id!r}: no such run in the run store; query_runs lists them")
 
     @server.tool()
+    @_reasoned
     def add_note(text: str, run_ids: list[str] | None = None) -> dict:
         """Append a note to the lab notebook in the run store, citing run ids (each must exist)."""
         if not text.strip():
             raise ToolError("text: a note needs some text")
+        if len(text) > MAX_NOTE_CHARS:
+            raise ToolError(f"text: {len(text):,} characters; a note holds at most {MAX_NOTE_CHARS:,}")
         known = {r["id"] for r in load_runs(store_dir())}
         missing = [rid for rid in run_ids or [] if rid not in known]
         if missing:
@@ -258,6 +334,7 @@ def build_server(limits: Limits | None = None) -> MCPServer:
             raise ToolError(f"no recorded run of {chapter!r}")
         return json.dumps({"run_id": runs[-1]["id"], "findings": runs[-1]["metrics"]})
 
+    _strict(server)
     return server
 
 
@@ -283,4 +360,8 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(int(os.environ.get("MECHLIB_THREADS", "1")))
-    build_server().run("stdio")
+    try:
+        limits = Limits.from_env()
+    except ValueError as err:
+        raise SystemExit(f"mechlib mcp: {err}") from None
+    build_server(limits).run("stdio")

@@ -101,10 +101,29 @@ class Run:
         return write_json_atomic(Path(store or store_dir()) / self.chapter / f"{self.id}.json", record)
 
 
-def load_runs(store: Path | None = None) -> list[dict]:
-    """Every complete record in the store, oldest first."""
+RECORD_KEYS = ("id", "chapter", "started", "params", "metrics")
+
+
+def load_runs(store: Path | None = None, skipped: list[str] | None = None) -> list[dict]:
+    """Every complete record in the store, oldest first. A file that is not a readable run
+    record (truncated, foreign) is left out, and its path, with why, added to ``skipped``."""
     root = Path(store or store_dir())
-    records = [json.loads(p.read_text()) for p in root.glob("*/*.json") if not p.name.startswith(".tmp-")]
+    records = []
+    for path in sorted(root.glob("*/*.json")):
+        if path.name.startswith(".tmp-"):
+            continue
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            why = f"not JSON ({err})"
+        else:
+            missing = [k for k in RECORD_KEYS if k not in record] if isinstance(record, dict) else list(RECORD_KEYS)
+            if not missing:
+                records.append(record)
+                continue
+            why = f"not a run record (lacks {missing})"
+        if skipped is not None:
+            skipped.append(f"{path.relative_to(root)}: {why}")
     return sorted(records, key=lambda r: (r["started"], r["chapter"]))
 
 

@@ -88,7 +88,8 @@ def param(default, check: Check, allowed: str | Callable[[Any], str], doc: str =
 
 # Fields every chapter has, and the problem-grid fields most have.
 def model_field(default: str = "arith-organism"):
-    return param(default, is_str, "a model name: 'arith-organism', a Hub name such as 'gpt2', or a local checkpoint directory",
+    return param(default, is_str, ("a model name: 'arith-organism', 'smollm2-135m-instruct', 'gemma-3-270m', a Hub name such as 'gpt2', "
+                  "or a local checkpoint directory"),
                  "the model under study")
 
 

@@ -108,6 +108,9 @@ def evaluate_expression(text: str) -> Fraction:
     bad = sorted(set(text) - set("0123456789+-*/() "))
     if bad:
         raise ToolError(f"characters not allowed: {''.join(bad)!r}")
+    split = re.search(r"\d\s+\d", text)
+    if split:
+        raise ToolError(f"a space inside a number at position {split.start() + 1} ({split.group()!r}): write numbers without spaces")
     return _Parser(text).parse()
 
 

@@ -1,6 +1,6 @@
 """Localise a fine-tune by its weights: put the weight update back one block at a time.
 
-A LoRA fine-tune of c_attn, c_proj and c_fc changes only the attention and MLP weights of
+A LoRA fine-tune of the model family's attention and MLP weights changes only those weights in
 each block (embeddings, unembedding and layer norms are untouched, and :func:`component_keys`
 checks it). So a model is determined by which (layer, component) pairs carry the fine-tuned
 weights: none gives the base, all give the fine-tune. Accuracy with the update in one block

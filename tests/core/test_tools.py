@@ -32,6 +32,8 @@ def test_valid_expressions(text, value):
     ("3)", "unexpected ')'"),
     ("٣+1", "not allowed"),  # an Arabic-Indic digit is not an ASCII digit
     ("1e9", "not allowed"),
+    ("1 2", "a space inside a number"),  # was read as 12
+    ("3 + 4 5", "a space inside a number"),
 ])
 def test_hostile_or_malformed_input_is_a_clear_error(text, message):
     start = time.perf_counter()

@@ -1,0 +1,117 @@
+"""The MCP server under concurrency and bad input: no silent wrong answer, no lost reason.
+In-process (the tools' own functions, on worker threads as the SDK runs them) and over stdio."""
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from mechlib.book import mcp_server
+from mechlib.book.runs import load_runs
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def call(server, name, arguments):
+    """A tool call through the server's own validation and dispatch (what a client's call reaches)."""
+    from mcp.server.mcpserver.exceptions import ToolError
+
+    try:
+        result = asyncio.run(server.call_tool(name, arguments))
+    except ToolError as err:
+        return err
+    return json.loads(result.content[0].text)
+
+
+@pytest.fixture
+def server(tmp_path, monkeypatch):
+    monkeypatch.setenv("MECHLIB_RUN_STORE", str(tmp_path / "runs"))
+    return mcp_server.build_server(mcp_server.Limits(max_problems=300))
+
+
+def test_concurrent_calls_on_one_model_each_get_their_own_numbers(server, tiny_gpt2_dir):
+    """A clean call and an ablated call at once: before the per-model lock, the clean call
+    ran under the other's hooks and returned wrong numbers with no error."""
+    model = str(tiny_gpt2_dir)
+    clean = {"model": model, "prompts": ["12+34=", "7+8=", "99+1="], "max_new_tokens": 6}
+    ablated = {**clean, "corruption": "ablate:mlp0:zero"}
+    want_clean, want_ablated = call(server, "generate", clean), call(server, "generate", ablated)
+    assert want_clean != want_ablated  # the ablation changes the outputs, so a leak would show
+    got: dict = {}
+
+    def worker(key, args):
+        got.setdefault(key, []).append(call(server, "generate", args))
+
+    threads = [threading.Thread(target=worker, args=(k, a)) for _ in range(6) for k, a in (("clean", clean), ("ablated", ablated))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(r == want_clean for r in got["clean"]) and all(r == want_ablated for r in got["ablated"])
+
+
+@pytest.mark.parametrize("arguments, message", [
+    ({"n": 5, "n_per_cell": 700}, "n_per_cell"),  # an unknown argument was dropped
+    ({"n": True}, "n"),  # true ran as 1
+    ({"n": "50"}, "n"),  # "50" became 50
+    ({"n": 5, "operators": []}, "operators"),  # [] became ['+']
+    ({"n": 100000}, "cap of 300"),  # refused before 862,000 problems are built
+])
+def test_bad_arguments_are_refused_not_coerced(server, tiny_gpt2_dir, arguments, message):
+    import time
+
+    start = time.perf_counter()
+    out = call(server, "logit_lens", {"model": str(tiny_gpt2_dir), **arguments})
+    assert isinstance(out, Exception) and message in str(out), out
+    assert time.perf_counter() - start < 5
+
+
+def test_add_note_refuses_extra_arguments_and_huge_notes(server):
+    assert "path" in str(call(server, "add_note", {"text": "x", "path": "/tmp/elsewhere"}))
+    assert "at most 20,000" in str(call(server, "add_note", {"text": "x" * 5_000_000}))
+
+
+def test_run_chapter_takes_only_the_books_parameter_sets(server, tmp_path):
+    other = tmp_path / "mine.yaml"
+    other.write_text("common:\n  seed: 1\n")
+    out = call(server, "run_chapter", {"chapter": "01_baseline", "param_set": str(other)})
+    assert isinstance(out, Exception) and "one of the book's sets" in str(out)
+
+
+def test_unreadable_records_are_skipped_and_reported(tmp_path, server):
+    store = tmp_path / "runs" / "01_baseline"
+    store.mkdir(parents=True)
+    (store / "good.json").write_text(json.dumps({"id": "good", "chapter": "01_baseline", "started": "2026-01-01T00:00:00Z",
+                                                 "params": {"model": "m"}, "metrics": {"acc": 0.5}}))
+    (store / "truncated.json").write_text('{"id": "tr')
+    (store / "foreign.json").write_text('{"hello": 1}')
+    skipped: list = []
+    assert [r["id"] for r in load_runs(tmp_path / "runs", skipped)] == ["good"]
+    assert len(skipped) == 2 and any("truncated.json: not JSON" in s for s in skipped)
+    out = call(server, "query_runs", {})
+    assert [r["run_id"] for r in out["runs"]] == ["good"] and len(out["unreadable_records"]) == 2
+    assert call(server, "get_run", {"run_id": "good"})["id"] == "good"
+    assert call(server, "add_note", {"text": "ok", "run_ids": ["good"]})["saved"]
+
+
+def test_an_unexpected_failure_keeps_its_reason(server, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("the disk said no")
+
+    monkeypatch.setattr(mcp_server, "load_runs", broken)
+    out = call(server, "query_runs", {})
+    assert isinstance(out, Exception) and "RuntimeError: the disk said no" in str(out)
+
+
+@pytest.mark.parametrize("value", ["abc", "-5", "0"])
+def test_a_bad_cap_in_the_environment_stops_the_server_with_its_name(value):
+    env = {**os.environ, "MECHLIB_MCP_MAX_PROBLEMS": value}
+    proc = subprocess.run([sys.executable, "-m", "mechlib", "mcp"], env=env, cwd=ROOT, input="", capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode != 0
+    assert f"MECHLIB_MCP_MAX_PROBLEMS={value!r}: expected a whole number of at least 1" in proc.stderr
+    assert "Traceback" not in proc.stderr
