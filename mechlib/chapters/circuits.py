@@ -73,6 +73,11 @@ class Params(ModelParams):
             self.fail("programs", "give at least one tracr program or one minimal-pair family")
         if self.programs and not self.methods:
             self.fail("methods", "give at least one method to score on the tracr programs")
+        dupes = sorted({s for s in self.organism_seeds if list(self.organism_seeds).count(s) > 1})
+        if dupes:
+            self.fail("organism_seeds", f"seed(s) {dupes} listed more than once; list each extra organism seed once")
+        if 0 in self.organism_seeds:
+            self.fail("organism_seeds", "seed 0 is the chapter's own organism, studied anyway; list only the extra seeds")
 
 
 @dataclasses.dataclass
@@ -97,6 +102,13 @@ class Result:
 
 def check(params: Params) -> None:
     if params.families:
+        recipes = [OrganismRecipe(seed=s) for s in (0, *params.organism_seeds)] if params.model == ORGANISM_NAME else [None]
+        for recipe in recipes:
+            short = {f: n for f, n in pair_pool_sizes(params.families, recipe).items() if n < params.n_pairs}
+            if short:
+                whose = f"organism seed {recipe.seed}'s held-out" if recipe else "the"
+                params.fail("n_pairs", f"{params.n_pairs} pairs per family asked, and {whose} clean problems give only {short}; "
+                                       f"use n_pairs <= {min(short.values())}")
         spec = preflight.model(params, "model")
         preflight.fits_context(spec, ("+",), ("2x2",), params.prompt_format, chapter=CHAPTER)
         n_edges = len(cg.Graph(spec.n_layers, spec.n_heads).edges) if spec.n_layers and spec.n_heads else 0
@@ -181,15 +193,27 @@ def ground_truth_checks(tm, task: cg.Task, truth: np.ndarray) -> dict:
 # ------------------------------------------------------------------ part 2: the organism
 
 
-def minimal_pairs(params: Params, recipe: OrganismRecipe | None) -> pd.DataFrame:
-    """Clean and corrupted 2-digit additions with 2-digit sums that differ in one digit of a,
-    ``n_pairs`` per family. Clean problems are the organism's held-out pairs when the model is
-    the organism (never trained on), otherwise any such pair."""
+def clean_pool(recipe: OrganismRecipe | None) -> list[tuple[int, int]]:
+    """Clean 2-digit additions with 2-digit sums: the organism's held-out pairs (never
+    trained on) when ``recipe`` is given, otherwise every such pair."""
     if recipe is not None:
         pool = [tuple(p) for p in split_pairs(recipe)[1].tolist()]
     else:
         pool = [(a, b) for a in range(10, 100) for b in range(10, 100)]
-    pool = [(a, b) for a, b in pool if a >= 10 and b >= 10 and a + b <= 99]
+    return [(a, b) for a, b in pool if a >= 10 and b >= 10 and a + b <= 99]
+
+
+def pair_pool_sizes(families, recipe: OrganismRecipe | None) -> dict[str, int]:
+    """How many minimal pairs each family can have: clean problems with a corruption of its kind."""
+    pool = clean_pool(recipe)
+    return {f: sum(1 for a, b in pool if _corruptions(a, b, f)) for f in families}
+
+
+def minimal_pairs(params: Params, recipe: OrganismRecipe | None) -> pd.DataFrame:
+    """Clean and corrupted 2-digit additions with 2-digit sums that differ in one digit of a,
+    ``n_pairs`` per family. Clean problems are the organism's held-out pairs when the model is
+    the organism (never trained on), otherwise any such pair."""
+    pool = clean_pool(recipe)
     rng = np.random.default_rng(params.seed)
     rows = []
     for family in params.families:
@@ -406,8 +430,11 @@ def edge_study(params: Params, model, study: dict) -> tuple[pd.DataFrame, pd.Dat
                          "accuracy": stat["p"], "lo": stat["lo"], "hi": stat["hi"], "n": stat["n"]})
     curve = pd.DataFrame(rows)
     top = curve[curve.edges == "top-k edges"]
-    enough = top[top.recovered >= params.faithful_share]
-    k_named = int(enough.k.min()) if len(enough) else int(top.k.max())
+    # The whole graph (always on the curve, as the reference point) recovers everything by
+    # construction: it never counts as a circuit. Only the requested sizes below it can.
+    asked = top[top.k < n_edges]
+    enough = asked[asked.recovered >= params.faithful_share]
+    k_named = int(enough.k.min()) if len(enough) else int(asked.k.max() if len(asked) else n_edges)
     named = cg.top_k_masks(g, ranking, [k_named])[0]
     clean_acc = proportion(held.correct)
     ld_cut, ok_cut = measure(g.allowed & ~named)  # the circuit's edges ablated, every other edge kept

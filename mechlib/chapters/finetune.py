@@ -89,6 +89,10 @@ def check(params: Params):
     ops = tuple(params.operators) + tuple(params.replay_operators)
     preflight.fits_context(spec, ops, params.difficulties, params.prompt_format, chapter=CHAPTER)
     if not ft.is_current(params.finetuned_name, recipe(params)):
+        try:
+            ft.check_name_free(params.finetuned_name, recipe(params))
+        except ValueError as err:
+            params.fail("finetuned_name", str(err))
         preflight.writable_cache(f"{CHAPTER}: the fine-tune {params.finetuned_name!r} must be trained and saved", "finetuned")
 
 

@@ -136,6 +136,10 @@ def check(params: Params) -> None:
         params.fail("call_style", f"a prompt with its call takes {longest + 2} tokens, more than model {params.model!r}'s context "
                                   f"of {spec.n_ctx}; use 'short' calls or smaller difficulties")
     if not ft.is_current(params.finetuned_name, recipe(params)):
+        try:
+            ft.check_name_free(params.finetuned_name, recipe(params))
+        except ValueError as err:
+            params.fail("finetuned_name", str(err))
         preflight.writable_cache(f"{CHAPTER}: the fine-tune {params.finetuned_name!r} must be trained and saved", "finetuned")
     bad = [layer for layer in params.layers if spec.n_layers is not None and layer >= spec.n_layers]
     if bad:

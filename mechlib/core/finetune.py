@@ -339,10 +339,31 @@ def is_current(name: str, recipe: FinetuneRecipe) -> bool:
     return meta.is_file() and json.loads(meta.read_text()).get("recipe_key") == recipe.key()
 
 
+def check_name_free(name: str, recipe: FinetuneRecipe) -> None:
+    """Refuse to write ``recipe`` under a name that holds a fine-tune of another recipe: a
+    chapter reading that name would silently get different weights. The same recipe under
+    newer training code (a stale key) may be retrained in place."""
+    meta = finetuned_dir(name) / "mechlib_source.json"
+    if not meta.is_file():
+        return
+    try:
+        stored = json.loads(meta.read_text()).get("recipe") or {}
+    except (OSError, json.JSONDecodeError):
+        return  # an unreadable entry is replaced
+    mine = json.loads(json.dumps(dataclasses.asdict(recipe)))
+    differ = {k: (stored.get(k), mine[k]) for k in mine if stored.get(k, mine[k]) != mine[k]}
+    if differ:
+        shown = "; ".join(f"{k}: cached {a!r}, asked {b!r}" for k, (a, b) in sorted(differ.items()))
+        raise ValueError(f"finetuned_name {name!r} already holds a fine-tune of another recipe ({shown}). Choose another "
+                         f"finetuned_name, or delete {str(finetuned_dir(name))!r} to replace it")
+
+
 def ensure_finetuned(recipe: FinetuneRecipe, name: str | None = None, progress: bool = True, device: str = "cpu") -> Path:
-    """The fine-tuned checkpoint for this recipe, training it if the cache lacks it."""
+    """The fine-tuned checkpoint for this recipe, training it if the cache lacks it. A name
+    holding another recipe's fine-tune is refused (:func:`check_name_free`), never overwritten."""
     name = name or default_name(recipe)
     if not is_current(name, recipe):
+        check_name_free(name, recipe)
         merged, tok, hist, split = train(recipe, progress=progress, device=device)
         save_finetuned(merged, tok, hist, split, recipe, name)
     return finetuned_dir(name)

@@ -104,3 +104,29 @@ def test_findings_fill_every_part_2_key_even_without_pairs():
     found = circuits.findings(result)
     assert set(circuits.PART2_KEYS) <= set(found) and found["verdict"].startswith("n/a")
     assert np.isnan(found["auroc_eap_zero"]) and found["truth_matches"].startswith("n/a")
+
+
+def test_duplicate_or_main_organism_seeds_and_oversized_pair_counts_are_refused_up_front():
+    with pytest.raises(ParamError, match="'organism_seeds'.*listed more than once"):
+        circuits.Params(organism_seeds=(1, 1))
+    with pytest.raises(ParamError, match="'organism_seeds'.*seed 0 is the chapter's own organism"):
+        circuits.Params(organism_seeds=(0, 2))
+    sizes = circuits.pair_pool_sizes(circuits.Params().families, OrganismRecipe())
+    with pytest.raises(ParamError, match=f"'n_pairs'.*2000 pairs per family asked.*use n_pairs <= {min(sizes.values())}"):
+        circuits.check(circuits.Params(n_pairs=2000, organism_seeds=(), programs=()))
+    pairs = circuits.minimal_pairs(circuits.Params(n_pairs=min(sizes.values()), organism_seeds=()), OrganismRecipe())
+    assert (pairs.groupby("family").size() == min(sizes.values())).all()  # the largest allowed n is met in every family
+
+
+def test_the_faithfulness_verdict_can_say_no(tiny_gpt2_dir):
+    """With one edge asked for and a 100% threshold, the whole graph (always on the curve)
+    must not be named the circuit: the verdict says no, at the largest size asked."""
+    from mechlib.core.models import load_model
+
+    params = circuits.Params(model=str(tiny_gpt2_dir), device="cpu", programs=(), families=("units_nocarry", "tens_nocarry"),
+                             n_pairs=8, top_k=(1,), faithful_share=1.0, organism_seeds=(), edge_scores="eap")
+    model, tok = load_model(str(tiny_gpt2_dir), device="cpu")
+    study = circuits.organism_study(params, model, tok, None)
+    _, curve, circuit = circuits.edge_study(params, model, study)
+    assert curve.k.max() == circuit["n_edges"]  # the reference point is drawn
+    assert not circuit["found"] and circuit["k"] == 1 and circuit["recovered"] < 1.0

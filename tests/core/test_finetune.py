@@ -179,3 +179,28 @@ def test_tool_recipes_target_calls_and_leave_older_keys_alone(tiny_gpt2_dir, rec
     assert any("wte" in n for n, p in model.named_parameters() if p.requires_grad)
     with pytest.raises(ValueError, match="task"):
         dataclasses.replace(recipe, task="calc").validate()
+
+
+def test_a_name_holding_another_recipe_is_refused_not_overwritten(tmp_path, monkeypatch):
+    """Chapter 6 once overwrote chapter 3's 1600-step fine-tune with a 20-step tool fine-tune
+    under the same name; chapter 4 then read the wrong weights."""
+    import json
+
+    from mechlib.chapters import finetune as chapter3
+    from mechlib.chapters.base import ParamError
+    from mechlib.core import finetune as ft
+
+    monkeypatch.setenv("MECHLIB_CACHE", str(tmp_path))
+    first = ft.FinetuneRecipe(steps=1600)
+    folder = ft.finetuned_dir("shared-name")
+    folder.mkdir(parents=True)
+    (folder / "mechlib_source.json").write_text(json.dumps({"base": first.base, "recipe": __import__("dataclasses").asdict(first),
+                                                            "recipe_key": "stale-key"}))
+    ft.check_name_free("shared-name", first)  # the same recipe (only the key is stale) may be retrained
+    other = ft.FinetuneRecipe(steps=20, task="tool")
+    with pytest.raises(ValueError, match=r"'shared-name' already holds a fine-tune of another recipe \(steps: cached 1600, asked 20; "
+                                         r"task: cached 'answer', asked 'tool'\)"):
+        ft.ensure_finetuned(other, "shared-name")
+    assert json.loads((folder / "mechlib_source.json").read_text())["recipe"]["steps"] == 1600  # untouched
+    with pytest.raises(ParamError, match="'finetuned_name'.*already holds a fine-tune of another recipe"):
+        chapter3.check(chapter3.Params(finetuned_name="shared-name", steps=20, device="cpu"))
