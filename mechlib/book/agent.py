@@ -57,15 +57,53 @@ class Budget:
         return None
 
 
+class AgentError(Exception):
+    """A failure the user should read as one line: a bad endpoint reply, a bad session folder."""
+
+
+def _read_json(path: Path):
+    """JSON from a session file; a missing or damaged file is an AgentError naming it."""
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise AgentError(f"{path} is missing") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise AgentError(f"{path} cannot be read ({type(err).__name__}: {err}); the file is truncated or damaged") from None
+
+
 class Session:
     """A session directory: append-only logs plus one snapshot per iteration."""
 
     def __init__(self, path: Path):
         self.path = Path(path)
 
+    def require(self, flag: str) -> Session:
+        """This folder must hold a session (for ``--resume`` or ``--report``)."""
+        if not self.path.is_dir():
+            raise AgentError(f"{flag} {self.path}: no such folder")
+        if not (self.path / "session.json").is_file():
+            raise AgentError(f"{flag} {self.path}: not a session folder (no session.json)")
+        _read_json(self.path / "session.json")
+        return self
+
+    def repair_log(self) -> int:
+        """Drop a partial last line of ``messages.jsonl`` (an interrupt mid-write), so a
+        resumed session never glues its entries onto it. Returns the bytes dropped."""
+        log = self.path / "messages.jsonl"
+        if not log.is_file():
+            return 0
+        data = log.read_bytes()
+        if not data or data.endswith(b"\n"):
+            return 0
+        keep = data.rfind(b"\n") + 1
+        with open(log, "r+b") as handle:
+            handle.truncate(keep)
+        return len(data) - keep
+
     def create(self, question: str, model: str, base_url: str | None, budget: Budget) -> Session:
         if (self.path / "session.json").exists():
-            raise FileExistsError(f"session {self.path} exists; resume it with --resume {self.path} --from N")
+            raise AgentError(f"--session {self.path}: a session exists there; resume it with --resume {self.path} --from N, "
+                             "or choose a new folder")
         (self.path / "iterations").mkdir(parents=True, exist_ok=True)
         meta = {"question": question, "model": model, "base_url": base_url, "budget": dataclasses.asdict(budget),
                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
@@ -74,7 +112,7 @@ class Session:
 
     @property
     def meta(self) -> dict:
-        return json.loads((self.path / "session.json").read_text())
+        return _read_json(self.path / "session.json")
 
     def log(self, iteration: int, message: dict) -> None:
         with open(self.path / "messages.jsonl", "a") as handle:
@@ -92,16 +130,16 @@ class Session:
 
     def state_before(self, iteration: int) -> dict | None:
         """The state after iteration - 1 (None: start from the question)."""
-        if iteration <= 1:
+        done = sorted(int(p.stem) for p in (self.path / "iterations").glob("[0-9]*.json"))
+        if iteration < 1 or iteration > (max(done) if done else 0) + 1:
+            raise AgentError(f"--from {iteration}: session {self.path} has iterations {done or 'none'}; "
+                             f"resume from 1 to {(max(done) if done else 0) + 1}")
+        if iteration == 1:
             return None
-        path = self.path / "iterations" / f"{iteration - 1:04d}.json"
-        if not path.is_file():
-            done = sorted(int(p.stem) for p in (self.path / "iterations").glob("*.json"))
-            raise ValueError(f"--from {iteration}: session {self.path} has iterations {done}; resume from one after those")
-        return json.loads(path.read_text())
+        return _read_json(self.path / "iterations" / f"{iteration - 1:04d}.json")
 
     def iterations(self) -> list[dict]:
-        return [json.loads(p.read_text()) for p in sorted((self.path / "iterations").glob("*.json"))]
+        return [_read_json(p) for p in sorted((self.path / "iterations").glob("[0-9]*.json"))]
 
 
 def _write_json(path: Path, data) -> None:
@@ -156,6 +194,9 @@ async def run_loop(session: Session, chat, model: str, budget: Budget, mcp_param
         "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0, "cost_usd": 0.0},
         "run_ids": [], "stop": None,
     }
+    dropped = session.repair_log()
+    if dropped:
+        session.log(start_at, {"role": "meta", "content": f"dropped a partial last line of messages.jsonl ({dropped} bytes)"})
     if start_at == 1:
         for m in state["messages"]:
             session.log(0, m)
@@ -173,7 +214,11 @@ async def run_loop(session: Session, chat, model: str, budget: Budget, mcp_param
             if stop:
                 break
             iteration += 1
-            response = await chat.chat.completions.create(model=model, messages=messages, tools=tools)
+            response = await _complete(chat, model, messages, tools, budget, started)
+            if response is None:  # the wall-clock budget ran out while waiting for the endpoint
+                iteration -= 1
+                stop = "max_seconds"
+                break
             if response.usage:
                 usage["prompt_tokens"] += response.usage.prompt_tokens or 0
                 usage["completion_tokens"] += response.usage.completion_tokens or 0
@@ -204,6 +249,38 @@ async def run_loop(session: Session, chat, model: str, budget: Budget, mcp_param
     summary = {"iterations": iteration, "stop": stop, "usage": usage, "run_ids": run_ids}
     _write_json(session.path / "result.json", summary)
     return summary
+
+
+async def _complete(chat, model: str, messages: list, tools: list, budget: Budget, started: float):
+    """One Chat Completions request, bounded by what is left of ``max_seconds`` (None when it
+    runs out). A reply that is not a completion is an AgentError naming the endpoint."""
+    import asyncio
+
+    import openai
+
+    endpoint = str(chat.base_url)
+    remaining = None if budget.max_seconds is None else budget.max_seconds - (time.time() - started)
+    try:
+        request = chat.chat.completions.create(model=model, messages=messages, tools=tools,
+                                               **({"timeout": max(remaining, 0.1)} if remaining is not None else {}))
+        response = await (asyncio.wait_for(request, max(remaining, 0.1)) if remaining is not None else request)
+    except (TimeoutError, asyncio.TimeoutError, openai.APITimeoutError):
+        if remaining is not None:
+            return None
+        raise AgentError(f"the endpoint {endpoint} did not answer in time") from None
+    except openai.APIStatusError as err:
+        raise AgentError(f"the endpoint {endpoint} answered HTTP {err.status_code}: {str(err.message)[:200]}") from None
+    except openai.APIConnectionError as err:
+        raise AgentError(f"the endpoint {endpoint} cannot be reached ({err.__cause__ or err})") from None
+    except (ValueError, json.JSONDecodeError) as err:
+        raise AgentError(f"the endpoint {endpoint} sent a reply that is not JSON ({err})") from None
+    if isinstance(response, (str, bytes)):
+        raise AgentError(f"the endpoint {endpoint} sent text, not a completion: {str(response)[:120]!r}")
+    if not getattr(response, "choices", None):
+        raise AgentError(f"the endpoint {endpoint} sent a completion with no choices")
+    if getattr(response.choices[0], "message", None) is None:
+        raise AgentError(f"the endpoint {endpoint} sent a choice with no message")
+    return response
 
 
 def mcp_server_params(store: str | None = None):
@@ -259,20 +336,40 @@ def render_report(session_path: Path, store: Path | None = None) -> str:
 
 
 def main(args) -> int:
-    """CLI entry: a new session, a resumed one, or a report."""
+    """CLI entry: a new session, a resumed one, or a report. A bad session folder or a bad
+    endpoint reply ends in one line naming it; the session stays resumable."""
+    try:
+        return _main(args)
+    except AgentError as err:
+        raise SystemExit(f"mechlib agent: {err}") from None
+
+
+def _find_agent_error(err: BaseException) -> AgentError | None:
+    """The AgentError in ``err``, looking inside exception groups."""
+    if isinstance(err, AgentError):
+        return err
+    for inner in getattr(err, "exceptions", ()):
+        found = _find_agent_error(inner)
+        if found is not None:
+            return found
+    return None
+
+
+def _main(args) -> int:
     import asyncio
 
     from openai import AsyncOpenAI
 
     if args.report:
-        print(render_report(Path(args.report)))
+        print(render_report(Session(Path(args.report)).require("--report").path))
         return 0
     budget = Budget(max_iterations=args.max_iterations, max_tokens=args.max_tokens, max_cost_usd=args.max_cost,
                     max_seconds=args.max_seconds, usd_per_1k_prompt=args.usd_per_1k_prompt,
                     usd_per_1k_completion=args.usd_per_1k_completion)
     if args.resume:
-        session = Session(Path(args.resume))
+        session = Session(Path(args.resume)).require("--resume")
         meta = session.meta
+        session.state_before(args.start_from)  # a bad --from fails before any request
         model, base_url, start = args.model or meta["model"], args.base_url or meta["base_url"], args.start_from
     else:
         if not args.question:
@@ -283,8 +380,17 @@ def main(args) -> int:
     key = os.environ.get(args.api_key_env) or ("not-needed" if base_url else None)
     if key is None:
         raise SystemExit(f"mechlib agent: set {args.api_key_env} (or --base-url for a local server that needs no key)")
-    chat = AsyncOpenAI(base_url=base_url, api_key=key)
-    summary = asyncio.run(run_loop(session, chat, model, budget, mcp_server_params(), start_at=start))
+    # retries stay within the wall-clock budget: with max_seconds, one attempt per request
+    chat = AsyncOpenAI(base_url=base_url, api_key=key, max_retries=0 if budget.max_seconds is not None else 2)
+    try:
+        summary = asyncio.run(run_loop(session, chat, model, budget, mcp_server_params(), start_at=start))
+    except Exception as raised:  # the MCP client's task group wraps what the loop raised
+        err = _find_agent_error(raised)
+        if err is None:
+            raise
+        done = [it["iteration"] for it in session.iterations()]
+        raise AgentError(f"{err}. Session {session.path} kept ({len(done)} iterations recorded); resume with "
+                         f"--resume {session.path} --from {(max(done) if done else 0) + 1}") from None
     (session.path / "report.md").write_text(render_report(session.path))
     print(json.dumps({"session": str(session.path), **summary}, indent=1))
     return 0
