@@ -128,5 +128,5 @@ def test_resume_from_an_iteration_replays_the_state_before_it(tmp_path, scripted
     assert summary["iterations"] == 3 and summary["stop"] == "finished"
     assert json.loads((tmp_path / "s" / "iterations" / "0002.json").read_text())["note"] == "two, again"
     assert "resumed from iteration 2" in (tmp_path / "s" / "messages.jsonl").read_text()
-    with pytest.raises(ValueError, match="has iterations"):
+    with pytest.raises(agent.AgentError, match="has iterations"):
         agent.Session(tmp_path / "s").state_before(9)
