@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -108,7 +109,8 @@ def execute_chapter(
     os.environ.setdefault("MECHLIB_RUN_STORE", str(root / "_build" / "runs"))
     scratch = root / "_build" / ".scratch"
     scratch.mkdir(parents=True, exist_ok=True)
-    tmpdir = Path(tempfile.mkdtemp(prefix=f"{chapter}-", dir=scratch))
+    sweep_stale_scratch(scratch)
+    tmpdir = Path(tempfile.mkdtemp(prefix=f"{chapter}-pid{os.getpid()}-", dir=scratch))
     tmp = tmpdir / f"{chapter}.ipynb"
     try:
         papermill.execute_notebook(
@@ -127,6 +129,29 @@ def execute_chapter(
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
     return out
+
+
+def sweep_stale_scratch(scratch: Path) -> list[str]:
+    """Remove scratch folders whose process is gone (a run killed with SIGKILL cannot clean
+    up after itself). A folder names its process: ``<chapter>-pid<PID>-<random>``; one
+    without a pid (older code) is removed once it is a day old."""
+    removed = []
+    for folder in scratch.glob("*"):
+        m = re.search(r"-pid(\d+)-", folder.name)
+        if m:
+            alive = True
+            try:
+                os.kill(int(m.group(1)), 0)
+            except ProcessLookupError:
+                alive = False
+            except PermissionError:
+                alive = True
+        else:
+            alive = time.time() - folder.stat().st_mtime < 86400
+        if not alive:
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder.name)
+    return removed
 
 
 def build_book(param_set: str | Path = "default", only: list[str] | None = None, log: bool = False) -> Path:
