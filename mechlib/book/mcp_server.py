@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from mcp.server.mcpserver import MCPServer
-from mcp.server.mcpserver.exceptions import ToolError
+from mcp.server.mcpserver.exceptions import ResourceError, ToolError
 
 from .. import chapters
 from ..chapters.base import ParamError, known_param_sets, load_param_set
@@ -67,8 +67,8 @@ _LOCKS_GUARD = threading.Lock()
 
 
 def _model_lock(name: str) -> threading.Lock:
-    """One lock per model: tools run on worker threads, and a corruption's hooks live on the
-    shared cached model, so two calls on one model must never overlap."""
+    """One lock per model (or per run id): tools run on worker threads, and a corruption's
+    hooks live on the shared cached model, so two calls on one model must never overlap."""
     with _LOCKS_GUARD:
         return _LOCKS.setdefault(name, threading.Lock())
 
@@ -188,14 +188,16 @@ def build_server(limits: Limits | None = None) -> MCPServer:
         out_dir = project_root() / "_build" / "agent" / chapter
         notebook = out_dir / f"{rid}.ipynb"
         record_path = store_dir() / chapter / f"{rid}.json"
-        cached = record_path.is_file() and notebook.is_file()
-        if not cached:
-            start = time.time()
-            try:
-                execute_chapter(chapter, None, resolved.to_dict(), out_dir=out_dir, out_name=rid,
-                                execution_timeout=limits.max_cell_seconds)
-            except Exception as err:  # a failed run is the caller's to read, never a crashed server
-                raise ToolError(f"{chapter} failed after {time.time() - start:.0f} s: {type(err).__name__}: {str(err)[-800:]}") from None
+        with _model_lock(f"run:{rid}"):  # the same run asked twice at once runs once; the second call reads it
+            cached = record_path.is_file() and notebook.is_file()
+            if not cached:
+                start = time.time()
+                try:
+                    execute_chapter(chapter, None, resolved.to_dict(), out_dir=out_dir, out_name=rid,
+                                    execution_timeout=limits.max_cell_seconds)
+                except Exception as err:  # a failed run is the caller's to read, never a crashed server
+                    raise ToolError(f"{chapter} failed after {time.time() - start:.0f} s: {type(err).__name__}: "
+                                    f"{str(err)[-800:]}") from None
         record = json.loads(record_path.read_text())
         return {"run_id": rid, "cached": cached, "chapter": chapter, "notebook": str(notebook),
                 "metrics": _headline(record["metrics"]), "timings": record.get("timings", {})}
@@ -313,17 +315,19 @@ def build_server(limits: Limits | None = None) -> MCPServer:
     @server.resource("mechlib://params/{name}", mime_type="application/json")
     def param_set(name: str) -> str:
         """A parameter set (params/NAME.yaml) as JSON."""
+        if name not in known_param_sets():
+            raise ResourceError(f"mechlib://params/{name}: no such parameter set; the sets are {known_param_sets()}")
         try:
             return json.dumps(load_param_set(name))
         except ParamError as err:
-            raise _fail(err) from None
+            raise ResourceError(str(err)) from None
 
     @server.resource("mechlib://runs/{chapter}/{rid}", mime_type="application/json")
     def run_record(chapter: str, rid: str) -> str:
         """One run record."""
         path = store_dir() / chapter / f"{rid}.json"
         if not path.is_file() or path.resolve().parent.parent != store_dir().resolve():
-            raise ToolError(f"no run {chapter}/{rid}")
+            raise ResourceError(f"mechlib://runs/{chapter}/{rid}: no such run in the run store; query_runs lists them")
         return path.read_text()
 
     @server.resource("mechlib://findings/{chapter}", mime_type="application/json")
@@ -331,7 +335,7 @@ def build_server(limits: Limits | None = None) -> MCPServer:
         """The newest recorded findings (glued numbers) of a chapter."""
         runs = [r for r in load_runs(store_dir()) if r["chapter"] == chapter]
         if not runs:
-            raise ToolError(f"no recorded run of {chapter!r}")
+            raise ResourceError(f"mechlib://findings/{chapter}: no recorded run of {chapter!r}")
         return json.dumps({"run_id": runs[-1]["id"], "findings": runs[-1]["metrics"]})
 
     _strict(server)

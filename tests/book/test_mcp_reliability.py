@@ -115,3 +115,44 @@ def test_a_bad_cap_in_the_environment_stops_the_server_with_its_name(value):
     assert proc.returncode != 0
     assert f"MECHLIB_MCP_MAX_PROBLEMS={value!r}: expected a whole number of at least 1" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("uri, message", [
+    ("mechlib://params/nope", "no such parameter set"),
+    ("mechlib://runs/01_baseline/nope", "no such run in the run store"),
+    ("mechlib://findings/09_nothing", "no recorded run of '09_nothing'"),
+])
+def test_a_bad_resource_uri_keeps_its_reason(server, uri, message):
+    from mcp.server.mcpserver.exceptions import ResourceError
+
+    with pytest.raises(ResourceError, match=message):
+        asyncio.run(server.read_resource(uri))
+
+
+def test_the_same_run_asked_twice_at_once_runs_once(server, monkeypatch, tiny_gpt2_dir, tmp_path):
+    from mechlib.book import build
+
+    calls = []
+
+    def fake_execute(chapter, param_set, overrides, out_dir, out_name, execution_timeout):
+        import time as _time
+
+        calls.append(out_name)
+        _time.sleep(1.0)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / f"{out_name}.ipynb").write_text("{}")
+        record = tmp_path / "runs" / chapter / f"{out_name}.json"
+        record.parent.mkdir(parents=True, exist_ok=True)
+        record.write_text(json.dumps({"id": out_name, "chapter": chapter, "started": "x", "params": {}, "metrics": {}}))
+
+    monkeypatch.setattr(build, "execute_chapter", fake_execute)
+    monkeypatch.setenv("MECHLIB_ROOT", str(ROOT))
+    monkeypatch.setattr("mechlib.book.paths.project_root", lambda: tmp_path)
+    args = {"chapter": "01_baseline", "params": {"model": str(tiny_gpt2_dir), "device": "cpu", "n_per_cell": 3}}
+    out: list = []
+    threads = [threading.Thread(target=lambda: out.append(call(server, "run_chapter", args))) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 1 and sorted(o["cached"] for o in out) == [False, True]
