@@ -169,7 +169,10 @@ def error_bars(results: pd.DataFrame, title: str = "How the answers go wrong", c
         .encode(
             x=alt.X("difficulty:N", title="difficulty", axis=alt.Axis(labelAngle=0)),
             y=alt.Y("share:Q", title="share of problems", axis=alt.Axis(format="%")),
-            color=alt.Color("error:N", sort=order, scale=alt.Scale(domain=order, range=[ERROR_COLOURS[c] for c in order]),
+            # the whole taxonomy as the domain: two charts side by side share one colour scale, and a
+            # partial domain with a partial range would let a merged scale cycle colours between classes
+            color=alt.Color("error:N", sort=list(ERROR_CLASSES),
+                            scale=alt.Scale(domain=list(ERROR_CLASSES), range=[ERROR_COLOURS[c] for c in ERROR_CLASSES]),
                             title="answer class"),
             order=alt.Order("error_rank:Q"),
             column=alt.Column("op:N", title="operator", sort=OP_ORDER),
