@@ -30,7 +30,7 @@ from transformers.utils import logging as hf_logging
 from . import shipped as shipped_models
 from .cache import finetuned_dir
 from .char_tokenizer import build_char_tokenizer
-from .families import family_of_config, known_family
+from .families import CONTEXT_CAP, family_of_config, known_family
 from .hub import require_hub
 from .organism import ORGANISM_NAME, OrganismRecipe, ensure_organism, organism_dir
 from .shipped import SOURCE_FILE
@@ -128,8 +128,6 @@ def model_spec(name_or_path: str | Path) -> ModelSpec:
         return ModelSpec(name, recipe.n_layer, recipe.n_positions, str(organism_dir(recipe)), True, recipe.n_head, "gpt2")
     if (real := shipped_models.shipped(name)) is not None:
         shipped_models.package_dir(real)  # a missing package fails here, with the pip command
-        from .families import CONTEXT_CAP
-
         return ModelSpec(name, real.n_layers, CONTEXT_CAP, str(shipped_models.checkpoint_dir(real)), True, real.n_heads, real.family)
     if "/" not in name and (finetuned_dir(name) / "config.json").is_file():
         source, local = str(finetuned_dir(name)), True
@@ -148,8 +146,6 @@ def model_spec(name_or_path: str | Path) -> ModelSpec:
     family = known_family(config.get("model_type", ""))
     family = family.name if family else None
     if family is not None and n_ctx is not None:
-        from .families import CONTEXT_CAP
-
         n_ctx = min(n_ctx, CONTEXT_CAP)
     return ModelSpec(name, n_layers, n_ctx, source, local, n_heads, family)
 
