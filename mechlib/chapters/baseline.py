@@ -15,7 +15,7 @@ import time
 import numpy as np
 import pandas as pd
 
-from ..core.data import make_problems, parse_difficulty, problem_row
+from ..core.data import count_cascades, make_problems, parse_difficulty, problem_row
 from ..core.evaluate import accuracy_cells, baseline_rates, evaluate
 from ..core.models import load_model
 from ..core.organism import ORGANISM_NAME, OrganismRecipe, ensure_organism, organism_dir, split_pairs, training_info
@@ -96,7 +96,8 @@ def problem_set(params: Params, recipe: OrganismRecipe | None = None) -> pd.Data
 
 def kinds_table(results: pd.DataFrame) -> pd.DataFrame:
     """Problems and cells per kind of cell, kinds in a fixed order, labelled for the page."""
-    table = results.groupby("kind", sort=False).agg(problems=("correct", "size"), cells=("difficulty", "nunique"))
+    cells = results.groupby("kind", sort=False)[["op", "difficulty"]].apply(lambda g: len(g.drop_duplicates())).rename("cells")
+    table = results.groupby("kind", sort=False).agg(problems=("correct", "size")).join(cells)
     table = table.loc[[k for k in KINDS if k in table.index]]
     table.index = [KINDS[k] for k in table.index]
     table.index.name = "kind of cell"
@@ -194,7 +195,7 @@ def findings(result: Result) -> dict:
         out[f"top_error_{kind}"], out[f"top_error_{kind}_share"] = "none", 0.0
     organism_only = "not measured (needs the organism's held-out pairs)"
     out["length_positions_sentence"] = "The positions these problems need are compared with the trained ones on the organism only."
-    for key in ("heldout_addition_text", "carries_0_text", "carries_1_text", "carries_2_text", "order_longer_first_text",
+    for key in ("heldout_addition_text", "carries_0_text", "carries_1_text", "carries_2_text", "cascade_text", "order_longer_first_text",
                 "order_shorter_first_text", "length_addition_text"):
         out[key] = organism_only
     for kind, stat in _headline(results).items():
@@ -227,6 +228,10 @@ def findings(result: Result) -> dict:
         for c, group in held.groupby(held["carries"].clip(upper=2)):
             st = proportion(group["correct"])
             out[f"carries_{c}_text"] = fmt_interval(st["p"], st["lo"], st["hi"], st["n"])
+        cascade = np.array([count_cascades(a, b) > 0 for a, b in zip(held["a"], held["b"])])
+        if cascade.any():
+            st = proportion(held["correct"][cascade])
+            out["cascade_text"] = fmt_interval(st["p"], st["lo"], st["hi"], st["n"])
         order = operand_order(held)
         if len(order):
             out["order_longer_first_text"] = order.loc[order.order == "longer operand first", "text"].iloc[0]
@@ -269,7 +274,7 @@ def operand_order(held: pd.DataFrame) -> pd.DataFrame:
 
 
 def carries_table(held: pd.DataFrame) -> pd.DataFrame:
-    """Held-out addition by number of carries (2 = a cascading carry, as in 99+1); empty for
+    """Held-out addition by number of carries (2 = two carries, as in 55+55 or 99+1); empty for
     models whose training pairs are unknown."""
     if not len(held):
         return pd.DataFrame(columns=["difficulty", "carries", "n", "k", "accuracy", "lo", "hi"])

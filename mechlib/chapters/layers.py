@@ -184,6 +184,16 @@ def findings(result: Result) -> dict:
             layers_seen = sorted(set(result.seeds["most_needed_layer"]))
             out["seeds_most_needed"] = ", ".join(str(x) for x in layers_seen)
             out["seeds_same_most_needed"] = "the same layer for every seed" if len(layers_seen) == 1 else "not the same layer for every seed"
+    out["seeds_dispensable_text"] = "one organism seed was run"
+    if len(result.seeds) > 1:
+        per_seed = []
+        for row in result.seeds.to_dict("records"):
+            skips = {c: v for c, v in row.items() if re.fullmatch(r"skip:\d+", str(c)) and v == v}
+            if skips:
+                best = max(skips, key=lambda c: (skips[c], -int(c.split(":")[1])))
+                per_seed.append(f"seed {row['organism_seed']}: layer {best.split(':')[1]} ({skips[best]:.1%})")
+        if per_seed:
+            out["seeds_dispensable_text"] = "; ".join(per_seed)
     out["seeds_sentence"] = (
         f"Over {out['seeds_n']} organisms the clean accuracy is {out['seeds_clean_text']}, and the layer whose skipping "
         f"hurts most is layer {out['seeds_most_needed']}: {out['seeds_same_most_needed']}."
@@ -232,11 +242,12 @@ def summarise(results: pd.DataFrame) -> pd.DataFrame:
 
 
 def lens_by_difficulty(model, problems: pd.DataFrame, batch_size: int = 512) -> pd.DataFrame:
-    """Logit-lens p(first answer token), first-token top-1 and teacher-forced exact match,
-    averaged per (difficulty, layer); layer -1 is the embedding."""
+    """Logit-lens p(first answer digit), its top-1 and teacher-forced exact match, averaged
+    per (difficulty, layer), with the number of problems ``n``; layer -1 is the embedding."""
     lens = logit_lens(model, problems["prompt"].tolist(), problems["target"].tolist(), batch_size)
     lens["difficulty"] = problems["difficulty"].to_numpy()[lens["problem"].to_numpy()]
-    return lens.groupby(["difficulty", "layer"], as_index=False)[["p_first", "top1_first", "tf_correct"]].mean()
+    grouped = lens.groupby(["difficulty", "layer"], as_index=False)
+    return grouped[["p_first", "top1_first", "tf_correct"]].mean().merge(grouped.size().rename(columns={"size": "n"}))
 
 
 def generations(model, prompts: Sequence[str], corruptions: Sequence[Corruption], max_new_tokens: int, prompts_for_means: Sequence[str]) -> pd.DataFrame:
@@ -270,12 +281,15 @@ def layer_findings(summary: pd.DataFrame, lens: pd.DataFrame, n_layers: int) -> 
     if len(repeats):
         out.update(
             repeat_mean_drop=float(clean_acc - repeats["accuracy"].mean()),
+            repeat_mean_drop_points=f"{(clean_acc - repeats['accuracy'].mean()) * 100:.1f}",
             repeat_best=str(repeats.sort_values("accuracy", ascending=False).iloc[0]["corruption"]),
             repeat_best_acc=float(repeats["accuracy"].max()),
             repeat_worst=str(repeats.sort_values("accuracy").iloc[0]["corruption"]),
             repeat_worst_acc=float(repeats["accuracy"].min()),
         )
-    overall = lens.groupby("layer")["top1_first"].mean()
+    # pooled over problems: each difficulty weighs by its number of problems, not equally
+    weights = lens["n"] if "n" in lens else pd.Series(1.0, index=lens.index)
+    overall = (lens["top1_first"] * weights).groupby(lens["layer"]).sum() / weights.groupby(lens["layer"]).sum()
     reached = overall[overall >= 0.5]
     out["lens_first_top1_layer"] = int(reached.index[0]) if len(reached) else None
     out["lens_first_top1_text"] = (

@@ -72,6 +72,22 @@ def apply_op(a: int, op: str, b: int) -> int:
     raise ValueError(f"operator {op!r} is not one of {list(OPERATORS)}")
 
 
+def count_cascades(a: int, b: int) -> int:
+    """Columns of a + b that carry *only because* a carry came in: their digits sum to 9 and
+    the column before carried (99+1 has one: the tens carry exists only because the units
+    carried). Two carries are not a cascade when each column carries on its own (55+55)."""
+    da, db = [int(c) for c in str(abs(int(a)))[::-1]], [int(c) for c in str(abs(int(b)))[::-1]]
+    width = max(len(da), len(db))
+    da += [0] * (width - len(da))
+    db += [0] * (width - len(db))
+    carry, count = 0, 0
+    for x, y in zip(da, db):
+        if x + y == 9 and carry:
+            count += 1
+        carry = 1 if x + y + carry >= 10 else 0
+    return count
+
+
 def count_carries(a: int, op: str, b: int) -> int:
     """Column carries for +, borrows for - (larger minus smaller), and for * the number of
     single-digit partial products that reach 10 (each one forces a carry)."""
@@ -306,6 +322,7 @@ __all__ = [
     "PROMPT_FORMATS",
     "apply_op",
     "count_carries",
+    "count_cascades",
     "exclude_pairs",
     "format_prompt",
     "from_context_completion",

@@ -55,11 +55,13 @@ def test_last_positions_come_from_the_tokenizer_and_the_recipe():
 
 
 def test_kinds_table_orders_kinds_and_counts_cells():
-    results = pd.DataFrame({"kind": ["new_operator", "trained", "trained"], "difficulty": ["1x1", "1x1", "2x2"],
-                            "correct": [False, True, True]})
+    """A cell is an (operator, difficulty) pair: - 1x1 and * 1x1 are two cells, not one."""
+    results = pd.DataFrame({"kind": ["new_operator", "new_operator", "new_operator", "trained", "trained"],
+                            "op": ["-", "*", "*", "+", "+"], "difficulty": ["1x1", "1x1", "1x1", "1x1", "2x2"],
+                            "correct": [False, False, True, True, True]})
     table = baseline.kinds_table(results)
     assert list(table["kind of cell"]) == [baseline.KINDS["trained"], baseline.KINDS["new_operator"]]
-    assert list(table.problems) == [2, 1] and list(table.cells) == [2, 1]
+    assert list(table.problems) == [2, 3] and list(table.cells) == [2, 2]
 
 
 def test_heldout_curves_carry_wilson_bounds():

@@ -156,3 +156,11 @@ def test_several_splits_are_listed(tmp_path):
     with pytest.raises(ValueError, match=r"splits \['test', 'train'\]; pass split="):
         data.load_problems(tmp_path / "dd")
     assert len(data.load_problems(tmp_path / "dd", split="test")) == 3
+
+
+def test_a_cascade_is_a_carry_caused_by_a_carry():
+    from mechlib.core.data import count_cascades
+
+    assert count_cascades(99, 1) == 1 and count_cascades(95, 5) == 1 and count_cascades(45, 55) == 1
+    assert count_cascades(55, 55) == 0  # two carries, each column carrying on its own
+    assert count_cascades(19, 1) == 0 and count_cascades(12, 34) == 0 and count_cascades(999, 1) == 2
