@@ -589,7 +589,7 @@ def mechanism(result: Result) -> dict:
     if "carry_flip" in pivot:
         c = carry_head(nodes, att, tens_q)
         out["carry"] = (f"head {c['name']} removes {c['flip']:.0%} of the logit difference in carry_flip but at most "
-                        f"{pct(c['other_max'])} in any other family, and from {tens_q} it attends to the units digits "
+                        f"{c['other_max']:.1%} in any other family, and from {tens_q} it attends to the units digits "
                         f"a₀ and b₀ ({c['units_attention']:.0%} together; tens digits {c['tens_attention']:.0%})")
         out["carry_head"] = c["name"]
         out["carry_found"] = bool(c["flip"] >= CARRY_EFFECT and c["units_attention"] >= COLUMN_ATTENTION)
@@ -765,8 +765,8 @@ def verdict_paragraph(f: dict) -> str:
                  f"{f['random_recovered']}. Ablating those {f['circuit_k']} edges alone drops accuracy to {f['ablated_accuracy_text']} "
                  f"(random edges of the same number: {f['random_ablated_accuracy_text']}).")
     if f["n_seeds"] > 1:
-        parts.append(f"Across organism seeds {f['seeds']}, the roles {'held' if f['roles_held'] else 'did not all hold'}: the same "
-                     f"operand columns were read in {f['roles_same']} repeats, and a single carry head was found in "
+        parts.append(f"Across organism seeds {f['seeds']}, the roles {'held' if f['roles_held'] else 'did not all hold'}: the "
+                     f"other seeds read the same operand columns as the first in {f['roles_same']} cases, and a single carry head was found in "
                      f"{f['carry_head_seeds']} seeds ({f['carry_heads']}); the head indices differ. A circuit meeting the "
                      f"threshold was found in {f['seeds_faithful']} seeds, recovering {f['seed_recovered_range']} of the "
                      f"logit difference (accuracy {f['seed_accuracy_range']}).")
