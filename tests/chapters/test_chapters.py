@@ -135,7 +135,10 @@ def real_set_results(request, llama_shaped_dir, gemma_shaped_dir, tmp_path_facto
     shaped = llama_shaped_dir if request.param == "smollm2" else gemma_shaped_dir
     out = {}
     with cache_at(tmp_path_factory.mktemp(f"{request.param}-cache")):
-        for chapter in load_param_set(request.param)["covers"]:
+        # Gemma's 262,144-token vocabulary makes every step slow: its set runs chapters 1-2 here; its
+        # LoRA path is tested in tests/core/test_families.py, and the others on the Llama-shaped model
+        covered = load_param_set(request.param)["covers"]
+        for chapter in covered if request.param == "smollm2" else covered[:2]:
             mod = chapters.module(chapter)
             extra = {"finetuned_name": f"tiny-{request.param}-lora-mul"} if chapter == "03_finetune" else {}
             params = mod.Params.from_set(request.param, {**TINY_REAL[chapter], **extra, "model": str(shaped), "device": "cpu"})
@@ -147,11 +150,12 @@ def real_set_results(request, llama_shaped_dir, gemma_shaped_dir, tmp_path_facto
 @pytest.mark.slow
 def test_real_model_sets_run_on_shaped_models_and_fill_their_glue(real_set_results):
     name, out = real_set_results
-    assert set(out) == {"01_baseline", "02_layers", "03_finetune"}
+    assert set(out) == ({"01_baseline", "02_layers", "03_finetune"} if name == "smollm2" else {"01_baseline", "02_layers"})
     for chapter, (_, _, found) in out.items():
         missing = glue_names(chapter) - set(build_flat(found)) - {"run_seconds", "train_seconds", "sweep_seconds"}
         assert not missing, f"{name} {chapter}: findings lack {sorted(missing)}"
     res = out["01_baseline"][1].results
     assert (res["kind"] == "pretrained").all() and len(res) == out["01_baseline"][2]["n_problems"] > 0
-    lens = out["02_layers"][1].lens
-    assert len(lens) and lens["p_first"].between(0, 1).all()
+    if "02_layers" in out:
+        lens = out["02_layers"][1].lens
+        assert len(lens) and lens["p_first"].between(0, 1).all()
