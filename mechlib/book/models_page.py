@@ -17,7 +17,7 @@ The book measures two kinds of subject, and every number in it names the one it 
 pretrained LMs. mechlib finds the installed file, checks its SHA256, lets `transformers` dequantize it to
 float32, and caches a plain checkpoint keyed on that hash; a model-family layer (Llama for SmolLM2,
 Gemma 3) converts it to TransformerLens. **These are quantized releases, not the original bf16 weights.**
-Every weight went through 4- to 8-bit quantization (the quantization column), so a result here is a result
+Every weight went through 4- to 8-bit quantization (each release is named below), so a result here is a result
 about the quantized model; it may differ from the original release's.
 
 **The model organism**, a small GPT-2 that mechlib trains on 1-2-digit addition: the subject that can be
