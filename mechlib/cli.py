@@ -35,21 +35,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
     except KeyboardInterrupt:
-        print("interrupted; temporary files removed", file=sys.stderr, flush=True)
-        _silence_shutdown()
+        print("interrupted; temporary files removed", file=sys.stderr)
         raise SystemExit(130) from None
-
-
-def _silence_shutdown() -> None:
-    """After the one-line message: the Jupyter kernel's channel threads, torn down mid-call,
-    print ZMQ tracebacks while the interpreter exits. Nothing useful is left to say, so send
-    standard error to /dev/null for the rest of the process."""
-    import os
-
-    sys.stderr.flush()
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 2)
-    os.close(devnull)
 
 
 def _main(argv: list[str]) -> None:

@@ -93,24 +93,6 @@ def test_an_interrupted_render_keeps_the_previous_site(tmp_path, monkeypatch):
     assert sorted(p.name for p in (project / "_build").iterdir()) == ["html"]
 
 
-@pytest.mark.slow
-def test_sigint_during_a_chapter_prints_one_line_and_no_kernel_traceback(tiny_gpt2_dir, tmp_path, tmp_project):
-    scratch = tmp_project / "_build" / ".scratch"
-    env = {**os.environ, "MECHLIB_RUN_STORE": str(tmp_path / "runs")}
-    cmd = [sys.executable, "-m", "mechlib", "chapter", "01_baseline", "--params", "tiny", "-p", "model", str(tiny_gpt2_dir),
-           "-p", "n_per_cell", "200"]
-    proc = subprocess.Popen(cmd, cwd=tmp_project, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    while time.time() < deadline and not (list(scratch.glob("*")) if scratch.exists() else []):
-        time.sleep(0.2)
-    time.sleep(3.0)  # the kernel is up and running cells
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130
-    assert "interrupted; temporary files removed" in err and "Traceback" not in err and "ZMQError" not in err, err
-    assert not list(scratch.glob("*"))
-
-
 def test_scratch_of_a_killed_run_is_swept_by_the_next(tmp_path):
     """SIGKILL leaves its scratch folder behind; the next run removes folders whose process is gone."""
     scratch = tmp_path / ".scratch"
