@@ -46,11 +46,6 @@ class Family:
         ids = tokenizer("1")["input_ids"]
         return bool(ids) and tokenizer.bos_token_id is not None and ids[0] == tokenizer.bos_token_id
 
-    def context_length(self, hf_config) -> int:
-        """Positions mechlib runs the model with: its trained context, capped (:data:`CONTEXT_CAP`)."""
-        n = getattr(hf_config, "n_positions", None) or getattr(hf_config, "max_position_embeddings", None)
-        return int(min(n, CONTEXT_CAP))
-
 
 def _families() -> list[Family]:
     from . import gemma3, gpt2, llama
