@@ -33,16 +33,11 @@ def test_the_family_is_found_from_the_config(shaped):
 
 def test_transformer_lens_equals_hf_on_padded_batches(shaped):
     """Right-padded batch, attention mask: log-probs at every real position within 1e-4."""
-    _, _, hooked, hf, tok = shaped
-    ids = encode(hooked, PROMPTS)
-    width = max(map(len, ids))
-    tokens = torch.tensor([r + [tok.pad_token_id] * (width - len(r)) for r in ids])
-    mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in ids])
-    with torch.no_grad():
-        want = hf(input_ids=tokens, attention_mask=mask).logits.log_softmax(-1)
-        got = hooked(tokens, attention_mask=mask).log_softmax(-1)
-    for i, row in enumerate(ids):
-        assert (got[i, : len(row)] - want[i, : len(row)]).abs().max() < 1e-4
+    from mechlib.core.parity import parity
+
+    _, _, hooked, hf, _ = shaped
+    check = parity(hooked, hf, PROMPTS)
+    assert check["max_logprob_diff"] < 1e-4 and check["argmax_agree"] == 1.0 and check["n_prompts"] == len(PROMPTS)
 
 
 def test_bos_follows_the_models_own_tokenizer(shaped):

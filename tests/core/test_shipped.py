@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from safetensors.numpy import load_file
 
 from mechlib.core import shipped
@@ -75,22 +74,12 @@ def test_the_checkpoint_is_the_gguf_dequantized_tensor_by_tensor(model):
 def test_transformer_lens_equals_hf_on_the_real_models(model):
     from transformers import AutoModelForCausalLM
 
-    from mechlib.core.evaluate import encode
+    from mechlib.core.parity import parity
 
-    hooked, tok = load_model(model.name, device="cpu")
+    hooked, _ = load_model(model.name, device="cpu")
     hf = AutoModelForCausalLM.from_pretrained(shipped.ensure_checkpoint(model)).eval()
-    prompts = ["12+34=", "Q: What is 26 plus 92? A:", "1 + 3 = 4\n4 + 5 = 9\n2 + 3 ="]
-    ids = encode(hooked, prompts)
-    width = max(map(len, ids))
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    tokens = torch.tensor([r + [pad] * (width - len(r)) for r in ids])
-    mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in ids])
-    with torch.no_grad():
-        want = hf(input_ids=tokens, attention_mask=mask).logits.log_softmax(-1)
-        got = hooked(tokens, attention_mask=mask).log_softmax(-1)
-    for i, row in enumerate(ids):
-        assert (got[i, : len(row)] - want[i, : len(row)]).abs().max() < 1e-4
-        assert torch.equal(got[i, : len(row)].argmax(-1), want[i, : len(row)].argmax(-1))
+    check = parity(hooked, hf, ["12+34=", "Q: What is 26 plus 92? A:", "1 + 3 = 4\n4 + 5 = 9\n2 + 3 ="])
+    assert check["max_logprob_diff"] < 1e-4 and check["argmax_agree"] == 1.0  # padded batch, every real position
     spec = model_spec(model.name)
     assert (spec.n_layers, spec.n_heads, spec.family) == (hooked.cfg.n_layers, hooked.cfg.n_heads, model.family)
 

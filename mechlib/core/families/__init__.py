@@ -47,6 +47,19 @@ class Family:
         return bool(ids) and tokenizer.bos_token_id is not None and ids[0] == tokenizer.bos_token_id
 
 
+def rotary_rms_fields(hf_config, model_name: str, prepend_bos: bool, d_head: int, act_fn: str) -> dict:
+    """The HookedTransformerConfig fields Llama and Gemma 3 share: sizes from the HF config,
+    RMSNorm with a final norm, a gated MLP, rotary positions over the whole head, the context
+    capped at :data:`CONTEXT_CAP`, and BOS as the model's own tokenizer has it."""
+    return dict(
+        model_name=model_name, d_model=hf_config.hidden_size, d_head=d_head, n_heads=hf_config.num_attention_heads,
+        d_mlp=hf_config.intermediate_size, n_layers=hf_config.num_hidden_layers,
+        n_ctx=min(hf_config.max_position_embeddings, CONTEXT_CAP), eps=hf_config.rms_norm_eps, d_vocab=hf_config.vocab_size,
+        act_fn=act_fn, normalization_type="RMS", final_rms=True, gated_mlp=True, positional_embedding_type="rotary",
+        rotary_dim=d_head, default_prepend_bos=prepend_bos, tokenizer_prepends_bos=prepend_bos,
+    )
+
+
 def _families() -> list[Family]:
     from . import gemma3, gpt2, llama
 
@@ -101,4 +114,5 @@ def names() -> list[str]:
     return [f.name for f in _families()]
 
 
-__all__ = ["CONTEXT_CAP", "Family", "additive_heads", "family_of", "family_of_config", "family_of_hooked", "family_named", "known_family", "names"]
+__all__ = ["CONTEXT_CAP", "Family", "additive_heads", "family_named", "family_of", "family_of_config", "family_of_hooked",
+           "known_family", "names", "rotary_rms_fields"]

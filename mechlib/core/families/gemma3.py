@@ -9,7 +9,7 @@ from __future__ import annotations
 from transformer_lens import HookedTransformerConfig
 from transformer_lens.pretrained.weight_conversions.gemma import convert_gemma_weights
 
-from . import CONTEXT_CAP, Family
+from . import Family, rotary_rms_fields
 
 
 def hooked_config(hf_config, model_name: str, prepend_bos: bool = True) -> HookedTransformerConfig:
@@ -18,23 +18,9 @@ def hooked_config(hf_config, model_name: str, prepend_bos: bool = True) -> Hooke
     if getattr(hf_config, "final_logit_softcapping", None) or getattr(hf_config, "attn_logit_softcapping", None):
         raise ValueError(f"model {model_name!r}: Gemma 3 checkpoints with logit soft-capping are not supported")
     return HookedTransformerConfig(
-        model_name=model_name,
-        d_model=hf_config.hidden_size,
-        d_head=hf_config.head_dim,
-        n_heads=hf_config.num_attention_heads,
-        d_mlp=hf_config.intermediate_size,
-        n_layers=hf_config.num_hidden_layers,
-        n_ctx=min(hf_config.max_position_embeddings, CONTEXT_CAP),
-        eps=hf_config.rms_norm_eps,
-        d_vocab=hf_config.vocab_size,
-        act_fn=hf_config.hidden_activation,
-        normalization_type="RMS",
-        final_rms=True,
-        gated_mlp=True,
+        **rotary_rms_fields(hf_config, model_name, prepend_bos, hf_config.head_dim, hf_config.hidden_activation),
         use_normalization_before_and_after=True,
         use_qk_norm=True,
-        positional_embedding_type="rotary",
-        rotary_dim=hf_config.head_dim,
         rotary_base=float(rope["full_attention"]["rope_theta"]),
         rotary_base_local=float(rope["sliding_attention"]["rope_theta"]),
         use_attn_scale=True,
@@ -44,10 +30,7 @@ def hooked_config(hf_config, model_name: str, prepend_bos: bool = True) -> Hooke
         use_local_attn=True,
         attn_types=["global" if t == "full_attention" else "local" for t in layer_types],
         original_architecture="Gemma3ForCausalLM",
-        default_prepend_bos=prepend_bos,
-        tokenizer_prepends_bos=prepend_bos,
     )
-
 
 FAMILY = Family(
     name="gemma3",
