@@ -66,11 +66,12 @@ _LOCKS: dict[str, threading.Lock] = {}
 _LOCKS_GUARD = threading.Lock()
 
 
-def _model_lock(name: str) -> threading.Lock:
-    """One lock per model (or per run id): tools run on worker threads, and a corruption's
-    hooks live on the shared cached model, so two calls on one model must never overlap."""
+def _lock(key: str) -> threading.Lock:
+    """One lock per key (a model name, or ``run:<id>``): tools run on worker threads, and a
+    corruption's hooks live on the shared cached model, so two calls on one model must never
+    overlap, nor two runs of one chapter run."""
     with _LOCKS_GUARD:
-        return _LOCKS.setdefault(name, threading.Lock())
+        return _LOCKS.setdefault(key, threading.Lock())
 
 
 def _reasoned(fn):
@@ -188,7 +189,7 @@ def build_server(limits: Limits | None = None) -> MCPServer:
         out_dir = project_root() / "_build" / "agent" / chapter
         notebook = out_dir / f"{rid}.ipynb"
         record_path = store_dir() / chapter / f"{rid}.json"
-        with _model_lock(f"run:{rid}"):  # the same run asked twice at once runs once; the second call reads it
+        with _lock(f"run:{rid}"):  # the same run asked twice at once runs once; the second call reads it
             cached = record_path.is_file() and notebook.is_file()
             if not cached:
                 start = time.time()
@@ -214,7 +215,7 @@ def build_server(limits: Limits | None = None) -> MCPServer:
         from ..core.interventions import corrupted, mean_activations
 
         params, problems = _problems(model, _or(operators, ["+"]), _or(difficulties, ["1x1", "1x2", "2x2"]), n, prompt_format, seed, limits)
-        with _model_lock(model):
+        with _lock(model):
             lm = _model(model)
             c = _corruption(lm, corruption)
             sites = [(s, layer) for s, layer, mode in c.ablations if mode == "mean"]
@@ -240,7 +241,7 @@ def build_server(limits: Limits | None = None) -> MCPServer:
         from ..core.interventions import logit_lens as lens
 
         _, problems = _problems(model, _or(operators, ["+"]), _or(difficulties, ["1x1", "1x2", "2x2"]), n, "bare", seed, limits)
-        with _model_lock(model):
+        with _lock(model):
             table = lens(_model(model), problems["prompt"].tolist(), problems["target"].tolist())
         per_layer = table.groupby("layer")[["top1_first", "p_first", "tf_correct"]].mean().round(4).reset_index()
         return {"model": model, "n_problems": int(len(problems)), "layers": per_layer.to_dict("records")}
@@ -259,7 +260,7 @@ def build_server(limits: Limits | None = None) -> MCPServer:
             raise ToolError(f"max_new_tokens: give 1..{limits.max_new_tokens} (MECHLIB_MCP_MAX_NEW_TOKENS)")
         if "ablate" in corruption and ":mean" in corruption:
             raise ToolError("generate: mean ablation needs a problem set to average over; use ':zero' here, or evaluate")
-        with _model_lock(model):
+        with _lock(model):
             lm = _model(model)
             c = _corruption(lm, corruption)
             longest = max(len(ids) for ids in encode(lm, prompts))

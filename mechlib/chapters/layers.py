@@ -188,7 +188,7 @@ def findings(result: Result) -> dict:
     if len(result.seeds) > 1:
         per_seed = []
         for row in result.seeds.to_dict("records"):
-            skips = {c: v for c, v in row.items() if re.fullmatch(r"skip:\d+", str(c)) and v == v}
+            skips = {c: v for c, v in row.items() if re.fullmatch(r"skip:\d+", str(c)) and pd.notna(v)}
             if skips:
                 best = max(skips, key=lambda c: (skips[c], -int(c.split(":")[1])))
                 per_seed.append(f"seed {row['organism_seed']}: layer {best.split(':')[1]} ({skips[best]:.1%})")
