@@ -66,4 +66,4 @@ browser-deps:
 	@command -v chromium >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium >/dev/null; }
 
 clean:
-	rm -rf _build book/chapters book/_assets
+	rm -rf _build book/executed book/_assets

@@ -46,7 +46,7 @@ def _main(argv: list[str]) -> None:
 
     sub.add_parser("organism", help="train (or find in the cache) the embedded model organism and print its path")
 
-    chapter = sub.add_parser("chapter", help="execute one chapter with papermill into book/chapters/")
+    chapter = sub.add_parser("chapter", help="execute one chapter with papermill into book/executed/")
     chapter.add_argument("name", help="chapter file stem, e.g. 01_baseline")
     chapter.add_argument("--params", default="default", help="parameter set in params/ or a .yaml path")
     chapter.add_argument("-p", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"), help="override one parameter")
@@ -116,7 +116,7 @@ def _main(argv: list[str]) -> None:
         info = training_info(path)
         print(f"{path}  (trained in {info['train_seconds']} s, final loss {info['losses'][-1]:.4f})")
     elif args.command == "chapter":
-        from .book.build import execute_chapter
+        from .book.execute import execute_chapter
 
         print(execute_chapter(args.name, args.params, _overrides(args.p), log=True))
     elif args.command == "sweep":

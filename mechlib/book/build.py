@@ -1,7 +1,7 @@
 """Build the book: execute each chapter with papermill, then render with Jupyter Book.
 
 Chapters run with a parameter set from ``params/``; executed copies land in
-``book/chapters/`` (never committed) and Jupyter Book renders them with execution off.
+``book/executed/`` (never committed) and Jupyter Book renders them with execution off.
 A chapter's parameters are validated before its kernel starts, and a failed execution
 leaves no executed notebook behind.
 """
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -21,10 +20,11 @@ import nbformat
 import yaml
 
 from .. import chapters
-from .paths import project_root
+from .agent_page import write_agent_page
+from .execute import book_config, check_chapter, execute_chapter
+from .paths import executed_dir, project_root
 
 VEGA_BUNDLE = "vega-bundle.js"
-COLAB_BADGE = "../images/colab-badge.svg"
 
 
 def chapter_names() -> list[str]:
@@ -47,111 +47,6 @@ def write_vega_bundle(dest: Path | None = None) -> Path:
     tmp.write_text(f"/* vega-lite {major_minor} bundle from vl-convert {vl_convert.__version__} */\n(function () {{\n{bundle}\n}})();\n")
     os.replace(tmp, dest)
     return dest
-
-
-def book_config() -> dict:
-    return yaml.safe_load((project_root() / "_config.yml").read_text())
-
-
-def colab_url(chapter: str) -> str:
-    repo = book_config().get("repository", {})
-    github = repo.get("url", "").replace("https://github.com/", "")
-    return f"https://colab.research.google.com/github/{github}/blob/{repo.get('branch', 'main')}/chapters/{chapter}.ipynb"
-
-
-def tidy_executed(path: Path, chapter: str) -> None:
-    """Hide papermill's injected-parameters cell behind a toggle, drop the superseded
-    defaults cell, and put an Open-in-Colab badge (a local image) under the title."""
-    nb = nbformat.read(path, as_version=4)
-    injected = any("injected-parameters" in c.metadata.get("tags", []) for c in nb.cells)
-    for cell in nb.cells:
-        tags = cell.metadata.setdefault("tags", [])
-        if "injected-parameters" in tags:
-            tags.append("hide-input")
-        elif "parameters" in tags and injected:
-            tags.append("remove-cell")
-    badge = nbformat.v4.new_markdown_cell(f"[![Open in Colab]({COLAB_BADGE})]({colab_url(chapter)})")
-    badge.metadata["tags"] = ["colab-badge"]
-    nb.cells.insert(1, badge)
-    nbformat.write(nb, path)
-
-
-def check_chapter(chapter: str, param_set: str | Path | None = "default", overrides: dict | None = None):
-    """Validated parameters plus the chapter's preflight (model, device, cache, context):
-    everything that can fail without weights fails here, before a kernel starts."""
-    mod = chapters.module(chapter)
-    params = mod.Params.from_set(param_set, overrides)
-    mod.check(params)
-    return params
-
-
-def execute_chapter(
-    chapter: str,
-    param_set: str | Path | None = "default",
-    overrides: dict | None = None,
-    out_dir: Path | None = None,
-    log: bool = False,
-    out_name: str | None = None,
-    execution_timeout: int | None = None,
-) -> Path:
-    """Execute one chapter with papermill; return the executed notebook's path.
-    ``execution_timeout`` caps each cell's seconds (None: no cap).
-
-    The notebook is executed in a private temporary folder (outside anything Jupyter Book
-    reads) and moved into place when complete, so the final name never holds a
-    half-executed notebook, and two runs never share a temporary file."""
-    import papermill
-
-    root = project_root()
-    params = check_chapter(chapter, param_set, overrides)
-    out_dir = Path(out_dir or root / "book" / "chapters")
-    out = out_dir / f"{out_name or chapter}.ipynb"
-    os.environ.setdefault("MECHLIB_RUN_STORE", str(root / "_build" / "runs"))
-    scratch = root / "_build" / ".scratch"
-    scratch.mkdir(parents=True, exist_ok=True)
-    sweep_stale_scratch(scratch)
-    tmpdir = Path(tempfile.mkdtemp(prefix=f"{chapter}-pid{os.getpid()}-", dir=scratch))
-    tmp = tmpdir / f"{chapter}.ipynb"
-    try:
-        papermill.execute_notebook(
-            str(root / "chapters" / f"{chapter}.ipynb"),
-            str(tmp),
-            parameters={"param_set": None, **params.to_dict()},
-            cwd=str(root),
-            kernel_name="python3",
-            progress_bar=False,
-            log_output=log,
-            execution_timeout=execution_timeout,
-        )
-        tidy_executed(tmp, chapter)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmpdir, ignore_errors=True)
-    return out
-
-
-def sweep_stale_scratch(scratch: Path) -> list[str]:
-    """Remove scratch folders whose process is gone (a run killed with SIGKILL cannot clean
-    up after itself). A folder names its process: ``<chapter>-pid<PID>-<random>``; one
-    without a pid (older code) is removed once it is a day old."""
-    removed = []
-    for folder in scratch.glob("*"):
-        m = re.search(r"-pid(\d+)-", folder.name)
-        if m:
-            alive = True
-            try:
-                os.kill(int(m.group(1)), 0)
-            except ProcessLookupError:
-                alive = False
-            except PermissionError:
-                alive = True
-        else:
-            alive = time.time() - folder.stat().st_mtime < 86400
-        if not alive:
-            shutil.rmtree(folder, ignore_errors=True)
-            removed.append(folder.name)
-    return removed
 
 
 def build_book(param_set: str | Path = "default", only: list[str] | None = None, log: bool = False) -> Path:
@@ -223,14 +118,14 @@ def build_pdf(param_set: str | Path = "default", out: Path | None = None) -> Pat
     headless Chromium (through Playwright) prints it once the charts have drawn, with a
     title page, a table of contents, numbered pages (footer), numbered figures and tables
     (print CSS), no toggles or buttons, and the charts as vector graphics (SVG). Chapters
-    already executed in ``book/chapters/`` are reused; missing ones are executed first."""
+    already executed in ``book/executed/`` are reused; missing ones are executed first."""
     from playwright.sync_api import sync_playwright
 
     from .runs import git_commit
     from .site_check import CHART_MARKS, CHROMIUM, CHROMIUM_ARGS, serve
 
     root = project_root()
-    missing = [c for c in chapter_names() if not (root / "book" / "chapters" / f"{c}.ipynb").is_file()]
+    missing = [c for c in chapter_names() if not (executed_dir() / f"{c}.ipynb").is_file()]
     write_vega_bundle()
     for chapter in missing:
         execute_chapter(chapter, param_set)
@@ -301,73 +196,6 @@ def write_runs_page(store: Path | None = None) -> Path:
         shutil.copy(store / r["chapter"] / f"{r['id']}.json", dest)
     path = project_root() / "book" / "runs.md"
     path.write_text(runs_page(records))
-    return path
-
-
-AGENT_PAGE_HEAD = """# Driving the experiments from an agent
-
-The book's experiments are also tools an AI agent can call, over the
-[Model Context Protocol](https://modelcontextprotocol.io): `python -m mechlib mcp` serves them on stdio, with the
-official `mcp` SDK. Every chapter parameter is validated by the same dataclasses the chapters use; a bad value
-comes back as a tool error carrying the validation message, and the server keeps serving. Per-call caps
-(`MECHLIB_MCP_MAX_PROBLEMS`, `MECHLIB_MCP_MAX_PROMPTS`, `MECHLIB_MCP_MAX_NEW_TOKENS`,
-`MECHLIB_MCP_MAX_CELL_SECONDS`) bound the work of one call; no tool runs code it is given, and nothing is written
-outside the run store (`run_chapter`'s executed notebooks go to `_build/agent/`).
-
-## The tools
-
-This list is read from the server itself when the book is built.
-
-"""
-
-AGENT_PAGE_TAIL = """
-Resources: `mechlib://params/{name}` (a parameter set), `mechlib://runs/{chapter}/{id}` (a run record) and
-`mechlib://findings/{chapter}` (a chapter's newest findings).
-
-## Connecting a client
-
-Claude Desktop (`claude_desktop_config.json`), with the book's checkout as `MECHLIB_ROOT`:
-
-```json
-{"mcpServers": {"mechlib": {"command": "/path/to/arithmetic-book/.venv/bin/python",
-                             "args": ["-m", "mechlib", "mcp"],
-                             "env": {"MECHLIB_ROOT": "/path/to/arithmetic-book"}}}}
-```
-
-Claude Code, from the checkout: `claude mcp add mechlib -- .venv/bin/python -m mechlib mcp`.
-
-## A research loop: `mechlib agent`
-
-`python -m mechlib agent "Which layers of the organism are needed for carries?" --max-iterations 8` plans, calls
-these same tools through the MCP server, writes a note after each step and decides the next one, through any
-OpenAI-compatible Chat Completions endpoint with tool calling: set `OPENAI_API_KEY` (OpenAI), or pass
-`--base-url http://localhost:11434/v1` (Ollama), `--base-url http://localhost:8000/v1` (vLLM) or llama.cpp's
-server, and `--model`. Budgets: `--max-iterations`, `--max-tokens`, `--max-cost` (with
-`--usd-per-1k-prompt/--usd-per-1k-completion`), `--max-seconds`. A session directory keeps every message, tool
-call, note, run id and the token usage as they happen; `--resume DIR --from N` restarts at iteration N, and
-`--report DIR` renders the session as a Markdown lab-notebook page whose numbers are read from the tool results
-and the run records, never from the model's own text.
-
-No language model is reachable from the machines that build this book, so no agent transcript appears here. The
-loop is checked by protocol tests: a local server speaking the Chat Completions protocol replies with scripted
-tool calls, and the tests check dispatch, malformed calls fed back as errors, budgets, resume and the report.
-"""
-
-
-def write_agent_page() -> Path:
-    """``book/agent.md``: the agent page, its tool list generated from the MCP server."""
-    import asyncio
-
-    from .mcp_server import build_server
-
-    tools = asyncio.run(build_server().list_tools())
-    rows = ["| tool | what it does | arguments |", "|---|---|---|"]
-    for tool in tools:
-        about = " ".join((tool.description or "").split()).split(". ")[0].rstrip(".") + "."
-        args = ", ".join(f"`{name}`" for name in (tool.input_schema or {}).get("properties", {}))
-        rows.append(f"| `{tool.name}` | {about.replace('|', '/')} | {args or '(none)'} |")
-    path = project_root() / "book" / "agent.md"
-    path.write_text(AGENT_PAGE_HEAD + "\n".join(rows) + "\n" + AGENT_PAGE_TAIL)
     return path
 
 

@@ -109,6 +109,7 @@ def _problems(model: str, operators, difficulties, n: int, prompt_format: str, s
     """Problems drawn exactly as chapter 1 draws them (held-out pairs in the organism's
     trained cells), validated by chapter 1's own parameters and capped."""
     from ..chapters import baseline
+    from ..core.problem_sets import problem_set
 
     if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= 100_000:
         raise ToolError(f"parameter 'n' = {n!r}: expected an integer in 1..100000 (problems per cell)")
@@ -124,7 +125,7 @@ def _problems(model: str, operators, difficulties, n: int, prompt_format: str, s
         baseline.check(params)
     except ParamError as err:
         raise _fail(err) from None
-    problems = baseline.problem_set(params)
+    problems = problem_set(params)
     if len(problems) > limits.max_problems:
         raise ToolError(f"{len(problems)} problems exceed this server's cap of {limits.max_problems} "
                         "(MECHLIB_MCP_MAX_PROBLEMS); ask for fewer per cell")
@@ -176,7 +177,7 @@ def build_server(limits: Limits | None = None) -> MCPServer:
         """Validate, then execute one chapter through papermill into the run store, as `mechlib chapter`
         does. `params` overrides fields of `param_set`. A run already recorded with the same parameters is
         returned, not redone. Returns the run id, headline metrics and the executed notebook's path."""
-        from .build import check_chapter, execute_chapter
+        from .execute import check_chapter, execute_chapter
         from .paths import project_root
 
         if param_set not in known_param_sets():
@@ -210,7 +211,7 @@ def build_server(limits: Limits | None = None) -> MCPServer:
         """Score a model on arithmetic problems in-process (seconds): accuracy per cell with n and a Wilson
         95% interval, the error classes, and a few outputs. `corruption` is a layer corruption spec such as
         'skip:1', 'repeat:2x2' or 'ablate:mlp0:mean'."""
-        from ..core.evaluate import accuracy_cells
+        from ..chapters.baseline import cell_accuracy
         from ..core.evaluate import evaluate as run_eval
         from ..core.interventions import corrupted, mean_activations
 
@@ -222,7 +223,7 @@ def build_server(limits: Limits | None = None) -> MCPServer:
             means = mean_activations(lm, problems["prompt"].tolist(), sites) if sites else {}
             with corrupted(lm, c, means) as forward:
                 res = run_eval(lm, problems, forward=forward)
-        cells = accuracy_cells(res, ["kind", "op", "difficulty"])
+        cells = cell_accuracy(res)
         wrong = res[~res.correct]
         return {
             "model": model, "corruption": corruption, "n_problems": int(len(res)),

@@ -14,7 +14,7 @@ set; papermill (``mechlib chapter``, ``make book``) injects every value explicit
 from __future__ import annotations
 
 from .. import chapters
-from ..core.narrative import glue_metrics
+from ..views.narrative import glue_metrics
 from .runs import Run
 
 
@@ -34,8 +34,8 @@ def params_from_namespace(chapter: str, namespace: dict):
 
 
 def quiet() -> None:
-    """Settings for a clean page (see :func:`mechlib.core.quiet.quiet`)."""
-    from ..core.quiet import quiet as _quiet
+    """Settings for a clean page (see :func:`mechlib.views.quiet.quiet`)."""
+    from ..views.quiet import quiet as _quiet
 
     _quiet()
 
@@ -45,7 +45,7 @@ def run_chapter(chapter: str, namespace: dict):
 
     The run record's metrics are the findings (reproducible); wall-clock numbers go in
     its timings, and are glued too, so the prose can quote them."""
-    from ..core import plots
+    from ..views import plots
 
     quiet()
     plots.enable()

@@ -31,6 +31,12 @@ def project_root() -> Path:
     raise FileNotFoundError("no book checkout found: run from a folder of the book's repository, or set MECHLIB_ROOT")
 
 
+def executed_dir() -> Path:
+    """Where executed chapters go for Jupyter Book to render: ``<project root>/book/executed``
+    (not committed). The source notebooks are ``chapters/``; their code is ``mechlib.chapters``."""
+    return project_root() / "book" / "executed"
+
+
 def run_store() -> Path:
     """``$MECHLIB_RUN_STORE``, else ``<project root>/_build/runs``; outside any checkout
     (a Colab session with the package installed), ``./_build/runs``."""

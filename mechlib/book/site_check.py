@@ -93,7 +93,7 @@ def too_wide(page) -> list[str]:
     return list(found)
 
 
-def check_site(html_dir: Path, shots_dir: Path, chapters_prefix: str = "book/chapters/") -> dict:
+def check_site(html_dir: Path, shots_dir: Path, chapters_prefix: str = "book/executed/") -> dict:
     """Check every page; return {"pages": n, "problems": {page: [...]}, "outside": [...]}."""
     from playwright.sync_api import sync_playwright
 

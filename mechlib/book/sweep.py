@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 from ..chapters.base import ParamError
-from .build import check_chapter, execute_chapter
+from .execute import check_chapter, execute_chapter
 from .paths import project_root
 from .runs import is_recorded, run_id, store_dir
 

@@ -15,10 +15,11 @@ import time
 import numpy as np
 import pandas as pd
 
-from ..core.data import count_cascades, make_problems, parse_difficulty, problem_row
+from ..core.data import count_cascades
 from ..core.evaluate import accuracy_cells, baseline_rates, evaluate
 from ..core.models import load_model
-from ..core.organism import ORGANISM_NAME, OrganismRecipe, ensure_organism, organism_dir, split_pairs, training_info
+from ..core.organism import ORGANISM_NAME, OrganismRecipe, ensure_organism, organism_dir, training_info
+from ..core.problem_sets import heldout_addition_problems, last_positions, problem_set
 from ..core.shipped import shipped
 from ..core.stats import accuracy_by, fmt_interval, proportion, seed_spread
 from . import preflight
@@ -39,6 +40,7 @@ KINDS = {
     "new_format": "new prompt format (control)",
     "pretrained": "pretrained model (training data unknown)",
 }
+KIND_ORDER = {"kind": tuple(KINDS)}  # the order of the kinds of cell in every table
 MIN_N_HEADLINE = 30  # cells with fewer problems are shown, never used for a headline claim
 
 CHAPTER = "01_baseline"
@@ -67,33 +69,6 @@ class Result:
     timings: dict
 
 
-def cell_kind(model: str, op: str, difficulty: str, prompt_format: str) -> str:
-    """What the model was taught about a cell (see :data:`KINDS`)."""
-    if model != ORGANISM_NAME:
-        return "pretrained"
-    if prompt_format != "bare":
-        return "new_format"
-    if max(parse_difficulty(difficulty)) > 2:
-        return "longer_operands"
-    return "trained" if op == "+" else "new_operator"
-
-
-def problem_set(params: Params, recipe: OrganismRecipe | None = None) -> pd.DataFrame:
-    """The problems, labelled by kind. On the organism a trained cell holds up to
-    ``n_per_cell`` of its *held-out* pairs (seeded), never a training pair."""
-    problems = make_problems(params.operators, params.difficulties, params.n_per_cell, params.prompt_format, params.seed).to_pandas()
-    problems["kind"] = [cell_kind(params.model, op, d, params.prompt_format) for op, d in zip(problems.op, problems.difficulty)]
-    if params.model != ORGANISM_NAME or not (problems.kind == "trained").any():
-        return problems
-    heldout = heldout_addition_problems(recipe or OrganismRecipe())
-    parts = [problems[problems.kind != "trained"]]
-    for difficulty in problems.loc[problems.kind == "trained", "difficulty"].unique():
-        cell = heldout[heldout.difficulty == difficulty]
-        rng = np.random.default_rng([params.seed, 1, *parse_difficulty(difficulty)])
-        parts.append(cell.iloc[rng.permutation(len(cell))[: params.n_per_cell]].assign(kind="trained"))
-    return pd.concat(parts, ignore_index=True)
-
-
 def kinds_table(results: pd.DataFrame) -> pd.DataFrame:
     """Problems and cells per kind of cell, kinds in a fixed order, labelled for the page."""
     cells = results.groupby("kind", sort=False)[["op", "difficulty"]].apply(lambda g: len(g.drop_duplicates())).rename("cells")
@@ -102,28 +77,6 @@ def kinds_table(results: pd.DataFrame) -> pd.DataFrame:
     table.index = [KINDS[k] for k in table.index]
     table.index.name = "kind of cell"
     return table.reset_index()
-
-
-def last_positions(results: pd.DataFrame, recipe: OrganismRecipe) -> dict:
-    """The last position the organism's longest training sequence reaches (BOS + a+b= +
-    answer + EOS, counted from 0), and the last one the run's longer-operand problems need:
-    positions past the first were never trained."""
-    from ..core.char_tokenizer import build_char_tokenizer
-
-    tok = build_char_tokenizer()
-    top = recipe.max_operand
-    length = lambda prompt, target: len(tok(prompt + target)["input_ids"]) + 1  # noqa: E731  (+ EOS)
-    out = {"trained_longest": f"{top}+{top}={top + top}", "trained_last": length(f"{top}+{top}=", str(top + top)) - 1}
-    longer = results[results.kind == "longer_operands"]
-    if len(longer):
-        out["longer_last"] = max(length(p, t) for p, t in zip(longer.prompt, longer.target)) - 1
-    return out
-
-
-def heldout_addition_problems(recipe: OrganismRecipe) -> pd.DataFrame:
-    """Every addition pair the organism never saw in training (in either order)."""
-    _, held = split_pairs(recipe)
-    return pd.DataFrame([problem_row(a, "+", b, "bare") for a, b in held.tolist()]).astype({"carries": int})
 
 
 def _headline(results: pd.DataFrame) -> dict:
@@ -176,11 +129,17 @@ def seed_table(params: Params, seed0_results: pd.DataFrame, seed0_heldout: pd.Da
         rows.append(row)
     return pd.DataFrame(rows)
 
+
+def cell_accuracy(results: pd.DataFrame) -> pd.DataFrame:
+    """Accuracy with n and interval per kind, operator and difficulty, kinds in page order."""
+    return accuracy_cells(results, ["kind", "op", "difficulty"], orders=KIND_ORDER)
+
+
 def findings(result: Result) -> dict:
     """The numbers the chapter's prose quotes, all computed from the results. Accuracies
     come with n and a Wilson 95% interval; nothing averages across kinds of cell."""
     results = result.results
-    cells = accuracy_cells(results, ["kind", "op", "difficulty"])
+    cells = cell_accuracy(results)
     big = cells[cells.n >= MIN_N_HEADLINE]
     out: dict = {
         "model_note": result.model_note,

@@ -6,29 +6,23 @@ from __future__ import annotations
 import dataclasses
 import time
 
-import numpy as np
 import pandas as pd
 import torch
 
 from ..core import circuit_graph as cg
-from ..core import data, tracr_models
-from ..core.circuits import auroc, roc_curve
-from ..core.organism import ORGANISM_NAME, OrganismRecipe, ensure_organism, organism_dir, split_pairs
+from ..core import tracr_models
+from ..core.faithfulness import FaithfulnessConfig, edge_study
+from ..core.minimal_pairs import FAMILIES, PairConfig, pair_pool_sizes
+from ..core.organism import ORGANISM_NAME, OrganismRecipe, ensure_organism, organism_dir
+from ..core.pair_patching import pair_study, roles
 from ..core.stats import fmt_interval, proportion
+from ..core.tracr_study import METHODS, TracrConfig, tracr_study
+from ..views.circuit_views import columns_read, verdict_paragraph
+from ..views.narrative import and_list, pct
 from . import preflight
 from .base import ModelParams, is_int, is_number, list_of, one_of, param, prompt_format_field
 
 CHAPTER = "05_circuits"
-METHODS = ("exact:zero", "exact:mean", "exact:resample", "eap:zero", "eap:resample", "eap-ig:zero", "eap-ig:resample")
-FAMILIES = {
-    "units_nocarry": "a's units digit changes, no carry in either prompt: the units answer changes",
-    "units_carry": "a's units digit changes, a carry in both prompts: the units answer changes",
-    "tens_nocarry": "a's tens digit changes, no carry: the tens answer changes",
-    "tens_carry": "a's tens digit changes, a carry in both: the tens answer changes",
-    "carry_flip": "a's units digit changes so that the carry appears or vanishes: the tens answer changes by one",
-}
-# Where each family's answer digit is read: the tens digit is the first answer token.
-ANSWER_DIGIT = {"units_nocarry": 1, "units_carry": 1, "tens_nocarry": 0, "tens_carry": 0, "carry_flip": 0}
 # Thresholds of the verdicts, shown on the page.
 VALIDATED = 0.9  # a method is validated on tracr at this mean floored AUROC
 FAITHFUL = 0.8  # a named circuit recovers at least this share of the clean logit difference
@@ -36,7 +30,6 @@ ROLE_EFFECT = 0.2  # a component "matters" for a family when ablating it removes
 ROLE_ATTENTION = 0.3  # a head "reads" a digit when it gives that position this much attention
 COLUMN_ATTENTION = 0.5  # a head "moves a column" when its two digits get this much of its attention together
 CARRY_EFFECT = 0.5  # a "carry head" removes this much of carry_flip's logit difference on its own
-ROLES = ("a₁", "a₀", "b₁", "b₀")  # operand digits: a₁ is a's tens digit, a₀ its units digit
 EXACT_LIMIT = 5000  # edges; exact patching runs one forward pass per edge
 
 
@@ -78,6 +71,17 @@ class Params(ModelParams):
         if dupes:
             self.fail("organism_seeds", f"seed(s) {dupes} listed more than once; list each extra organism seed once")
 
+    def tracr(self) -> TracrConfig:
+        return TracrConfig(programs=self.programs, methods=self.methods, n_tracr=self.n_tracr, tracr_max_len=self.tracr_max_len,
+                           ig_steps=self.ig_steps, n_random=self.n_random, seed=self.seed)
+
+    def pairs(self) -> PairConfig:
+        return PairConfig(families=self.families, n_pairs=self.n_pairs, prompt_format=self.prompt_format, seed=self.seed)
+
+    def faithfulness(self) -> FaithfulnessConfig:
+        return FaithfulnessConfig(edge_scores=self.edge_scores, ablation=self.ablation, ig_steps=self.ig_steps,
+                                  top_k=self.top_k, faithful_share=self.faithful_share, seed=self.seed)
+
 
 @dataclasses.dataclass
 class Result:
@@ -116,379 +120,6 @@ def check(params: Params) -> None:
                                        "(one forward pass each); use 'eap-ig'")
 
 
-# ------------------------------------------------------------------ part 1: tracr
-
-
-def tracr_study(params: Params) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """Per program: the ground-truth checks, every method's AUROC and its ROC curve."""
-    truth_rows, score_rows, roc_rows = [], [], []
-    rng = np.random.default_rng(params.seed)
-    for name in params.programs:
-        tm = tracr_models.compile_program(name, max_seq_len=params.tracr_max_len)
-        task = tracr_models.task(tm, params.n_tracr, seed=params.seed)
-        g = cg.graph_of(tm.model)
-        truth_m = tracr_models.true_edges(tm)
-        truth = g.edge_values(truth_m)
-        varying = g.edge_values(tracr_models.varying_edges(tm, task))
-        truth_rows.append({"program": name, **ground_truth_checks(tm, task, truth_m), "edges": len(truth),
-                           "circuit_edges": int(truth.sum()), "varying_edges": int(varying.sum())})
-        # Scored against the edges whose signal varies: all non-circuit edges plus those.
-        among = ~truth | varying
-        for method in params.methods:
-            kind, how = method.split(":")
-            if kind == "exact":
-                s = cg.exact_edge_scores(tm.model, task, how)[0]
-            else:
-                s = cg.eap_scores(tm.model, task, how, steps=params.ig_steps if kind == "eap-ig" else 0)
-            fpr, tpr = roc_curve(np.abs(s), truth)
-            score_rows.append({"program": name, "method": method, "auroc": auroc(s, truth),
-                               "auroc_floored": auroc(s, truth, floor=1e-6),
-                               "auroc_varying": _maybe_auroc(s[among], varying[among])})
-            roc_rows += [{"program": name, "method": method, "fpr": a, "tpr": b} for a, b in zip(fpr, tpr)]
-        draws = [auroc(rng.random(len(truth)), truth) for _ in range(params.n_random)]
-        score_rows.append({"program": name, "method": "random", "auroc": float(np.mean(draws)),
-                           "auroc_floored": float(np.mean(draws)), "auroc_varying": float(np.mean(draws)),
-                           "random_lo": float(np.quantile(draws, 0.025)),
-                           "random_hi": float(np.quantile(draws, 0.975))})
-    return pd.DataFrame(truth_rows), pd.DataFrame(score_rows), pd.DataFrame(roc_rows)
-
-
-def _maybe_auroc(scores: np.ndarray, truth: np.ndarray) -> float:
-    return auroc(scores, truth) if truth.any() and not truth.all() else float("nan")
-
-
-def ground_truth_checks(tm, task: cg.Task, truth: np.ndarray) -> dict:
-    """The claims the truth rests on, measured: the converted model matches the RASP evaluator;
-    ablating any single non-circuit edge (every ablation) changes no output; keeping only the
-    circuit (the rest zero-ablated) keeps every output; zero-ablating the circuit breaks it."""
-    inputs = tm.inputs_of(task.tokens, task.mask)
-    reference = tm.evaluate(inputs)
-    model = tm.model
-    g = cg.graph_of(model)
-    zero = task.ablated(model, "zero")
-
-    def agree(ablate) -> float:
-        with torch.no_grad():
-            out = tm.decode(cg.run_ablated(model, task.tokens, task.mask, zero, ablate), task.mask)
-        return float(np.mean([tm.same(o, r) for o, r in zip(out, reference)]))
-
-    allowed = torch.tensor(g.allowed, dtype=torch.float32)
-    circuit = torch.tensor(truth, dtype=torch.float32)
-    largest = 0.0
-    for how in cg.ABLATIONS:
-        ablated = task.ablated(model, how)
-        with torch.no_grad():
-            clean = cg.run_ablated(model, task.tokens, task.mask, ablated, torch.zeros_like(allowed))
-            off = np.argwhere(g.allowed & ~truth)
-            for start in range(0, len(off), 16):
-                part = off[start : start + 16]
-                out = cg.run_ablated(model, task.tokens, task.mask, ablated, cg.single_edges(g, part)).view(len(part), *clean.shape)
-                real = task.mask.bool()[None, :, :, None]
-                largest = max(largest, float(((out - clean[None]).abs() * real).max()))
-    return {"matches_rasp": agree(torch.zeros_like(allowed)), "non_circuit_max_change": largest,
-            "circuit_only_matches": agree(allowed - circuit), "circuit_ablated_matches": agree(circuit)}
-
-
-# ------------------------------------------------------------------ part 2: the organism
-
-
-def clean_pool(recipe: OrganismRecipe | None) -> list[tuple[int, int]]:
-    """Clean 2-digit additions with 2-digit sums: the organism's held-out pairs (never
-    trained on) when ``recipe`` is given, otherwise every such pair."""
-    if recipe is not None:
-        pool = [tuple(p) for p in split_pairs(recipe)[1].tolist()]
-    else:
-        pool = [(a, b) for a in range(10, 100) for b in range(10, 100)]
-    return [(a, b) for a, b in pool if a >= 10 and b >= 10 and a + b <= 99]
-
-
-def pair_pool_sizes(families, recipe: OrganismRecipe | None) -> dict[str, int]:
-    """How many minimal pairs each family can have: clean problems with a corruption of its kind."""
-    pool = clean_pool(recipe)
-    return {f: sum(1 for a, b in pool if _corruptions(a, b, f)) for f in families}
-
-
-def minimal_pairs(params: Params, recipe: OrganismRecipe | None) -> pd.DataFrame:
-    """Clean and corrupted 2-digit additions with 2-digit sums that differ in one digit of a,
-    ``n_pairs`` per family. Clean problems are the organism's held-out pairs when the model is
-    the organism (never trained on), otherwise any such pair."""
-    pool = clean_pool(recipe)
-    rng = np.random.default_rng(params.seed)
-    rows = []
-    for family in params.families:
-        found = []
-        for i in rng.permutation(len(pool)):
-            a, b = pool[i]
-            options = [c for c in _corruptions(a, b, family)]
-            if options:
-                found.append((a, b, options[rng.integers(len(options))]))
-            if len(found) == params.n_pairs:
-                break
-        for a, b, a2 in found:
-            rows.append({"family": family, "split": ("discovery", "test")[len(rows) % 2], "a": a, "b": b,
-                         "a_corrupt": a2, "answer": a + b, "answer_corrupt": a2 + b,
-                         "carry": (a % 10 + b % 10) >= 10, "carry_corrupt": (a2 % 10 + b % 10) >= 10})
-    return pd.DataFrame(rows)
-
-
-def _corruptions(a: int, b: int, family: str) -> list[int]:
-    carry = lambda x: (x % 10 + b % 10) >= 10  # noqa: E731
-    out = []
-    if family.startswith("units") or family == "carry_flip":
-        for d in range(10):
-            a2 = a // 10 * 10 + d
-            if a2 == a or a2 + b > 99:
-                continue
-            want = {"units_nocarry": not carry(a) and not carry(a2), "units_carry": carry(a) and carry(a2),
-                    "carry_flip": carry(a) != carry(a2)}[family]
-            if want:
-                out.append(a2)
-    else:
-        for d in range(1, 10):
-            a2 = d * 10 + a % 10
-            if a2 == a or a2 + b > 99:
-                continue
-            if (family == "tens_carry") == carry(a):
-                out.append(a2)
-    return out
-
-
-def encode_pairs(pairs: pd.DataFrame, tokenizer, prompt_format: str):
-    """Token ids of clean and corrupted sequences (prompt + the clean answer, teacher forced),
-    each family's metric position and the clean and corrupted answer tokens there. Pairs whose
-    sequences do not share the modal length are dropped."""
-    clean, corrupt, keep = [], [], []
-    for a, b, a2 in zip(pairs.a, pairs.b, pairs.a_corrupt):
-        p, t = data.format_prompt(a, "+", b, prompt_format)
-        p2, t2 = data.format_prompt(a2, "+", b, prompt_format)
-        ids = tokenizer(p + t)["input_ids"]
-        ids2 = tokenizer(p2 + t)["input_ids"]
-        ans2 = tokenizer(p2 + t2)["input_ids"]
-        bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None and ids[:1] != [tokenizer.bos_token_id] else []
-        clean.append(bos + ids)
-        corrupt.append(bos + ids2)
-        keep.append((bos + ans2, len(bos + tokenizer(p)["input_ids"])))
-    lengths = pd.Series([len(c) for c in clean])
-    modal = int(lengths.mode().iloc[0])
-    ok = [len(c) == modal == len(x) == len(k[0]) for c, x, k in zip(clean, corrupt, keep)]
-    pairs = pairs[ok].reset_index(drop=True)
-    clean = [c for c, o in zip(clean, ok) if o]
-    corrupt = [c for c, o in zip(corrupt, ok) if o]
-    keep = [k for k, o in zip(keep, ok) if o]
-    positions, tok_clean, tok_corrupt = [], [], []
-    for fam, c, (ans2, start) in zip(pairs.family, clean, keep):
-        # The answer token where clean and corrupted answers first differ, read one step before.
-        diff = [i for i in range(start, modal) if c[i] != ans2[i]]
-        i = diff[0] if diff else start + ANSWER_DIGIT[fam]
-        positions.append(i - 1)
-        tok_clean.append(c[i])
-        tok_corrupt.append(ans2[i])
-    pairs = pairs.assign(position=positions, token=tok_clean, token_corrupt=tok_corrupt)
-    return pairs, torch.tensor(clean), torch.tensor(corrupt)
-
-
-def pair_task(pairs: pd.DataFrame, clean: torch.Tensor, corrupt: torch.Tensor) -> cg.Task:
-    """Logit difference (clean answer token minus corrupted one) at each pair's position."""
-    rows = torch.arange(len(pairs))
-    pos = torch.tensor(pairs.position.tolist())
-    good, bad = torch.tensor(pairs.token.tolist()), torch.tensor(pairs.token_corrupt.tolist())
-
-    def metric(logits: torch.Tensor) -> torch.Tensor:
-        r = rows.to(logits.device)
-        at = logits[r, pos.to(logits.device)]
-        return at[r, good.to(logits.device)] - at[r, bad.to(logits.device)]
-
-    return cg.Task(tokens=clean, metric=metric, corrupt=corrupt)
-
-
-def correct(logits: torch.Tensor, pairs: pd.DataFrame) -> np.ndarray:
-    """Whether the top token at each pair's position is the clean answer token."""
-    rows = torch.arange(len(pairs), device=logits.device)
-    top = logits[rows, torch.tensor(pairs.position.tolist(), device=logits.device)].argmax(-1)
-    return cg.numpy(top == torch.tensor(pairs.token.tolist(), device=logits.device))
-
-
-def position_labels(tokenizer, prompt_format: str, length: int) -> list[str]:
-    """Role labels of each position, read off the template 12+35=47 whose digits are distinct."""
-    roles = {"1": "a₁", "2": "a₀", "3": "b₁", "5": "b₀", "4": "s₁", "7": "s₀"}
-    p, t = data.format_prompt(12, "+", 35, prompt_format)
-    ids = tokenizer(p + t)["input_ids"]
-    if tokenizer.bos_token_id is not None and ids[:1] != [tokenizer.bos_token_id]:
-        ids = [tokenizer.bos_token_id] + ids
-    labels = []
-    for i, tok in enumerate(ids[:length]):
-        text = tokenizer.decode([tok])
-        if i == 0 and tok == tokenizer.bos_token_id:
-            labels.append("BOS")
-            continue
-        role = "".join(roles.get(ch, "") for ch in text)
-        labels.append(f"{i}:{role or text.strip() or '␣'}")
-    return labels
-
-
-def organism_study(params: Params, model, tokenizer, recipe) -> dict:
-    """What part 2 measures on one model before its edges: the pairs and their baseline,
-    residual patching, node effects with direct logit attribution, and attention."""
-    pairs = minimal_pairs(params, recipe)
-    pairs, clean, corrupt = encode_pairs(pairs, tokenizer, params.prompt_format)
-    cg.prepare(model)
-    labels = position_labels(tokenizer, params.prompt_format, clean.shape[1])
-    with torch.no_grad():
-        clean_logits, corrupt_logits = model(clean), model(corrupt)
-    task = pair_task(pairs, clean, corrupt)
-    ld_clean, ld_corrupt = cg.numpy(task.metric(clean_logits)), cg.numpy(task.metric(corrupt_logits))
-    pairs = pairs.assign(ld_clean=ld_clean, ld_corrupt=ld_corrupt, correct=correct(clean_logits, pairs))
-    base_rows, node_rows, resid_rows = [], [], []
-    for family, idx in pairs.groupby("family", sort=False).groups.items():
-        idx = np.asarray(idx)
-        sub = pair_task(pairs.iloc[idx].reset_index(drop=True), clean[idx], corrupt[idx])
-        gap = float(ld_clean[idx].mean() - ld_corrupt[idx].mean())
-        stat = proportion(pairs.correct.iloc[idx])
-        position = int(pairs.position.iloc[idx[0]])  # one position per family
-        base_rows.append({"family": family, "n": stat["n"], "accuracy": stat["p"], "lo": stat["lo"], "hi": stat["hi"],
-                          "ld_clean": float(ld_clean[idx].mean()), "ld_corrupt": float(ld_corrupt[idx].mean()),
-                          "position": position})
-        fam = pairs.iloc[idx]
-        good = torch.tensor(fam.token.tolist(), device=model.W_U.device)
-        bad = torch.tensor(fam.token_corrupt.tolist(), device=model.W_U.device)
-        direction = (model.W_U[:, good] - model.W_U[:, bad]).T.detach()  # [batch, d_model]
-        direct = cg.direct_effects(model, clean[idx], direction, position)
-        ld = float(ld_clean[idx].mean())
-        for node, change in cg.exact_node_scores(model, sub, params.ablation).items():
-            node_rows.append({"family": family, "node": node, "removed": float(-change.mean() / gap),
-                              "direct": float(direct[node].mean() / ld)})
-        patched = cg.residual_patching(model, sub)  # [layers + 1, pos, batch]
-        for layer in range(patched.shape[0]):
-            for pos in range(patched.shape[1]):
-                removed = (ld_clean[idx].mean() - patched[layer, pos].mean()) / gap
-                resid_rows.append({"family": family, "layer": layer, "position": labels[pos], "pos": pos,
-                                   "removed": float(removed)})
-    baseline = pd.DataFrame(base_rows)
-    att = attention_table(model, clean, pairs, labels)
-    return {"pairs": pairs, "clean": clean, "corrupt": corrupt, "task": task, "baseline": baseline,
-            "nodes": pd.DataFrame(node_rows), "residual": pd.DataFrame(resid_rows), "attention": att, "labels": labels}
-
-
-def attention_table(model, clean: torch.Tensor, pairs: pd.DataFrame, labels: list[str]) -> pd.DataFrame:
-    """Mean attention of every head from each answer position to each operand digit."""
-    rows = []
-    for pos in sorted(pairs.position.unique()):
-        att = cg.attention_to(model, clean, [int(pos)])[:, :, 0]  # [layers, heads, key pos]
-        for layer in range(att.shape[0]):
-            for h in range(att.shape[1]):
-                for k, label in enumerate(labels):
-                    role = label.split(":")[-1]
-                    rows.append({"head": f"a{layer}.{h}", "query": labels[pos], "key": role, "attention": float(att[layer, h, k])})
-    df = pd.DataFrame(rows)
-    return df.groupby(["head", "query", "key"], sort=False, as_index=False).attention.sum()
-
-
-def edge_study(params: Params, model, study: dict) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
-    """Edge scores on the discovery half of the pairs; on the other half, the faithfulness
-    curve over top-k (the rest mean-ablated) with random edge sets of the same size as the
-    control, and the named circuit: the smallest k that recovers ``faithful_share``."""
-    pairs, clean, corrupt = study["pairs"], study["clean"], study["corrupt"]
-    find = np.flatnonzero(pairs.split == "discovery")
-    test = np.flatnonzero(pairs.split == "test")
-    task = pair_task(pairs.iloc[find].reset_index(drop=True), clean[find], corrupt[find])
-    g = cg.graph_of(model)
-    edges = pd.DataFrame(g.edges, columns=["source", "destination"])
-    if params.edge_scores == "exact":
-        edges["exact"] = cg.exact_edge_scores(model, task, params.ablation)[0]
-    for kind in ("eap", "eap-ig"):
-        edges[kind] = cg.eap_scores(model, task, params.ablation, steps=params.ig_steps if kind == "eap-ig" else 0)
-    ranking = edges[params.edge_scores].to_numpy()
-    held = pairs.iloc[test].reset_index(drop=True)
-    task = pair_task(held, clean[test], corrupt[test])
-    n_edges = len(g.edges)
-    ks = sorted({k for k in params.top_k if k < n_edges} | {n_edges})
-    mean_ablated = cg.ablated_outputs(model, task.tokens, None, "mean")
-    rng = np.random.default_rng(params.seed)
-
-    def measure(keep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        ablate = torch.tensor(g.allowed & ~keep, dtype=torch.float32)
-        with torch.no_grad():
-            logits = cg.run_ablated(model, task.tokens, None, mean_ablated, ablate)
-        return cg.numpy(task.metric(logits)), correct(logits, held)
-
-    def random_keep(k: int) -> np.ndarray:
-        r = np.zeros(n_edges)
-        r[rng.choice(n_edges, k, replace=False)] = 1
-        return g.edge_matrix(r) > 0
-
-    ld_clean = held.ld_clean.to_numpy()
-    ld_none, acc_none = measure(np.zeros(g.allowed.shape, dtype=bool))
-    gap = ld_clean.mean() - ld_none.mean()
-    rows = []
-    for k, keep in zip(ks, cg.top_k_masks(g, ranking, ks)):
-        rand = [measure(random_keep(k)) for _ in range(3)]
-        for which, (ld, ok) in [("top-k edges", measure(keep)),
-                                ("random edges", (np.concatenate([x[0] for x in rand]), np.concatenate([x[1] for x in rand])))]:
-            stat = proportion(ok)
-            rows.append({"k": k, "edges": which, "recovered": float((ld.mean() - ld_none.mean()) / gap),
-                         "accuracy": stat["p"], "lo": stat["lo"], "hi": stat["hi"], "n": stat["n"]})
-    curve = pd.DataFrame(rows)
-    top = curve[curve.edges == "top-k edges"]
-    # The whole graph (always on the curve, as the reference point) recovers everything by
-    # construction: it never counts as a circuit. Only the requested sizes below it can.
-    asked = top[top.k < n_edges]
-    enough = asked[asked.recovered >= params.faithful_share]
-    k_named = int(enough.k.min()) if len(enough) else int(asked.k.max() if len(asked) else n_edges)
-    named = cg.top_k_masks(g, ranking, [k_named])[0]
-    clean_acc = proportion(held.correct)
-    ld_cut, ok_cut = measure(g.allowed & ~named)  # the circuit's edges ablated, every other edge kept
-    ld_rcut, ok_rcut = measure(g.allowed & ~random_keep(k_named))
-    row = top.set_index("k").loc[k_named]
-    circuit = {"k": k_named, "n_edges": n_edges, "recovered": float(row.recovered), "accuracy": float(row.accuracy),
-               "accuracy_lo": float(row.lo), "accuracy_hi": float(row.hi), "n": int(row.n), "found": bool(len(enough)),
-               "n_discovery": int(len(find)), "clean_accuracy": clean_acc["p"], "clean_lo": clean_acc["lo"],
-               "clean_hi": clean_acc["hi"], "none_accuracy": float(acc_none.mean()),
-               "ablated_accuracy": float(ok_cut.mean()), **_interval("ablated", ok_cut),
-               "random_ablated_accuracy": float(ok_rcut.mean()), **_interval("random_ablated", ok_rcut),
-               "ablated_removed": float((ld_clean.mean() - ld_cut.mean()) / gap),
-               "random_ablated_removed": float((ld_clean.mean() - ld_rcut.mean()) / gap),
-               "nodes": circuit_nodes(g, named)}
-    return edges, curve, circuit
-
-
-def circuit_nodes(g: cg.Graph, keep: np.ndarray) -> list[str]:
-    """The heads and MLPs an edge set touches (as source or as reader)."""
-    out = set()
-    for s, d in g.edges:
-        if keep[g.destinations.index(d), g.sources.index(s)]:
-            out |= {s, d if d.count(".") < 2 else d.rsplit(".", 1)[0]}
-    return sorted(out - {"embed", "end"}, key=lambda n: (int(n[1:].split(".")[0]), n[0] == "m", n))
-
-
-def _interval(name: str, ok: np.ndarray) -> dict:
-    stat = proportion(ok)
-    return {f"{name}_lo": stat["lo"], f"{name}_hi": stat["hi"]}
-
-
-def roles(study: dict, seed: int) -> pd.DataFrame:
-    """Per family: the components whose ablation removes at least ROLE_EFFECT of the logit
-    difference, and for heads the operand digits they attend to from the family's position."""
-    nodes, att, base = study["nodes"], study["attention"], study["baseline"].set_index("family")
-    labels = study["labels"]
-    rows = []
-    for family, group in nodes.groupby("family", sort=False):
-        query = labels[int(base.loc[family, "position"])]
-        strong = group[group.removed >= ROLE_EFFECT].sort_values("removed", ascending=False)
-        heads = strong[strong.node.str.startswith("a")]
-        mlps = strong[strong.node.str.startswith("m")]
-        reads = set()
-        for head in heads.node:
-            a = att[(att["head"] == head) & (att["query"] == query) & att["key"].isin(ROLES)]
-            reads |= set(a[a["attention"] >= ROLE_ATTENTION]["key"])
-        rows.append({"seed": seed, "family": family, "query": query,
-                     "heads": ", ".join(f"{n} ({v:.0%})" for n, v in zip(heads.node, heads.removed)) or "none",
-                     "mlps": ", ".join(f"{n} ({v:.0%})" for n, v in zip(mlps.node, mlps.removed)) or "none",
-                     "digits_read": " ".join(r for r in ROLES if r in reads) or "none",
-                     "top": group.sort_values("removed", ascending=False).node.iloc[0],
-                     "top_kind": "MLP" if group.sort_values("removed", ascending=False).node.iloc[0].startswith("m") else "head"})
-    return pd.DataFrame(rows)
-
-
 def run(params: Params) -> Result:
     from ..core.models import load_model
 
@@ -496,7 +127,7 @@ def run(params: Params) -> Result:
     torch.manual_seed(params.seed)
     start = time.perf_counter()
     timings = {}
-    truth, scores, roc = tracr_study(params) if params.programs else (pd.DataFrame(),) * 3
+    truth, scores, roc = tracr_study(params.tracr()) if params.programs else (pd.DataFrame(),) * 3
     timings["tracr_seconds"] = round(time.perf_counter() - start, 1)
     empty = pd.DataFrame()
     out = dict(pairs=empty, baseline=empty, residual=empty, nodes=empty, attention=empty, edges=empty,
@@ -505,8 +136,8 @@ def run(params: Params) -> Result:
         t = time.perf_counter()
         is_organism = params.model == ORGANISM_NAME
         model, tok = load_model(params.model, device=params.device)
-        study = organism_study(params, model, tok, OrganismRecipe() if is_organism else None)
-        edges, curve, circuit = edge_study(params, model, study)
+        study = pair_study(params.pairs(), params.ablation, model, tok, OrganismRecipe() if is_organism else None)
+        edges, curve, circuit = edge_study(params.faithfulness(), model, study)
         timings["organism_seconds"] = round(time.perf_counter() - t, 1)
         seeds, circuits = [study], [circuit]
         t = time.perf_counter()
@@ -514,8 +145,8 @@ def run(params: Params) -> Result:
             recipe = OrganismRecipe(seed=s)
             ensure_organism(recipe, progress=False)
             m, tk = load_model(str(organism_dir(recipe)), device=params.device)
-            seeds.append(organism_study(params, m, tk, recipe))
-            circuits.append(edge_study(params, m, seeds[-1])[2])
+            seeds.append(pair_study(params.pairs(), params.ablation, m, tk, recipe))
+            circuits.append(edge_study(params.faithfulness(), m, seeds[-1])[2])
         timings["seeds_seconds"] = round(time.perf_counter() - t, 1)
         seed_ids = [0 if is_organism else params.seed] + list(params.organism_seeds if is_organism else ())
         out["seed_circuits"] = pd.DataFrame([{"seed": i, **{k: v for k, v in c.items() if k != "nodes"}}
@@ -524,24 +155,15 @@ def run(params: Params) -> Result:
                    faithfulness=curve, circuit=circuit, positions=study["labels"],
                    nodes=pd.concat([s["nodes"].assign(seed=i) for s, i in zip(seeds, seed_ids)], ignore_index=True),
                    attention=pd.concat([s["attention"].assign(seed=i) for s, i in zip(seeds, seed_ids)], ignore_index=True),
-                   roles=pd.concat([roles(s, i) for s, i in zip(seeds, seed_ids)], ignore_index=True))
+                   roles=pd.concat([roles(s, i, ROLE_EFFECT, ROLE_ATTENTION) for s, i in zip(seeds, seed_ids)], ignore_index=True))
     timings["run_seconds"] = round(time.perf_counter() - start, 1)
     return Result(params=params, truth=truth, scores=scores, roc=roc, timings=timings, **out)
-
-
-# ------------------------------------------------------------------ findings and views
-
-
-def _columns(digits: str) -> str:
-    """Operand digits read, as columns: a₀ b₀ -> 'units column'."""
-    cols = [name for name, ds in (("tens column", ("a₁", "b₁")), ("units column", ("a₀", "b₀"))) if any(d in digits for d in ds)]
-    return " and ".join(cols) or "no operand digit"
 
 
 def role_signature(roles: pd.DataFrame) -> dict:
     """Per family, the operand columns that its important heads read (seed-comparable: head
     indices are arbitrary across seeds, what they read is not)."""
-    return {f: _columns(d) for f, d in zip(roles.family, roles.digits_read)}
+    return {f: columns_read(d) for f, d in zip(roles.family, roles.digits_read)}
 
 
 def carry_head(nodes: pd.DataFrame, attention: pd.DataFrame, query: str) -> dict:
@@ -630,17 +252,6 @@ PART2_KEYS = (
     "seeds", "roles_same", "carry_head_seeds", "roles_held", "carry_heads", "roles_verdict", "verdict", "seed_circuits",
     "seed_recovered_range", "seed_accuracy_range", "seed_ablated_range", "seeds_faithful",
 )
-
-
-def and_list(items) -> str:
-    """'a, b and c' (never 'a, b, c': the glue would read that as a tuple)."""
-    items = list(items)
-    return " and ".join([", ".join(items[:-1]), items[-1]]) if len(items) > 1 else "".join(items)
-
-
-def pct(x: float) -> str:
-    """A share as a whole percentage, without a minus sign on a rounded zero."""
-    return f"{x + 0.0:.0%}" if round(x * 100) != 0 else "0%"
 
 
 def findings(result: Result) -> dict:
@@ -749,125 +360,3 @@ def findings(result: Result) -> dict:
     return {**{k: out[k] for k in first}, **out}
 
 
-def verdict_paragraph(f: dict) -> str:
-    """The chapter's verdict, assembled from the findings (no number typed by hand)."""
-    movers = (f"Attention heads (layer {f['mech_movers_layers']}) move each answer digit's operand column to the position that "
-              f"predicts it: {f['mech_movers']}" if f["mech_movers_found"] else
-              "No single head moves each answer digit's operand column to the position that predicts it (by the thresholds "
-              f"on the page): {f['mech_movers']}")
-    carry = (f"A separate carry head: {f['mech_carry']}." if f["mech_carry_found"] else
-             f"No carry head meets the thresholds: {f['mech_carry']}.")
-    parts = [f"{f['subject']} two-digit adder (with two-digit sums) works like this. {movers} {carry} "
-             f"Direct logit attribution: {f['mech_direct']}. {f['mech_residual']}."]
-    parts.append(f"Keeping only the top {f['circuit_k']} of {f['n_edges']} edges (mean-ablating the rest) recovers "
-                 f"{f['circuit_recovered']} of the logit difference on the test half of the pairs, with accuracy "
-                 f"{f['circuit_accuracy_text']} (clean: {f['test_clean_accuracy_text']}); {f['circuit_k']} random edges recover "
-                 f"{f['random_recovered']}. Ablating those {f['circuit_k']} edges alone drops accuracy to {f['ablated_accuracy_text']} "
-                 f"(random edges of the same number: {f['random_ablated_accuracy_text']}).")
-    if f["n_seeds"] > 1:
-        parts.append(f"Across organism seeds {f['seeds']}, the roles {'held' if f['roles_held'] else 'did not all hold'}: the "
-                     f"other seeds read the same operand columns as the first in {f['roles_same']} cases, and a single carry head was found in "
-                     f"{f['carry_head_seeds']} seeds ({f['carry_heads']}); the head indices differ. A circuit meeting the "
-                     f"threshold was found in {f['seeds_faithful']} seeds, recovering {f['seed_recovered_range']} of the "
-                     f"logit difference (accuracy {f['seed_accuracy_range']}).")
-    else:
-        parts.append("Only one model was run, so whether the roles recur across seeds is not tested.")
-    parts.append("What the data does not support: the pairs never have three-digit sums, so the sum-9 cascade of "
-                 "Quirke and Barez is not tested; the MLPs' internal arithmetic is not decomposed; and the edge "
-                 f"scores use {f['ablation']} ablation, which on tracr finds only the edges whose signal varies with the input "
-                 f"(AUROC {f['organism_method_varying']} against those, {f['organism_method_auroc']} against all circuit edges).")
-    if f["mech_use_carry_more"] is False:
-        parts.append("The later MLPs do not matter more when the carry changes than when it does not.")
-    return " ".join(parts)
-
-
-def truth_view(result: Result) -> pd.DataFrame:
-    if not len(result.truth):
-        return pd.DataFrame({"note": ["no tracr program in this run"]})
-    t = result.truth.copy()
-    t["non_circuit_max_change"] = [f"{x:.0e}" if x else "0" for x in t.non_circuit_max_change]
-    for c in ("matches_rasp", "circuit_only_matches", "circuit_ablated_matches"):
-        t[c] = [f"{x:.0%}" for x in t[c]]
-    t["edges: all / circuit / varying"] = [f"{a} / {c} / {v}" for a, c, v in zip(t.edges, t.circuit_edges, t.varying_edges)]
-    return t.drop(columns=["edges", "circuit_edges", "varying_edges"]).rename(columns={
-        "matches_rasp": "matches RASP", "non_circuit_max_change": "non-circuit change",
-        "circuit_only_matches": "circuit kept", "circuit_ablated_matches": "circuit ablated"})
-
-
-def auroc_long(result: Result, column: str = "auroc") -> pd.DataFrame:
-    if not len(result.scores):
-        return pd.DataFrame()
-    return result.scores[["program", "method", column]].rename(columns={column: "AUROC"})
-
-
-def roc_view(result: Result, methods: tuple[str, ...] = ("exact:zero", "exact:resample", "eap:zero", "eap-ig:zero")) -> pd.DataFrame:
-    if not len(result.roc):
-        return pd.DataFrame()
-    return result.roc[result.roc.method.isin(methods)]
-
-
-def baseline_view(result: Result) -> pd.DataFrame:
-    if not len(result.baseline):
-        return pd.DataFrame({"note": ["no minimal pairs in this run"]})
-    b = result.baseline.copy()
-    labels = result.positions
-    b["read at"] = [labels[p] for p in b.position]
-    b["accuracy [95% interval]"] = [fmt_interval(a, lo, hi) for a, lo, hi in zip(b.accuracy, b.lo, b.hi)]
-    b["logit diff: clean / corrupted"] = [f"{c:.1f} / {x:.1f}" for c, x in zip(b.ld_clean, b.ld_corrupt)]
-    return b[["family", "n", "read at", "accuracy [95% interval]", "logit diff: clean / corrupted"]]
-
-
-def residual_caption(result: Result) -> str:
-    """The residual heat map's caption: which layer index is the final residual."""
-    last = int(result.residual.layer.max()) if len(result.residual) else 0
-    return f"Layer {last} is the final residual. Share of the logit difference removed."
-
-
-def node_view(result: Result, column: str = "removed") -> pd.DataFrame:
-    if not len(result.nodes):
-        return pd.DataFrame()
-    seed = result.nodes.seed.iloc[0]
-    return result.nodes[result.nodes.seed == seed][["family", "node", column]].rename(columns={column: "share"})
-
-
-def attention_view(result: Result) -> pd.DataFrame:
-    if not len(result.attention):
-        return pd.DataFrame()
-    seed = result.attention.seed.iloc[0]
-    a = result.attention[(result.attention.seed == seed) & result.attention.key.isin(ROLES)]
-    return a.assign(query="from " + a["query"].str.split(":").str[-1])
-
-
-def roles_view(result: Result) -> pd.DataFrame:
-    if not len(result.roles):
-        return pd.DataFrame({"note": ["no minimal pairs in this run"]})
-    r = result.roles.copy()
-    r["columns read"] = [_columns(d) for d in r.digits_read]
-    return r[["seed", "family", "heads", "mlps", "columns read"]].rename(
-        columns={"heads": "heads that matter", "mlps": "MLPs that matter"})
-
-
-def seed_circuit_view(result: Result) -> pd.DataFrame:
-    """Per organism seed: the named circuit and what it recovers, on that seed's test pairs."""
-    if not len(result.seed_circuits):
-        return pd.DataFrame({"note": ["no minimal pairs in this run"]})
-    sc = result.seed_circuits
-    return pd.DataFrame({
-        "seed": sc.seed, "edges kept": [f"{k} of {n}" for k, n in zip(sc.k, sc.n_edges)],
-        "logit diff recovered": [f"{x:.0%}" for x in sc.recovered],
-        "circuit accuracy": [fmt_interval(a, lo, hi) for a, lo, hi in zip(sc.accuracy, sc.accuracy_lo, sc.accuracy_hi)],
-        "circuit ablated": [fmt_interval(a, lo, hi) for a, lo, hi in zip(sc.ablated_accuracy, sc.ablated_lo, sc.ablated_hi)],
-        "random ablated": [fmt_interval(a, lo, hi) for a, lo, hi in zip(sc.random_ablated_accuracy, sc.random_ablated_lo,
-                                                              sc.random_ablated_hi)],
-        "n": sc.n})
-
-
-def faithfulness_view(result: Result) -> pd.DataFrame:
-    if not len(result.faithfulness):
-        return pd.DataFrame()
-    f = result.faithfulness.melt(id_vars=["k", "edges", "lo", "hi", "n"], value_vars=["recovered", "accuracy"],
-                                 var_name="measure", value_name="share")
-    f.loc[f.measure == "recovered", ["lo", "hi"]] = np.nan
-    f["series"] = f.edges.map({"top-k edges": "top-k", "random edges": "random"}) + ": " + f.measure.map(
-        {"recovered": "logit diff recovered", "accuracy": "accuracy"})
-    return f

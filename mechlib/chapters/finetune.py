@@ -6,9 +6,10 @@ import dataclasses
 
 import pandas as pd
 
-from ..core import finetune as ft
-from ..core.finetune import BOUNDS
+from ..core import lora as ft
+from ..core.lora import BOUNDS
 from ..core.models import load_model, resolve_device
+from ..views.gains import gain_cost_findings
 from . import preflight
 from .base import (
     ModelParams,
@@ -118,6 +119,6 @@ def heldout_curves(result: Result) -> pd.DataFrame:
 
 
 def findings(result: Result) -> dict:
-    out = ft.findings(result.results, result.params.operators)
+    out = gain_cost_findings(result.results, result.params.operators)
     out.update(steps=result.params.steps, n_heldout=int(len(result.heldout)), finetuned_name=result.params.finetuned_name)
     return out

@@ -14,8 +14,9 @@ from ..core.evaluate import answer_scores, encode_targets, evaluate, first_digit
 from ..core.interventions import DEPTH_UNKNOWN, SPEC_HELP, Corruption, activation_stats, corrupted, logit_lens, mean_activations, parse_corruptions
 from ..core.models import load_model
 from ..core.organism import ORGANISM_NAME, OrganismRecipe, ensure_organism
+from ..core.problem_sets import problem_set
 from ..core.stats import accuracy_by, fmt_interval, seed_spread
-from . import baseline, preflight
+from . import preflight
 from .base import (
     ModelParams,
     difficulties_field,
@@ -116,7 +117,7 @@ def run(params: Params, progress: bool = False) -> Result:
     lm, _ = load_model(params.model, device=params.device)
     conditions = parse_corruptions(list(params.corruptions), lm.cfg.n_layers)
     speaking = parse_corruptions(list(params.generation_corruptions), lm.cfg.n_layers)
-    problems = baseline.problem_set(params)  # trained cells of the organism: held-out pairs only
+    problems = problem_set(params)  # trained cells of the organism: held-out pairs only
     start = time.perf_counter()
     results = sweep(lm, problems, conditions, batch_size=params.batch_size, progress=progress)
     sweep_seconds = time.perf_counter() - start
@@ -149,7 +150,7 @@ def seed_table(params: Params, conditions, seed0: pd.DataFrame) -> pd.DataFrame:
         else:
             recipe = OrganismRecipe(seed=seed)
             lm, _ = load_model(str(ensure_organism(recipe, progress=False)), device=params.device)
-            res = sweep(lm, baseline.problem_set(params, recipe), conditions, batch_size=params.batch_size)
+            res = sweep(lm, problem_set(params, recipe), conditions, batch_size=params.batch_size)
         acc = res.groupby("corruption", sort=False)["correct"].mean()
         row = {"organism_seed": seed, "clean": float(acc.get("none", float("nan")))}
         skips = {c: a for c, a in acc.items() if re.fullmatch(r"skip:\d+", c)}

@@ -4,18 +4,26 @@ reconstructs it; then the fine-tuned model runs with the reconstruction spliced 
 from __future__ import annotations
 
 import dataclasses
-import re
 import time
 
 import pandas as pd
-import torch
 
 from ..core import data, delta_study, sae
-from ..core.cache import finetuned_dir
-from ..core.evaluate import evaluate
+from ..core import lora as ft
+from ..core.cache import finetuned_dir, is_checkpoint, source_record
+from ..core.delta_latents import TOP_ROWS, describe
+from ..core.delta_sites import pick_focus_layer, seed_repeats, train_sites, verdict_table
+from ..core.delta_study import DeltaConfig
+from ..core.models import resolve_device
+from ..core.rank_sweep import choose_rank, rank_sweep
+from ..core.stats import fmt_interval
+from ..views.delta_summary import count_text, localisation_sentence, row_text, seed_findings, verdict_sentence
+from ..views.quiet import quiet
 from . import preflight
 from .base import (
+    PARAMSETS_DIR,
     ModelParams,
+    ParamError,
     difficulties_field,
     is_alphas,
     is_int,
@@ -23,6 +31,7 @@ from .base import (
     is_number,
     is_str,
     list_of,
+    load_param_set,
     one_of,
     operators_field,
     param,
@@ -37,8 +46,6 @@ def _is_base_source(v) -> bool:
 
 
 def _is_param_set(v) -> bool:
-    from .base import PARAMSETS_DIR
-
     return is_name(v) and (PARAMSETS_DIR / f"{v}.yaml").is_file()
 
 
@@ -98,30 +105,47 @@ class Params(ModelParams):
             self.fail("finetuned", "a rank sweep names its fine-tunes after 'finetuned', so it must be a name of letters, "
                                    "digits, '-', '_' and '.'; to study a checkpoint directory, set ranks: []")
 
-
-def finetune_params(params: Params, rank: int | None = None, steps: int | None = None):
-    """Chapter 3's parameters (from the ``finetune_set`` parameter set) for a fine-tune this
-    chapter needs, with this chapter's model, operators and cells; at ``rank`` (alpha keeps
-    chapter 3's alpha/rank ratio) and ``steps`` when given. Chapter 3's own rank and steps
-    keep the name ``finetuned``; others are named ``<finetuned>-r<rank>-s<steps>``."""
-    from . import finetune
-
-    ch3 = finetune.Params.from_set(params.finetune_set, {
-        "model": params.model, "device": params.device, "seed": params.seed, "batch_size": params.batch_size,
-        "operators": params.new_operators, "replay_operators": params.old_operators, "difficulties": params.difficulties,
-        "prompt_format": params.prompt_format, "finetuned_name": params.finetuned})
-    rank = ch3.rank if rank is None else rank
-    steps = ch3.steps if steps is None else steps
-    if (rank, steps) == (ch3.rank, ch3.steps):
-        return ch3
-    return dataclasses.replace(ch3, rank=rank, alpha=max(1, round(ch3.alpha * rank / ch3.rank)), steps=steps,
-                               finetuned_name=f"{params.finetuned}-r{rank}-s{steps}", eval_every=min(ch3.eval_every, steps))
+    def delta(self) -> DeltaConfig:
+        """The delta study's configuration (the fields it shares with this chapter)."""
+        fields = {f.name for f in dataclasses.fields(DeltaConfig)}
+        return DeltaConfig(**{k: v for k, v in dataclasses.asdict(self).items() if k in fields})
 
 
-def _finetune_available(name: str) -> bool:
-    from pathlib import Path
+def finetune_recipe(params: Params, rank: int | None = None, steps: int | None = None) -> tuple[ft.FinetuneRecipe, str]:
+    """Chapter 3's LoRA recipe (its section of the ``finetune_set`` parameter set, over the
+    recipe's defaults) with this chapter's model, operators and cells, and its cache name;
+    at ``rank`` (alpha keeps the recipe's alpha/rank ratio) and ``steps`` when given. The
+    set's own rank and steps keep the name ``finetuned``; others are named
+    ``<finetuned>-r<rank>-s<steps>``."""
+    section = load_param_set(params.finetune_set).get("03_finetune") or {}
+    try:
+        recipe = ft.recipe_from_params({**section, "model": params.model, "operators": params.new_operators,
+                                        "replay_operators": params.old_operators, "difficulties": params.difficulties,
+                                        "prompt_format": params.prompt_format, "seed": params.seed,
+                                        "lora_batch_size": section.get("lora_batch_size", ft.FinetuneRecipe.batch_size)})
+    except (TypeError, ValueError) as err:
+        raise ParamError(f"finetune_set {params.finetune_set!r}: its 03_finetune section is not a valid recipe ({err})") from None
+    rank = recipe.rank if rank is None else rank
+    steps = recipe.steps if steps is None else steps
+    if (rank, steps) == (recipe.rank, recipe.steps):
+        return recipe, params.finetuned
+    varied = dataclasses.replace(recipe, rank=rank, alpha=max(1, round(recipe.alpha * rank / recipe.rank)), steps=steps,
+                                 eval_every=min(recipe.eval_every, steps))
+    return varied.validate(), f"{params.finetuned}-r{rank}-s{steps}"
 
-    return (finetuned_dir(name) / "config.json").is_file() or (Path(name).expanduser() / "config.json").is_file()
+
+def _check_finetune(params: Params, recipe: ft.FinetuneRecipe, name: str) -> None:
+    """A fine-tune this chapter may train: its name free (or holding this recipe) and the cache writable."""
+    if not ft.is_current(name, recipe):
+        try:
+            ft.check_name_free(name, recipe)
+        except ValueError as err:
+            params.fail("finetuned", str(err))
+        preflight.writable_cache(f"{CHAPTER}: the fine-tune {name!r} must be trained and saved", "finetuned")
+
+
+def _ensure_finetune(params: Params, recipe: ft.FinetuneRecipe, name: str) -> str:
+    return str(ft.ensure_finetuned(recipe, name, progress=False, device=resolve_device(params.device)))
 
 
 def check(params: Params) -> None:
@@ -141,35 +165,31 @@ def check(params: Params) -> None:
     if params.kind == "sae":
         preflight.writable_cache(f"{CHAPTER}: the dictionaries are saved in SAELens's format at the end", "dictionaries")
     if params.ranks:
-        from . import finetune
-
         for rank in params.ranks:
-            finetune.check(finetune_params(params, rank, params.sweep_steps))
+            _check_finetune(params, *finetune_recipe(params, rank, params.sweep_steps))
         return
-    if _finetune_available(params.finetuned):
+    if is_checkpoint(params.finetuned):
         ft_spec = preflight.model(params, "finetuned")
         if (ft_spec.n_layers, ft_spec.n_ctx) != (spec.n_layers, spec.n_ctx):
             params.fail("finetuned", f"has {ft_spec.n_layers} layers and context {ft_spec.n_ctx}, but 'model' "
                                      f"{params.model!r} has {spec.n_layers} and {spec.n_ctx}: it cannot be a fine-tune of it")
-        derived = _derived_from(params.finetuned)
+        derived = (source_record(params.finetuned) or {}).get("base")
         if derived is not None and derived != params.model:
             params.fail("finetuned", f"was fine-tuned from {derived!r}, not from 'model' {params.model!r}")
     else:
-        from . import finetune
-
-        finetune.check(finetune_params(params))
+        _check_finetune(params, *finetune_recipe(params))
 
 
 def eval_problems(finetuned: str, operators, difficulties, prompt_format: str, n_per_cell: int, seed: int) -> pd.DataFrame:
     """The fine-tune's own held-out problems when it has them (never trained on), else fresh ones."""
     path = finetuned_dir(finetuned)
     if (path / "heldout_new.parquet").is_file():
-        from ..core.finetune import load_heldout
-
-        held = load_heldout(path)
+        held = ft.load_heldout(path)
         held = held[held.op.isin(operators) & held.difficulty.isin(difficulties)]
         return held.groupby(["op", "difficulty"], group_keys=False).head(n_per_cell).reset_index(drop=True)
     return data.make_problems(operators, difficulties, n_per_cell, prompt_format, seed + 2).to_pandas()
+
+
 
 
 @dataclasses.dataclass
@@ -193,67 +213,6 @@ class Result:
     timings: dict
 
 
-def _train_rank(fp) -> str:
-    """One rank of the sweep (a process of its own when workers > 1, quiet: a Jupyter kernel
-    shows a worker's output in the cell that started it)."""
-    from ..core.quiet import quiet
-    from . import finetune
-
-    quiet()
-    return finetune.ensure(fp)
-
-
-def rank_sweep(params: Params) -> pd.DataFrame:
-    """Train (or find) one fine-tune per rank with chapter 3's recipe on ``sweep_steps``
-    steps, and score each on its held-out problems: one row per (rank, skill) with n and the
-    Wilson 95% interval, plus the trainable parameters and the base's."""
-    from ..core import finetune as ft
-    from ..core.models import load_hf, load_model
-    from ..core.stats import proportion
-
-    fps = [finetune_params(params, r, params.sweep_steps) for r in params.ranks]
-    todo = [fp for fp in fps if not ft.is_current(fp.finetuned_name, _recipe(fp))]
-    if params.workers > 1 and len(todo) > 1:
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
-
-        from ..core.quiet import quiet
-
-        with ProcessPoolExecutor(min(params.workers, len(todo)), mp_context=multiprocessing.get_context("spawn"),
-                                 initializer=quiet) as pool:
-            list(pool.map(_train_rank, todo))
-    else:
-        for fp in todo:
-            _train_rank(fp)
-    hf, _, _ = load_hf(params.model)
-    base_params = sum(p.numel() for p in hf.parameters())
-    rows = []
-    for rank, fp in zip(params.ranks, fps):
-        path = finetuned_dir(fp.finetuned_name)
-        trainable = sum(p.numel() for p in ft.lora_model(load_hf(params.model)[0], _recipe(fp)).parameters() if p.requires_grad)
-        model, _ = load_model(fp.finetuned_name, device=params.device)
-        res = evaluate(model, ft.load_heldout(path), batch_size=params.batch_size)
-        for skill, mask in (("new skill", res.op.isin(params.new_operators)), ("old skill", ~res.op.isin(params.new_operators))):
-            if mask.any():
-                st = proportion(res.loc[mask, "correct"])
-                rows.append({"rank": rank, "skill": skill, "n": st["n"], "accuracy": st["p"], "lo": st["lo"], "hi": st["hi"],
-                             "trainable": trainable, "base_params": base_params, "steps": params.sweep_steps})
-    return pd.DataFrame(rows)
-
-
-def _recipe(fp):
-    from . import finetune
-
-    return finetune.recipe(fp)
-
-
-def choose_rank(ranks: pd.DataFrame, share: float) -> int:
-    """The smallest rank whose held-out accuracy on the new skill reaches ``share`` of the best
-    rank's: the lowest rank that learns the skill about as well as any."""
-    new = ranks[ranks.skill == "new skill"].sort_values("rank")
-    return int(new[new.accuracy >= share * new.accuracy.max()]["rank"].iloc[0])
-
-
 def run(params: Params) -> Result:
     """The whole study: rank sweep, the chosen fine-tune, weight patching, dictionaries,
     conditions with controls, latents and the verdict."""
@@ -266,16 +225,17 @@ def run(params: Params) -> Result:
     ranks, chosen = pd.DataFrame(), None
     name = params.finetuned
     if params.ranks:
-        ranks = rank_sweep(params)
+        device = resolve_device(params.device)
+        jobs = {r: (*finetune_recipe(params, r, params.sweep_steps), device) for r in params.ranks}
+        ranks = rank_sweep(params.model, jobs, params.new_operators, params.batch_size, params.workers, setup=quiet)
         chosen = choose_rank(ranks, params.rank_share)
-        name = finetune_params(params, chosen).finetuned_name
+        name = finetune_recipe(params, chosen)[1]
         timings["rank_sweep_seconds"] = round(time.perf_counter() - start, 1)
-    if params.ranks or not _finetune_available(params.finetuned):
-        from . import finetune
-
-        finetune.ensure(finetune_params(params, chosen))
+    if params.ranks or not is_checkpoint(params.finetuned):
+        _ensure_finetune(params, *finetune_recipe(params, chosen))
     timings["finetune_seconds"] = round(time.perf_counter() - start, 1) - timings.get("rank_sweep_seconds", 0)
     p = params.to_dict()
+    config = params.delta()
     base_lm, _ = load_model(p["model"], device=p["device"])
     ft_lm, _ = load_model(name, device=p["device"])
     ops = list(p["new_operators"]) + list(p["old_operators"])
@@ -287,7 +247,7 @@ def run(params: Params) -> Result:
     timings["localisation_seconds"] = round(time.perf_counter() - t, 1)
     layers = list(p["layers"]) or list(range(base_lm.cfg.n_layers))
     t = time.perf_counter()
-    sites = train_sites(base_lm, ft_lm, layers, p, train, val)
+    sites = train_sites(base_lm, ft_lm, layers, config, train, val)
     timings["dictionary_seconds"] = round(time.perf_counter() - t, 1)
     t = time.perf_counter()
     conditions = delta_study.run_conditions(ft_lm, evals, sites, p["kind"], p["alphas"], p["batch_size"])
@@ -297,11 +257,11 @@ def run(params: Params) -> Result:
     base_new = float(localisation[(localisation.design == "base") & (localisation.skill == "new skill")].accuracy.iloc[0])
     verdicts = verdict_table(table, base_new)
     t = time.perf_counter()
-    seeds = seed_repeats(base_lm, ft_lm, layers, p, train, val, evals, verdicts, base_new)
+    seeds = seed_repeats(base_lm, ft_lm, layers, config, train, val, evals, verdicts, base_new)
     timings["seed_repeat_seconds"] = round(time.perf_counter() - t, 1)
     focus = pick_focus_layer(verdicts, layers)
     t = time.perf_counter()
-    latents = describe(ft_lm, evals, sites[layers.index(focus)], p)
+    latents = describe(ft_lm, evals, sites[layers.index(focus)], config)
     timings["latent_seconds"] = round(time.perf_counter() - t, 1)
     timings["run_seconds"] = round(time.perf_counter() - start, 1)
     base_rows = [{"layer": s.layer, "dictionary": k, **v} for s in sites for k, v in s.base_metrics.items()]
@@ -311,132 +271,25 @@ def run(params: Params) -> Result:
                   sites=sites, timings=timings)
 
 
-def train_sites(base_lm, ft_lm, layers, p: dict, train: pd.DataFrame, val: pd.DataFrame) -> list:
-    """Every studied layer's dictionaries. The models are frozen, so every pass over the
-    training problems yields the same rows: when they fit ``buffer_tokens`` they are collected
-    once for all layers and reshuffled each pass; otherwise they are streamed per layer."""
-    names = {layer: sae.sites(p["kind"], layer) for layer in layers}
-    hooks = sorted({n for pair in names.values() for n in pair})
-    val_base = sae.collect_rows(base_lm, val, hooks)[0]
-    val_ft = sae.collect_rows(ft_lm, val, hooks)[0]
-    collected = sae.answer_rows(ft_lm, train) <= p["buffer_tokens"]
-    if collected:
-        rows_base = sae.collect_rows(base_lm, train, hooks)[0]
-        rows_ft = sae.collect_rows(ft_lm, train, hooks)[0]
-    sites = []
-    for layer in layers:
-        i, o = names[layer]
-
-        def source(lm, rows):
-            if collected:
-                return lambda seed: sae.shuffled_batches(rows[i], rows[o], p["n_tokens"], p["batch_tokens"], seed)
-            return lambda seed: sae.ActivationBuffer(lm, train, i, o, p["n_tokens"], p["batch_tokens"], p["buffer_tokens"], seed)
-
-        base = None
-        if p["base_source"] != "train":  # "saelens:RELEASE:ID" with {layer} in ID
-            _, release, sae_id = p["base_source"].split(":", 2)
-            base = sae.load_pretrained_base(release, sae_id.format(layer=layer), device=str(base_lm.cfg.device))
-        sites.append(delta_study.train_site(
-            layer, source(base_lm, rows_base if collected else None), source(ft_lm, rows_ft if collected else None),
-            (val_base[i], val_base[o]), (val_ft[i], val_ft[o]), p, base=base))
-    return sites
-
-
-def headline_scope(layers) -> str:
-    """All studied layers at once when there are several, else the one layer."""
-    return delta_study.ALL if len(layers) > 1 else str(layers[0])
-
-
-def seed_repeats(base_lm, ft_lm, layers, p: dict, train, val, evals, verdicts: pd.DataFrame, base_new: float,
-                 score=None) -> pd.DataFrame:
-    """The headline test repeated with dictionaries trained from each of ``dictionary_seeds``
-    (same problems, same fine-tune): one row per seed, the run's own seed first."""
-    scope = headline_scope(layers)
-    rows = [verdicts[verdicts.scope == scope].assign(dictionary_seed=p["seed"])]
-    for seed in p["dictionary_seeds"]:
-        if seed == p["seed"]:
-            continue
-        sites = train_sites(base_lm, ft_lm, layers, {**p, "seed": seed}, train, val)
-        scopes = [delta_study.ALL] if scope == delta_study.ALL else [int(scope)]
-        cond = delta_study.run_conditions(ft_lm, evals, sites, p["kind"], (0, 1), p["batch_size"], scopes=scopes, sanity=False,
-                                          score=score)
-        table = delta_study.condition_table(cond, p["new_operators"])
-        rows.append(verdict_table(table, base_new).assign(dictionary_seed=seed))
-    return pd.concat(rows, ignore_index=True)
-
-
-def verdict_table(table: pd.DataFrame, base_new: float) -> pd.DataFrame:
-    """The verdict at every scope, with the numbers it rests on."""
-    rows = []
-    for scope in table.scope.unique():
-        nums = delta_study.removal_numbers(table, scope, base_new)
-        v, why = delta_study.verdict(nums)
-        rows.append({"scope": scope, "verdict": v, "reason": why, **{k: v for k, v in nums.items() if k != "control_gain"},
-                     **{f"gain_{c}": g for c, g in nums["control_gain"].items()}})
-    return pd.DataFrame(rows)
-
-
-def pick_focus_layer(verdicts: pd.DataFrame, layers) -> int:
-    """The layer where removing the delta costs the new skill most beyond the old."""
-    single = verdicts[verdicts.scope != delta_study.ALL]
-    gap = single.cost_new - single.cost_old
-    return int(single.loc[gap.idxmax(), "scope"]) if len(single) else int(layers[0])
-
-
-def describe(ft_lm, evals: pd.DataFrame, site, p: dict) -> pd.DataFrame:
-    """The delta latents that matter most for the new skill (by ablation), and a few base
-    latents for comparison, each with a description derived from its activations."""
-    i, o = sae.sites(p["kind"], site.layer)
-    rows, meta = sae.collect_rows(ft_lm, evals, (i, o))
-    x = rows[i]
-    with torch.no_grad():
-        delta_acts, base_acts = site.delta.delta.encode(x), site.delta.base.encode(x)
-    is_new = torch.from_numpy(evals.op.isin(p["new_operators"]).to_numpy()[meta.problem.to_numpy()])
-    sub = evals.groupby("op", group_keys=False).head(300).reset_index(drop=True)
-    live = [int(j) for j in (delta_acts > 0).any(0).nonzero().flatten()]
-    effects = delta_study.latent_effects(ft_lm, sub, site, p["kind"], "delta", live, p["new_operators"], p["batch_size"])
-    frames = []
-    if len(effects):
-        top = effects.sort_values("loss_rise_new", ascending=False).head(p["n_latents"])
-        frames.append(_described(ft_lm, top, delta_acts, site.delta.delta.W_dec, meta, evals, p))
-    if p["n_base_latents"] and is_new.any():
-        by_use = base_acts[is_new].mean(0).topk(min(4 * p["n_base_latents"], base_acts.shape[1])).indices.tolist()
-        base_fx = delta_study.latent_effects(ft_lm, sub, site, p["kind"], "base", by_use, p["new_operators"], p["batch_size"])
-        top = base_fx.sort_values("loss_rise_new", ascending=False).head(p["n_base_latents"])
-        w_dec = site.delta.base.W_dec if hasattr(site.delta.base, "W_dec") else site.delta.base.sae.W_dec
-        frames.append(_described(ft_lm, top, base_acts, w_dec, meta, evals, p))
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-
-
-def _described(model, effects: pd.DataFrame, acts, w_dec, meta, evals, p) -> pd.DataFrame:
-    latents = effects.latent.tolist()
-    push = delta_study.logit_push(model, w_dec.detach(), latents, among=meta.next_id.unique())
-    decode = lambda t: model.tokenizer.decode([t], skip_special_tokens=True)
-    desc = delta_study.describe_latents(acts, meta, evals, latents, push, p["new_operators"], decode)
-    return effects.merge(desc, on="latent")
-
-
 def findings(result: Result) -> dict:
     """The glued numbers: the chosen rank, the localisation, the conditions at the focus
     layer and at all layers, the controls and the verdicts with their thresholds."""
-    from ..core.stats import fmt_interval
-
     out = {"n_train": result.n_train, "n_eval": result.n_eval, "kind": result.params.kind,
            "focus_layer": result.focus_layer, "finetuned_studied": result.finetuned,
            **{f"threshold_{k}": v for k, v in delta_study.THRESHOLDS.items()}}
     out.update({f"{k}_text": f"{v:.0%}" if k.endswith(("share", "fidelity")) else f"{v:g} points"
                 for k, v in delta_study.THRESHOLDS.items()})
-    ch3 = finetune_params(result.params)
+    ch3 = finetune_recipe(result.params)[0]
     out.update(delta_tolerance=result.params.delta_tolerance, rank_share=f"{result.params.rank_share:.0%}",
                sweep_steps=result.params.sweep_steps, ch3_rank=ch3.rank, ch3_steps=ch3.steps,
-               sweep_budget=f"{result.params.sweep_steps / ch3.steps:.0%}", latent_top_rows=delta_study.TOP_ROWS)
+               sweep_budget=f"{result.params.sweep_steps / ch3.steps:.0%}", latent_top_rows=TOP_ROWS)
     if result.chosen_rank is not None:
         new = result.ranks[result.ranks.skill == "new skill"].set_index("rank")
         best = new.accuracy.idxmax()
-        out.update(chosen_rank=result.chosen_rank, best_rank=int(best), best_rank_text=_row_text(new.loc[best]),
-                   chosen_rank_text=_row_text(new.loc[result.chosen_rank]),
-                   chosen_trainable=_count(new.loc[result.chosen_rank, "trainable"]),
-                   base_params=_count(new.base_params.iloc[0]), max_trainable=_count(new.trainable.max()))
+        out.update(chosen_rank=result.chosen_rank, best_rank=int(best), best_rank_text=row_text(new.loc[best]),
+                   chosen_rank_text=row_text(new.loc[result.chosen_rank]),
+                   chosen_trainable=count_text(new.loc[result.chosen_rank, "trainable"]),
+                   base_params=count_text(new.base_params.iloc[0]), max_trainable=count_text(new.trainable.max()))
         top_rank = int(new.index.max())
         out["rank_sentence"] = (
             f"No lower rank reaches {result.params.rank_share:.0%} of rank {top_rank}'s accuracy at this budget, so the study keeps "
@@ -452,14 +305,14 @@ def findings(result: Result) -> dict:
     for key, (design, which) in {"base": ("base", "none"), "ft": ("fine-tuned", "all"), "attn_only": ("only", "attn (all layers)"),
                                  "mlp_only": ("only", "mlp (all layers)")}.items():
         if (design, which, "new skill") in loc.index:
-            out[f"loc_{key}_new_text"] = _row_text(loc.loc[(design, which, "new skill")])
+            out[f"loc_{key}_new_text"] = row_text(loc.loc[(design, which, "new skill")])
     only = result.localisation[(result.localisation.design == "only") & result.localisation.which.str.fullmatch(r"L\d+")
                                & (result.localisation.skill == "new skill")]
     but = result.localisation[(result.localisation.design == "all but") & (result.localisation.skill == "new skill")]
     if len(only):
         top = only.loc[only.accuracy.idxmax()]
         worst = but.loc[but.accuracy.idxmin()]
-        out.update(loc_best_only=top.which, loc_best_only_text=_row_text(top), loc_worst_but=worst.which, loc_worst_but_text=_row_text(worst))
+        out.update(loc_best_only=top.which, loc_best_only_text=row_text(top), loc_worst_but=worst.which, loc_worst_but_text=row_text(worst))
     out["loc_sentence"] = localisation_sentence(result.localisation)
     g = result.table.set_index(["scope", "label"])
     for scope, tag in ((str(result.focus_layer), "focus"), (delta_study.ALL, "all")):
@@ -506,161 +359,6 @@ def findings(result: Result) -> dict:
         out.update(top_latent=-1, top_latent_description="none", top_latent_loss_rise=0.0,
                    latent_sentence="No delta latent fired on the evaluation problems.")
     return out
-
-
-def seed_findings(seeds: pd.DataFrame) -> dict:
-    """The headline cost and verdict across dictionary seeds, in words."""
-    from ..core.stats import seed_spread
-
-    names = [str(s) for s in seeds.dictionary_seed]
-    listed = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]  # never "0, 1, 2": it glues as a tuple
-    cost = seed_spread(seeds.cost_new.tolist())
-    verdicts = seeds.verdict.tolist()
-    same = len(set(verdicts)) == 1
-    return {
-        "seed_list": listed,
-        "seed_cost_text": (f"{cost['mean']:.1f} points on average (range {cost['min']:.1f} to {cost['max']:.1f}, sd {cost['sd']:.1f})"
-                           if len(seeds) > 1 else f"{cost['mean']:.1f} points (one seed only)"),
-        "seed_sentence": (f"The verdict is '{verdicts[0]}' for every dictionary seed." if same and len(seeds) > 1 else
-                          f"The verdict is '{verdicts[0]}' (one dictionary seed only)." if same else
-                          "The verdict changes with the dictionary seed (" + ", ".join(
-                              f"seed {s}: {v}" for s, v in zip(seeds.dictionary_seed, verdicts)) + "), so it is not robust."),
-    }
-
-
-def localisation_sentence(loc: pd.DataFrame) -> str:
-    """Where the update matters, in words, from the weight-patching numbers: the share of the
-    added skill that one layer's update gives alone, and that removing one layer's costs."""
-    new = loc[loc.skill == "new skill"].set_index(["design", "which"]).accuracy
-    base, tuned = new[("base", "none")], new[("fine-tuned", "all")]
-    added = tuned - base
-    if added <= 0:
-        return "The fine-tune is no better than the base at the new skill, so there is nothing to localise."
-    only = {w: (a - base) / added for (d, w), a in new.items() if d == "only" and re.fullmatch(r"L\d+", w)}
-    but = {w: (a - base) / added for (d, w), a in new.items() if d == "all but"}
-    best = max(only, key=only.get)
-    if only[best] >= 0.5:
-        return f"The update in {best} alone gives {only[best]:.0%} of the added skill: the skill is localised there."
-    needed = [w for w, share in sorted(but.items()) if share < 0.5]
-    if needed:
-        return (f"No single layer's update does the skill on its own (the best, {best}, gives {only[best]:.0%} of the added skill), "
-                f"and removing the update from any one of {', '.join(needed)} leaves less than half of it: the skill needs the "
-                "update in several layers together.")
-    return (f"No single layer's update does the skill on its own (the best, {best}, gives {only[best]:.0%} of the added skill), "
-            "yet no single layer is indispensable either: the update is spread and redundant.")
-
-
-# ---------------------------------------------------------------- views for the page
-
-
-def scope_name(scope) -> str:
-    return "all layers" if str(scope) == delta_study.ALL else f"layer {scope}"
-
-
-def conditions_long(table: pd.DataFrame, focus_layer, scopes=None, labels=delta_study.LABELS[:-1]) -> pd.DataFrame:
-    """The conditions in long form (scope, label, skill, n, accuracy, interval) at the given
-    scopes (default: the focus layer and all layers at once), with a ``layer`` column for charts."""
-    scopes = [str(s) for s in (scopes or [focus_layer, delta_study.ALL])]
-    long = delta_study.long_table(table, labels)
-    long = long[long.scope.isin(scopes)].copy()
-    long["layer"] = long.scope.map(scope_name)
-    return long.reset_index(drop=True)
-
-
-def dose_long(result: Result, every_layer: bool = False) -> pd.DataFrame:
-    """base + alpha x delta per scope and skill (the focus layer and all layers at once, or
-    ``every_layer``), with a ``series`` label for one line each."""
-    doses = delta_study.long_table(result.table[result.table.alpha.notna()], list(result.table.label.unique()))
-    if not every_layer:
-        doses = doses[doses.scope.isin([str(result.focus_layer), delta_study.ALL])]
-    doses["series"] = doses.skill + ", " + doses.scope.map(scope_name)
-    return doses.reset_index(drop=True)
-
-
-def localisation_long(result: Result, per_layer: bool = True) -> pd.DataFrame:
-    """Weight patching in long form; ``per_layer`` keeps the two ends and whole layers (for the
-    chart), else the component designs."""
-    loc = result.localisation
-    whole = loc.which.str.fullmatch(r"L\d+") | loc.design.isin(["base", "fine-tuned"])
-    out = loc[whole if per_layer else ~whole].copy()
-    out["layer"] = out.design.map({"base": "ends", "fine-tuned": "ends"}).fillna(out.design)
-    out["label"] = out.which.map({"none": "base", "all": "fine-tuned"}).fillna(out.which)
-    return out.reset_index(drop=True)
-
-
-def verdict_view(verdicts: pd.DataFrame) -> pd.DataFrame:
-    """Per scope: the verdict and the numbers it rests on, in accuracy points on the new skill
-    (cost = full - no_delta; a control's gain = control - no_delta)."""
-    v = verdicts
-    out = pd.DataFrame({"scope": v.scope.map(scope_name), "verdict": v.verdict, "full": v.full_new, "no_delta": v.no_delta_new,
-                        "cost new": v.cost_new, "cost old": v.cost_old})
-    for c, short in (("random_delta", "gain random"), ("base_delta", "gain base-trained")):
-        if f"gain_{c}" in v:
-            out[short] = v[f"gain_{c}"]
-    return out
-
-
-def latent_view(result: Result) -> pd.DataFrame:
-    """The described latents: effects (nats of answer loss when switched off) and description."""
-    if not len(result.latents):
-        return pd.DataFrame({"note": ["no latent fired on the evaluation problems"]})
-    lat = result.latents
-    return pd.DataFrame({"dict": lat.which, "latent": lat.latent, "+loss new": lat.loss_rise_new,
-                         "+loss old": lat.get("loss_rise_old", float("nan")), "fires": lat.fire_rate,
-                         "description": lat.description, "strongest rows": lat.get("top_examples", "")})
-
-
-def seeds_view(result: Result) -> pd.DataFrame:
-    """The headline test per dictionary seed, in points on the new skill."""
-    v = result.seeds
-    return pd.DataFrame({"dictionary seed": v.dictionary_seed, "verdict": v.verdict, "full": v.full_new, "no_delta": v.no_delta_new,
-                         "cost new": v.cost_new, "cost old": v.cost_old})
-
-
-def sweep_view(result: Result) -> pd.DataFrame:
-    """The delta sweep, narrow: layer, width, k, validation EV, NMSE, dead share, chosen."""
-    s = result.sweep
-    return pd.DataFrame({"layer": s.layer, "width": s.delta_width, "k": s.delta_k, "EV": s.explained_variance, "NMSE": s.nmse,
-                         "dead": s.dead_fraction, "chosen": s.chosen.map({True: "yes", False: ""})})
-
-
-def reconstruction_view(result: Result) -> pd.DataFrame:
-    b = result.base
-    return pd.DataFrame({"layer": b.layer, "dictionary": b.dictionary, "EV": b.explained_variance, "NMSE": b.nmse, "L0": b.l0})
-
-
-def _count(n) -> str:
-    """An integer with thin spaces between thousands (``208 512``): a comma would make the
-    glued text read as a Python tuple."""
-    return f"{int(n):,}".replace(",", "\u202f")
-
-
-def _row_text(row) -> str:
-    from ..core.stats import fmt_interval
-
-    return fmt_interval(row["accuracy"], row["lo"], row["hi"], int(row["n"]))
-
-
-def verdict_sentence(verdict: str, skill: str = "the new skill") -> str:
-    """The verdict in one plain sentence about ``skill``."""
-    return {
-        "in the delta": f"The data support the hypothesis: {skill} lives in the delta.",
-        "partly in the delta": f"The data support the hypothesis only in part: the delta carries some of {skill}, and the rest lives elsewhere.",
-        "not in the delta": f"The data go against the hypothesis: removing the delta does not remove {skill}.",
-        "inconclusive": f"The data cannot answer the question: the splice itself breaks {skill}.",
-    }[verdict]
-
-
-def _derived_from(name: str) -> str | None:
-    """The base a mechlib fine-tune records in its metadata (None when it records none)."""
-    import json
-    from pathlib import Path
-
-    for path in (finetuned_dir(name), Path(name).expanduser()):
-        meta = path / "mechlib_source.json"
-        if meta.is_file():
-            return json.loads(meta.read_text()).get("base")
-    return None
 
 
 def save_dictionaries(result: Result) -> list[str]:

@@ -11,9 +11,16 @@ import pandas as pd
 from datasets import Dataset, Features, Value
 
 from ..core import data, delta_study, tools
-from ..core import finetune as ft
+from ..core import lora as ft
+from ..core.delta_latents import describe
+from ..core.delta_sites import pick_focus_layer, seed_repeats, train_sites, verdict_table
+from ..core.delta_study import DeltaConfig
 from ..core.evaluate import evaluate
-from ..core.stats import proportion
+from ..core.organism import OrganismRecipe
+from ..core.problem_sets import last_positions
+from ..core.stats import fmt_interval, proportion
+from ..views.delta_summary import conditions_long, seed_findings, verdict_sentence
+from ..views.delta_summary import verdict_view as delta_verdict_view
 from . import preflight
 from .base import (
     ModelParams,
@@ -93,6 +100,16 @@ class Params(ModelParams):
                     self.fail(b, f"{both} are also in {a!r}; the subsets must not share an operator")
         if self.base_k > self.base_width:
             self.fail("base_k", f"must be <= 'base_width' ({self.base_width})")
+
+    def delta(self) -> DeltaConfig:
+        """Chapter 4's delta study on this fine-tune: TopK SAEs trained here, the tool
+        operators as the new skill."""
+        return DeltaConfig(new_operators=self.tool_operators, kind="sae", activation="topk", base_source="train",
+                           base_width=self.base_width, base_k=self.base_k, delta_widths=self.delta_widths, delta_ks=self.delta_ks,
+                           delta_tolerance=self.delta_tolerance, l1=0.0, lr=self.dictionary_lr, n_tokens=self.n_tokens,
+                           batch_tokens=self.batch_tokens, buffer_tokens=self.buffer_tokens, alphas=self.alphas,
+                           dictionary_seeds=self.dictionary_seeds, n_latents=self.n_latents, n_base_latents=self.n_base_latents,
+                           batch_size=self.batch_size, seed=self.seed)
 
 
 @dataclasses.dataclass
@@ -245,25 +262,22 @@ def run(params: Params) -> Result:
 def delta_test(params: Params, base_lm, ft_lm, evals: pd.DataFrame) -> dict:
     """Chapter 4's machinery on this fine-tune: the new skill is the exact call on ``tool``
     problems, the old one the exact answer on ``copy`` problems."""
-    from . import sae_delta
-
-    p = {**params.to_dict(), "kind": "sae", "activation": "topk", "base_source": "train", "l1": 0.0, "lr": params.dictionary_lr,
-         "new_operators": list(params.tool_operators)}
+    config = params.delta()
     ops = list(params.tool_operators) + list(params.copy_operators)
     problems = evals[evals.subset.isin(["tool", "copy"])].reset_index(drop=True)
     train = data.make_problems(ops, list(params.difficulties), params.n_train_per_cell, params.prompt_format, params.seed).to_pandas()
     val = data.make_problems(ops, list(params.difficulties), params.n_val_per_cell, params.prompt_format, params.seed + 1).to_pandas()
     train, val = (_with_calls(x, params) for x in (train, val))
     layers = list(params.layers) or list(range(base_lm.cfg.n_layers))
-    sites = sae_delta.train_sites(base_lm, ft_lm, layers, p, train, val)
+    sites = train_sites(base_lm, ft_lm, layers, config, train, val)
     score = delta_study.exact_output
     conditions = delta_study.run_conditions(ft_lm, problems, sites, "sae", params.alphas, params.batch_size, score=score)
     table = delta_study.condition_table(conditions, params.tool_operators)
     base_new = float(score(evaluate(base_lm, problems[problems.subset == "tool"], batch_size=params.batch_size)).mean())
-    verdicts = sae_delta.verdict_table(table, base_new)
-    seeds = sae_delta.seed_repeats(base_lm, ft_lm, layers, p, train, val, problems, verdicts, base_new, score=score)
-    focus = sae_delta.pick_focus_layer(verdicts, layers)
-    latents = sae_delta.describe(ft_lm, problems, sites[layers.index(focus)], p)
+    verdicts = verdict_table(table, base_new)
+    seeds = seed_repeats(base_lm, ft_lm, layers, config, train, val, problems, verdicts, base_new, score=score)
+    focus = pick_focus_layer(verdicts, layers)
+    latents = describe(ft_lm, problems, sites[layers.index(focus)], config)
     return {"table": table, "verdicts": verdicts, "seeds": seeds, "latents": latents, "focus_layer": focus,
             "sanity": delta_study.error_check(conditions), "layers": layers, "n_train": len(train), "n_eval": len(problems)}
 
@@ -279,8 +293,6 @@ def _with_calls(problems: pd.DataFrame, params: Params) -> pd.DataFrame:
 
 def before_after(result: Result) -> pd.DataFrame:
     """One row per subset and metric: before and after, each with n and interval, as text."""
-    from ..core.stats import fmt_interval
-
     m = result.metrics
     rows = []
     for (subset, metric), g in m.groupby(["subset", "metric"], sort=False):
@@ -292,7 +304,7 @@ def before_after(result: Result) -> pd.DataFrame:
 
 def metric_bars(result: Result) -> pd.DataFrame:
     """The metrics in long form for a bar chart: ``layer`` = subset, ``label`` = metric,
-    ``skill`` = before/after (the columns :func:`mechlib.core.plots.condition_bars` reads)."""
+    ``skill`` = before/after (the columns :func:`mechlib.views.plots.condition_bars` reads)."""
     m = result.metrics.rename(columns={"rate": "accuracy"})
     short = {"tool_call_rate": "call", "valid_tool_format_rate": "valid call", "math_correct_rate": "correct"}
     return m.assign(layer=m.subset, label=m.metric.map(short), skill=m.model)
@@ -322,17 +334,13 @@ def heldout_curves(result: Result) -> pd.DataFrame:
 
 def delta_long(result: Result) -> pd.DataFrame:
     """The splice conditions at the focus layer and all layers at once, in long form."""
-    from . import sae_delta
-
-    long = sae_delta.conditions_long(result.delta["table"], result.delta["focus_layer"])
+    long = conditions_long(result.delta["table"], result.delta["focus_layer"])
     long["skill"] = long.skill.map({"new skill": "exact call (tool)", "old skill": "exact answer (copy)"})
     return long
 
 
 def verdict_view(result: Result) -> pd.DataFrame:
-    from . import sae_delta
-
-    return sae_delta.verdict_view(result.delta["verdicts"])
+    return delta_verdict_view(result.delta["verdicts"])
 
 
 def latent_view(result: Result) -> pd.DataFrame:
@@ -345,18 +353,12 @@ def latent_view(result: Result) -> pd.DataFrame:
 
 def _positions(evals: pd.DataFrame) -> dict:
     """How far the organism's training reached (chapter 1's count) and how far a call runs."""
-    from ..core.organism import OrganismRecipe
-    from .baseline import last_positions
-
     calls = evals[evals.needs_call].assign(kind="longer_operands")
     pos = last_positions(calls, OrganismRecipe())
     return {"trained_last_position": pos["trained_last"], "call_last_position": pos.get("longer_last", pos["trained_last"])}
 
 
 def findings(result: Result) -> dict:
-    from ..core.stats import fmt_interval
-    from . import sae_delta
-
     m = result.metrics.set_index(["model", "subset", "metric"])
     out = {"n_eval": int(len(result.evals)), "steps": result.params.steps, "rank": result.params.rank,
            "finetuned_name": result.params.finetuned_name, "n_train_calls": result.n_train_calls,
@@ -380,9 +382,9 @@ def findings(result: Result) -> dict:
     headline = delta_study.ALL if delta_study.ALL in v.index else str(d["focus_layer"])
     out.update(delta_verdict=v.loc[headline, "verdict"], delta_reason=v.loc[headline, "reason"],
                delta_scope="all layers at once" if headline == delta_study.ALL else f"layer {headline}",
-               delta_sentence=sae_delta.verdict_sentence(v.loc[headline, "verdict"], "the call habit"),
+               delta_sentence=verdict_sentence(v.loc[headline, "verdict"], "the call habit"),
                delta_focus_layer=d["focus_layer"], delta_full_error_check=d["sanity"][headline],
-               **{f"delta_{k}": val for k, val in sae_delta.seed_findings(d["seeds"]).items()})
+               **{f"delta_{k}": val for k, val in seed_findings(d["seeds"]).items()})
     g = d["table"].set_index(["scope", "label"])
     for label in ("raw", "full", "no_delta", "random_delta", "base_delta", "wide_base"):
         row = g.loc[(headline, label)]

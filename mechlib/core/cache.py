@@ -25,3 +25,31 @@ def content_key(**parts) -> str:
     key of anything mechlib trains, so changed inputs never reuse stale weights."""
     blob = json.dumps(parts, sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:10]
+
+
+SOURCE_FILE = "mechlib_source.json"  # what a checkpoint mechlib wrote was made from
+
+
+def is_finetune(name: str) -> bool:
+    """Whether ``name`` (a bare name, not a path) is a fine-tuned checkpoint in the cache."""
+    return "/" not in str(name) and (finetuned_dir(str(name)) / "config.json").is_file()
+
+
+def is_checkpoint(name_or_path: str | Path) -> bool:
+    """A cached fine-tune by name, or a local checkpoint directory (with its config.json)."""
+    return is_finetune(str(name_or_path)) or (Path(name_or_path).expanduser() / "config.json").is_file()
+
+
+def source_record(name_or_path: str | Path) -> dict | None:
+    """The ``mechlib_source.json`` record of a checkpoint: a cached fine-tune by name, or a
+    directory. None when there is none or it cannot be read."""
+    name = str(name_or_path)
+    folders = ([finetuned_dir(name)] if is_finetune(name) else []) + [Path(name).expanduser()]
+    for folder in folders:
+        meta = folder / SOURCE_FILE
+        if meta.is_file():
+            try:
+                return json.loads(meta.read_text())
+            except (OSError, json.JSONDecodeError):
+                return None
+    return None

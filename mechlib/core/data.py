@@ -305,7 +305,7 @@ def load_problems(source: str | Path, config: str | None = None, split: str | No
             str(source),
             "Download it where you have internet, e.g. "
             f"`datasets.load_dataset({str(source)!r}, {config!r}, split={split!r}).save_to_disk('DIR')`, "
-            "copy DIR here and pass dataset='DIR'; or generate problems with mechlib.data.make_problems.",
+            "copy DIR here and pass dataset='DIR'; or generate problems with mechlib.core.data.make_problems.",
         )
         ds = _pick_split(load_dataset(str(source), config), source, split)
     if "context" in ds.column_names and "completion" in ds.column_names:

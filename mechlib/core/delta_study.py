@@ -31,7 +31,42 @@ ALL = "all"
 # The order of the conditions in tables and charts.
 LABELS = ("raw", "no_delta", "full", "full+error", "random_delta", "base_delta", "wide_base", "zero_ablation")
 CONTROLS = ("random_delta", "base_delta")
-TOP_ROWS = 20  # a latent is described from its this-many strongest evaluation rows
+
+
+@dataclasses.dataclass(frozen=True)
+class DeltaConfig:
+    """Everything that decides a delta study's dictionaries, splices and described latents:
+    shared by every chapter that runs one (chapter 4 on a LoRA fine-tune, chapter 6 on a
+    tool-use fine-tune)."""
+
+    new_operators: tuple[str, ...]  # the skill the fine-tune added; the rest is the old skill
+    kind: str = "sae"  # "sae" (MLP output from itself) or "transcoder" (MLP output from its input)
+    activation: str = "topk"  # or "relu" with an L1 penalty
+    base_source: str = "train"  # or "saelens:RELEASE:ID" with {layer} in ID
+    base_width: int = 256
+    base_k: int = 16
+    delta_widths: tuple[int, ...] = (32, 64, 128)
+    delta_ks: tuple[int, ...] = (4, 8)
+    delta_tolerance: float = 0.005  # the narrowest, sparsest delta within this much EV of the best
+    l1: float = 0.0
+    lr: float = 0.003
+    n_tokens: int = 60000  # activation rows per dictionary
+    batch_tokens: int = 512
+    buffer_tokens: int = 8192  # rows held in memory; training problems that fit are collected once
+    alphas: tuple[float, ...] = (0, 0.25, 0.5, 1, 1.5, 2)  # doses of the delta (0: no_delta, 1: full)
+    dictionary_seeds: tuple[int, ...] = (1, 2)  # the headline test repeated with these seeds
+    n_latents: int = 5  # delta latents described
+    n_base_latents: int = 3  # base latents described, for comparison
+    batch_size: int = 512
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.kind not in ("sae", "transcoder"):
+            raise ValueError(f"kind: 'sae' or 'transcoder', got {self.kind!r}")
+        if self.activation not in ("topk", "relu"):
+            raise ValueError(f"activation: 'topk' or 'relu', got {self.activation!r}")
+        if not self.new_operators:
+            raise ValueError("new_operators: name at least one operator of the new skill")
 
 
 @dataclasses.dataclass
@@ -56,18 +91,18 @@ def choose_delta(sweep: pd.DataFrame, tolerance: float) -> int:
     return int(ok.sort_values(["delta_width", "delta_k"]).index[0])
 
 
-def train_site(layer: int, rows_base, rows_ft, val_base, val_ft, p: dict, base=None) -> Site:
+def train_site(layer: int, rows_base, rows_ft, val_base, val_ft, config: DeltaConfig, base=None) -> Site:
     """Train one layer's dictionaries. ``rows_*`` make fresh (x, y) minibatch iterators
     (``rows(seed)``) from the base or the fine-tuned model; ``val_*`` are (x, y) validation
     rows. ``base`` is a pretrained base dictionary, or None to train one."""
     d_in, d_out = val_ft[0].shape[1], val_ft[1].shape[1]
-    seed, act, lr, l1 = p["seed"], p["activation"], p["lr"], p["l1"]
+    seed, act, lr, l1 = config.seed, config.activation, config.lr, config.l1
     losses = {}
     if base is None:
-        base = sae.Dictionary(d_in, d_out, p["base_width"], act, p["base_k"], seed=seed)
+        base = sae.Dictionary(d_in, d_out, config.base_width, act, config.base_k, seed=seed)
         losses["base"] = sae.train_dictionaries([base], rows_base(seed), lr=lr, l1=l1)[0]
     base.requires_grad_(False)
-    configs = [(w, min(k, w)) for w in p["delta_widths"] for k in p["delta_ks"]]
+    configs = [(w, min(k, w)) for w in config.delta_widths for k in config.delta_ks]
     configs = list(dict.fromkeys(configs))
     deltas = [sae.DeltaDictionary(base, sae.Dictionary(d_in, d_out, w, act, k, seed=seed + 1 + i))
               for i, (w, k) in enumerate(configs)]
@@ -75,13 +110,13 @@ def train_site(layer: int, rows_base, rows_ft, val_base, val_ft, p: dict, base=N
         losses[f"delta w{w} k{k}"] = log
     sweep = pd.DataFrame([{"layer": layer, "delta_width": w, "delta_k": k, **sae.reconstruction_metrics(m, *val_ft)}
                           for (w, k), m in zip(configs, deltas)])
-    best_i = choose_delta(sweep, p["delta_tolerance"])
+    best_i = choose_delta(sweep, config.delta_tolerance)
     chosen = deltas[best_i]
     w, k = configs[best_i]
     sweep["chosen"] = sweep.index == best_i
 
     base_delta = sae.DeltaDictionary(base, sae.Dictionary(d_in, d_out, w, act, k, seed=seed + 101))
-    wide = sae.Dictionary(d_in, d_out, base.d_sae + w, act, (p["base_k"] + k) if act == "topk" else 1, seed=seed + 102)
+    wide = sae.Dictionary(d_in, d_out, base.d_sae + w, act, (config.base_k + k) if act == "topk" else 1, seed=seed + 102)
     losses["base_delta"] = sae.train_dictionaries([base_delta], rows_base(seed + 2), lr=lr, l1=l1)[0]
     losses["wide_base"] = sae.train_dictionaries([wide], rows_ft(seed + 3), lr=lr, l1=l1)[0]
     controls = {
@@ -255,112 +290,3 @@ def verdict(numbers: dict, thresholds: dict = THRESHOLDS) -> tuple[str, str]:
         if share >= share_t and specific >= pts_t and beyond >= pts_t and numbers["intervals_apart"]:
             return name, facts
     return "not in the delta", facts
-
-
-# ---------------------------------------------------------------- latents
-
-
-@torch.no_grad()
-def latent_effects(model, problems: pd.DataFrame, site: Site, kind: str, which: str, latents: Sequence[int],
-                   new_ops: Sequence[str], batch_size: int = 512) -> pd.DataFrame:
-    """Ablate one latent at a time in the full splice at the site's layer: the rise in mean
-    answer loss (nats) on the new and the old skill, and the drop in teacher-forced accuracy."""
-    from .evaluate import answer_scores
-
-    module = site.delta
-    module.alpha = 1.0
-    width = module.base.d_sae if which == "base" else module.delta.d_sae
-    prompts, targets = problems.prompt.tolist(), problems.target.tolist()
-    is_new = problems.op.isin(new_ops).to_numpy()
-
-    def score():
-        with model.hooks(fwd_hooks=sae.splice_hooks(module, kind, site.layer)):
-            return answer_scores(model, prompts, targets, batch_size=batch_size)
-
-    ref = score()
-    rows = []
-    try:
-        for i in latents:
-            keep = torch.ones(width)
-            keep[i] = 0
-            setattr(module, f"{which}_keep", keep)
-            s = score()
-            row = {"which": which, "latent": int(i)}
-            for prefix, mask in (("new", is_new), ("old", ~is_new)):
-                if mask.any():
-                    row[f"loss_rise_{prefix}"] = float(s.answer_loss[mask].mean() - ref.answer_loss[mask].mean())
-                    row[f"acc_drop_{prefix}"] = float(ref.tf_correct[mask].mean() - s.tf_correct[mask].mean())
-            rows.append(row)
-    finally:
-        module.base_keep = module.delta_keep = None
-    return pd.DataFrame(rows)
-
-
-def describe_latents(acts: torch.Tensor, meta: pd.DataFrame, problems: pd.DataFrame, latents: Sequence[int],
-                     logit_push: dict, new_ops: Sequence[str], decode, top: int = TOP_ROWS) -> pd.DataFrame:
-    """A data-derived description per latent from its activations on evaluation rows: where
-    it fires (which answer token it predicts), on which operator, on which kind of problem
-    among its ``top`` strongest rows, and which tokens its decoder direction pushes."""
-    info = meta.join(problems.reset_index(drop=True), on="problem")
-    names = {i: _token_name(decode(int(i))) for i in info.next_id.unique()}
-    info = info.assign(predicts=info.next_id.map(names), is_new=info.op.isin(new_ops))
-    rows = []
-    for i in latents:
-        a = acts[:, i].numpy()
-        fires = a > 0
-        mean_new = float(a[info.is_new].mean()) if info.is_new.any() else 0.0
-        mean_old = float(a[~info.is_new].mean()) if (~info.is_new).any() else 0.0
-        order = np.argsort(-a)[:top]
-        order = order[a[order] > 0]
-        topr = info.iloc[order]
-        if not len(topr):
-            rows.append({"latent": int(i), "fire_rate": 0.0, "description": "never fires on the evaluation problems"})
-            continue
-        pos_mode = int(topr.pos.mode().iloc[0])
-        pos_share = float((topr.pos == pos_mode).mean())
-        tok_mode = topr.predicts.mode().iloc[0]
-        tok_share = float((topr.predicts == tok_mode).mean())
-        op_mode = topr.op.mode().iloc[0]
-        op_share = float((topr.op == op_mode).mean())
-        carry_share = float((topr.carries > 0).mean())
-        neg_share = float((topr.answer < 0).mean())
-        parts = [f"{op_share:.0%} '{op_mode}' problems among its top {len(topr)} rows",
-                 f"{pos_share:.0%} at answer token {pos_mode + 1}"]
-        if tok_share >= 0.5:
-            parts.append(f"{tok_share:.0%} predicting {tok_mode}")
-        if neg_share >= 0.5:
-            parts.append(f"{neg_share:.0%} negative results")
-        if carry_share >= 0.5:
-            parts.append(f"{carry_share:.0%} with a {'borrow' if op_mode == '-' else 'carry'}")
-        elif carry_share <= 0.1:
-            parts.append(f"{1 - carry_share:.0%} without a {'borrow' if op_mode == '-' else 'carry'}")
-        parts.append(f"pushes {logit_push.get(int(i), '?')}")
-        rows.append({
-            "latent": int(i),
-            "fire_rate": float(fires.mean()),
-            "mean_new": mean_new,
-            "mean_old": mean_old,
-            "top_examples": ", ".join(f"{p}{t} ({w})" for p, t, w in topr[["prompt", "target", "predicts"]].head(3).itertuples(index=False)),
-            "description": "; ".join(parts),
-        })
-    return pd.DataFrame(rows)
-
-
-def _token_name(text: str) -> str:
-    """A readable name for a predicted token (decoded without special tokens): the end of
-    the answer, or the quoted text."""
-    return "the end" if not text.strip() else repr(text)
-
-
-@torch.no_grad()
-def logit_push(model, decoder: torch.Tensor, latents: Sequence[int], among: Sequence[int], k: int = 3) -> dict:
-    """Per latent, the ``k`` tokens among ``among`` (the answer tokens) that its decoder
-    direction raises most through the unembedding (direct effect, ignoring the final layer
-    norm's scale), as text."""
-    among = sorted(set(int(t) for t in among))
-    scores = decoder[list(latents)].to(model.W_U.dtype) @ model.W_U[:, among]
-    out = {}
-    for i, row in zip(latents, scores):
-        ids = [among[j] for j in row.topk(min(k, len(among))).indices.tolist()]
-        out[int(i)] = " ".join(_token_name(model.tokenizer.decode([t], skip_special_tokens=True)) for t in ids)
-    return out

@@ -19,8 +19,10 @@ from jaxtyping import Int
 from tqdm import tqdm
 
 from .blocks import BlockOrder
+from .data import OPERATORS
 from .stats import accuracy_by
 from .taxonomy import ERROR_CLASSES, classify_all, parse_answer
+from .tokens import with_bos
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
 
@@ -32,7 +34,7 @@ def encode(model, texts: Sequence[str], prepend_bos: bool | None = None) -> list
     tok = model.tokenizer
     ids = tok([str(t) for t in texts], add_special_tokens=bool(prepend_bos and cfg.tokenizer_prepends_bos))["input_ids"]
     if prepend_bos and not cfg.tokenizer_prepends_bos:
-        ids = [[tok.bos_token_id] + row for row in ids]
+        ids = [with_bos(tok, row) for row in ids]
     return ids
 
 
@@ -93,7 +95,7 @@ def greedy_decode(
 ) -> list[str]:
     """Greedy continuation of each prompt, cut at EOS (or a newline), batched by length.
 
-    ``forward`` defaults to the model itself; a :class:`~mechlib.blocks.BlockOrder` (the
+    ``forward`` defaults to the model itself; a :class:`~mechlib.core.blocks.BlockOrder` (the
     default included) decodes with a key/value cache, any other callable recomputes."""
     prompts = list(prompts)  # a datasets Column iterates slowly
     prompt_ids = encode(model, prompts)
@@ -255,16 +257,17 @@ def accuracy_table(results: pd.DataFrame, index: str = "op", columns: str = "dif
     return results.pivot_table(index=index, columns=columns, values="correct", aggfunc="mean").sort_index(axis=1)
 
 
-OP_ORDER = {"+": 0, "-": 1, "*": 2}
-KIND_ORDER = {"trained": 0, "longer_operands": 1, "new_operator": 2, "new_format": 3, "pretrained": 4}
+OP_ORDER = {op: i for i, op in enumerate(OPERATORS)}
 
 
-def accuracy_cells(results: pd.DataFrame, by: Sequence[str] = ("op", "difficulty")) -> pd.DataFrame:
+def accuracy_cells(results: pd.DataFrame, by: Sequence[str] = ("op", "difficulty"),
+                   orders: dict[str, Sequence[str]] | None = None) -> pd.DataFrame:
     """Accuracy per cell with n, the number right and the Wilson 95% interval, operators
-    in the order + - x."""
+    in the order + - x; ``orders`` gives other columns' value order (e.g. a chapter's kinds
+    of cell), and the rest sort as values."""
     table = accuracy_by(results, list(by))
     sort = [c for c in by]
-    order_of = {"op": OP_ORDER, "kind": KIND_ORDER}
+    order_of = {"op": OP_ORDER, **{c: {v: i for i, v in enumerate(vs)} for c, vs in (orders or {}).items()}}
     keys = {c: (table[c].map(order_of[c]) if c in order_of else table[c]) for c in sort}
     order = pd.DataFrame(keys).sort_values(sort).index
     return table.loc[order].reset_index(drop=True)

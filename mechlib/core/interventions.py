@@ -17,7 +17,7 @@ A corruption is a compact spec string, parsed and checked against the model's de
 A ``*`` in place of a layer (``skip:*``, ``repeat:*x2``, ``ablate:attn*:zero``) stands for
 every layer, one condition each.
 
-Layer orders run the model's own blocks in the chosen order (:class:`mechlib.blocks.BlockOrder`);
+Layer orders run the model's own blocks in the chosen order (:class:`mechlib.core.blocks.BlockOrder`);
 ablations are forward hooks.
 """
 from __future__ import annotations
@@ -169,20 +169,27 @@ def mean_activations(model, prompts: Sequence[str], sites: Sequence[tuple[str, i
     BOS excluded: Llama and Gemma write very large activations at BOS, which would
     dominate the mean. Prompts are batched by length, so no batch holds padding."""
     names = {hook_name(s, l) for s, l in sites}
-    ids = encode(model, prompts)
     bos = model.tokenizer.bos_token_id
     sums = {n: torch.zeros(model.cfg.d_model, dtype=torch.float64, device=model.cfg.device) for n in names}
     count = 0
-    for idx in _buckets([len(x) for x in ids], batch_size):
-        tokens = torch.tensor([ids[i] for i in idx], device=model.cfg.device)
+    for tokens, cache in _cached_batches(model, prompts, names, batch_size):
         real = torch.ones(tokens.shape, dtype=torch.float64, device=tokens.device)
         if bos is not None:
             real[:, 0] = (tokens[:, 0] != bos).double()
-        _, cache = model.run_with_cache(tokens, names_filter=lambda n: n in names)
         for n in names:
             sums[n] += torch.einsum("bpd,bp->d", cache[n].double(), real)
         count += real.sum()
     return {n: (s / max(float(count), 1.0)).to(model.cfg.dtype) for n, s in sums.items()}
+
+
+def _cached_batches(model, prompts: Sequence[str], names: set[str], batch_size: int):
+    """(tokens [batch, pos], activation cache of ``names``) per batch of the prompts, batched
+    by length so that no batch holds padding, in a fixed order."""
+    ids = encode(model, prompts)
+    for idx in _buckets([len(x) for x in ids], batch_size):
+        tokens = torch.tensor([ids[i] for i in idx], device=model.cfg.device)
+        _, cache = model.run_with_cache(tokens, names_filter=lambda n: n in names)
+        yield tokens, cache
 
 
 @contextlib.contextmanager
@@ -251,11 +258,8 @@ def activation_stats(model, prompts: Sequence[str], batch_size: int = 512) -> pd
     n_layers = model.cfg.n_layers
     sites = {"resid": "resid_post", "attn": "attn_out", "mlp": "mlp_out"}
     names = {get_act_name(h, l) for l in range(n_layers) for h in sites.values()}
-    ids = encode(model, prompts)
     norms: dict[str, list[torch.Tensor]] = {n: [] for n in names}
-    for idx in _buckets([len(x) for x in ids], batch_size):
-        tokens = torch.tensor([ids[i] for i in idx], device=model.cfg.device)
-        _, cache = model.run_with_cache(tokens, names_filter=lambda n: n in names)
+    for _, cache in _cached_batches(model, prompts, names, batch_size):
         for n in names:
             norms[n].append(cache[n].double().norm(dim=-1).flatten().cpu())
     rows = []

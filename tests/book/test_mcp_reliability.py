@@ -130,7 +130,7 @@ def test_a_bad_resource_uri_keeps_its_reason(server, uri, message):
 
 
 def test_the_same_run_asked_twice_at_once_runs_once(server, monkeypatch, tiny_gpt2_dir, tmp_path):
-    from mechlib.book import build
+    from mechlib.book import execute
 
     calls = []
 
@@ -145,7 +145,7 @@ def test_the_same_run_asked_twice_at_once_runs_once(server, monkeypatch, tiny_gp
         record.parent.mkdir(parents=True, exist_ok=True)
         record.write_text(json.dumps({"id": out_name, "chapter": chapter, "started": "x", "params": {}, "metrics": {}}))
 
-    monkeypatch.setattr(build, "execute_chapter", fake_execute)
+    monkeypatch.setattr(execute, "execute_chapter", fake_execute)
     monkeypatch.setenv("MECHLIB_ROOT", str(ROOT))
     monkeypatch.setattr("mechlib.book.paths.project_root", lambda: tmp_path)
     args = {"chapter": "01_baseline", "params": {"model": str(tiny_gpt2_dir), "device": "cpu", "n_per_cell": 3}}

@@ -1,6 +1,8 @@
 import json
 import os
 
+import pytest
+
 from mechlib.book import runs
 
 
@@ -22,10 +24,8 @@ def test_failed_write_leaves_nothing(tmp_path):
     class Unserialisable:
         pass
 
-    try:
+    with pytest.raises(TypeError):
         runs.write_json_atomic(tmp_path / "r.json", {"x": Unserialisable()})
-    except TypeError:
-        pass
     assert os.listdir(tmp_path) == []
 
 

@@ -16,12 +16,12 @@ BAD = """<html><head><script src="https://cdn.example.invalid/lib.js"></script><
 
 def test_a_clean_page_passes_and_a_broken_page_fails_on_each_count(tmp_path):
     site = tmp_path / "html"
-    (site / "book" / "chapters").mkdir(parents=True)
-    (site / "book" / "chapters" / "good.html").write_text(GOOD)
+    (site / "book" / "executed").mkdir(parents=True)
+    (site / "book" / "executed" / "good.html").write_text(GOOD)
     (site / "bad.html").write_text(BAD)
     result = check_site(site, tmp_path / "shots")
     assert result["pages"] == 2
-    assert "book/chapters/good.html" not in result["problems"]
+    assert "book/executed/good.html" not in result["problems"]
     bad = "\n".join(result["problems"]["bad.html"])
     assert "request outside the site: https://cdn.example.invalid/lib.js" in bad
     assert "chart 0 (c2) has no drawn marks" in bad

@@ -9,7 +9,7 @@ import nbformat
 import pytest
 
 from mechlib import chapters
-from mechlib.book import build
+from mechlib.book import build, execute
 
 ROOT = Path(__file__).resolve().parents[2]
 GLUE = re.compile(r"\{glue:(?:text|md)\}`([^`:]+)")
@@ -51,7 +51,7 @@ def tiny_cache(tmp_path_factory):
 @pytest.mark.parametrize("chapter", chapters.names())
 def test_every_chapter_executes_on_the_tiny_set_and_fills_its_glue(chapter, tiny_cache, tmp_path, monkeypatch):
     monkeypatch.setenv("MECHLIB_RUN_STORE", str(tmp_path / "runs"))
-    out = build.execute_chapter(chapter, "tiny", out_dir=tmp_path / "out")
+    out = execute.execute_chapter(chapter, "tiny", out_dir=tmp_path / "out")
     glued = build.glued_values(out)
     missing = glue_names(chapter) - set(glued)
     assert not missing, f"{chapter}: prose refers to numbers the run did not glue: {sorted(missing)}"
@@ -102,7 +102,7 @@ def test_every_chapter_runs_its_gpt2_set_on_a_gpt2_shaped_model(chapter, gpt2_re
 
 
 def build_flat(found: dict) -> dict:
-    from mechlib.core.narrative import flatten
+    from mechlib.views.narrative import flatten
 
     return flatten(found)
 
@@ -114,7 +114,8 @@ def test_gpt2_baseline_scores_bpe_answers(gpt2_results):
     res = result.results
     assert len(res) == found["n_problems"] > 0
     assert set(res["error"]) <= set(__import__("mechlib.core.taxonomy", fromlist=["x"]).ERROR_CLASSES)
-    assert res["target"].str.startswith(" ").all()  # qa answers carry GPT-2's leading space
+    assert (res["correct"] == (res["pred"] == res["answer"])).all()  # a BPE answer is right exactly when its parsed number is
+    assert (res.loc[res["correct"], "error"] == "correct").all() and (res.loc[~res["correct"], "error"] != "correct").all()
 
 
 # The real-model sets (params/smollm2.yaml, params/gemma3.yaml) with every size made tiny, on small

@@ -4,6 +4,8 @@ import pytest
 
 from mechlib.chapters import baseline, sae_delta
 from mechlib.core.organism import OrganismRecipe
+from mechlib.core.problem_sets import last_positions
+from mechlib.core.rank_sweep import choose_rank
 from mechlib.core.stats import wilson
 
 
@@ -21,37 +23,26 @@ def test_long_table_has_intervals_and_drops_empty_skills():
 def test_choose_rank_is_the_lowest_rank_near_the_best():
     ranks = pd.DataFrame({"rank": [1, 2, 4, 8, 1, 2, 4, 8], "skill": ["new skill"] * 4 + ["old skill"] * 4,
                           "accuracy": [0.1, 0.5, 0.85, 0.9, 1, 1, 1, 1]})
-    assert sae_delta.choose_rank(ranks, 0.8) == 4
-    assert sae_delta.choose_rank(ranks, 1.0) == 8
-    assert sae_delta.choose_rank(ranks, 0.1) == 1
+    assert choose_rank(ranks, 0.8) == 4
+    assert choose_rank(ranks, 1.0) == 8
+    assert choose_rank(ranks, 0.1) == 1
 
 
 def test_sweep_fine_tunes_keep_chapter_3s_recipe_and_alpha_ratio():
     params = sae_delta.Params()
-    same = sae_delta.finetune_params(params)
-    assert same.finetuned_name == params.finetuned and (same.rank, same.alpha, same.steps) == (32, 64, 1600)
-    small = sae_delta.finetune_params(params, 4, 400)
-    assert small.finetuned_name == f"{params.finetuned}-r4-s400" and (small.rank, small.alpha, small.steps) == (4, 8, 400)
+    same, name = sae_delta.finetune_recipe(params)
+    assert name == params.finetuned and (same.rank, same.alpha, same.steps) == (32, 64, 1600)
+    small, small_name = sae_delta.finetune_recipe(params, 4, 400)
+    assert small_name == f"{params.finetuned}-r4-s400" and (small.rank, small.alpha, small.steps) == (4, 8, 400)
     assert (small.lr, small.replay_fraction, small.operators) == (same.lr, same.replay_fraction, same.operators)
-    tiny = sae_delta.finetune_params(sae_delta.Params.from_set("tiny"))
+    tiny, _ = sae_delta.finetune_recipe(sae_delta.Params.from_set("tiny"))
     assert tiny.steps == 20 and tiny.rank == 4  # the recipe comes from the named parameter set
-
-
-def test_localisation_sentence_reads_the_numbers():
-    def loc(only, but):
-        rows = [("base", "none", 0.0), ("fine-tuned", "all", 0.9)]
-        rows += [("only", f"L{i}", a) for i, a in enumerate(only)] + [("all but", f"L{i}", a) for i, a in enumerate(but)]
-        return pd.DataFrame([{"design": d, "which": w, "skill": "new skill", "accuracy": a} for d, w, a in rows])
-
-    assert "localised there" in sae_delta.localisation_sentence(loc([0.8, 0.0], [0.1, 0.9]))
-    assert "several layers together" in sae_delta.localisation_sentence(loc([0.1, 0.1], [0.1, 0.8]))
-    assert "spread and redundant" in sae_delta.localisation_sentence(loc([0.1, 0.1], [0.8, 0.8]))
 
 
 def test_last_positions_come_from_the_tokenizer_and_the_recipe():
     longer = pd.DataFrame({"kind": ["longer_operands"], "prompt": ["999+999="], "target": ["1998"]})
     # <bos> 9 9 + 9 9 = 1 9 8 <eos> ends at position 10; <bos> 999+999= 1998 <eos> at 13
-    assert baseline.last_positions(longer, OrganismRecipe()) == {"trained_longest": "99+99=198", "trained_last": 10, "longer_last": 13}
+    assert last_positions(longer, OrganismRecipe()) == {"trained_longest": "99+99=198", "trained_last": 10, "longer_last": 13}
 
 
 def test_kinds_table_orders_kinds_and_counts_cells():

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from mechlib import chapters
-from mechlib.book.build import check_chapter
+from mechlib.book.execute import check_chapter
 from mechlib.chapters.base import ParamError
 from mechlib.core import data
 from mechlib.core.evaluate import evaluate
@@ -105,6 +105,8 @@ def test_the_library_itself_names_the_context_limit(tiny_model):
         evaluate(tiny_model, problems, max_new_tokens=30)
 
 
-def test_every_chapter_has_a_check():
+def test_every_chapter_checks_its_model_before_a_kernel_starts(tmp_path):
+    """A model that does not exist fails every chapter's check, naming the parameter."""
     for chapter in chapters.names():
-        assert callable(chapters.module(chapter).check)
+        with pytest.raises(ParamError, match="'model'"):
+            check_chapter(chapter, "tiny", {"model": str(tmp_path / "no-such-model")})

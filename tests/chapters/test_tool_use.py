@@ -5,7 +5,7 @@ import pytest
 
 from mechlib.chapters import tool_use
 from mechlib.core import data
-from mechlib.core import finetune as ft
+from mechlib.core import lora as ft
 
 
 def outputs(rows):

@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 import torch
 
-from mechlib.core import data, delta_study, sae
+from mechlib.core import data, delta_latents, delta_study, sae
 
 
 def test_random_delta_has_the_width_k_and_norms_of_the_trained_one():
@@ -127,7 +127,7 @@ def test_latent_descriptions_come_from_the_rows():
     acts = torch.zeros(7, 2)
     acts[0, 0] = 3.0  # latent 0: only on the '-' sign of a negative result
     names = {0: "", 1: "-", 2: "2", 3: "8", 4: "4"}
-    table = delta_study.describe_latents(acts, meta, problems, [0, 1], {0: "'-'"}, ["-"], decode=names.get)
+    table = delta_latents.describe_latents(acts, meta, problems, [0, 1], {0: "'-'"}, ["-"], decode=names.get)
     first = table.set_index("latent").loc[0]
     assert "100% '-' problems" in first.description and "100% at answer token 1" in first.description
     assert "predicting '-'" in first.description

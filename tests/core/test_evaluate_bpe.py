@@ -38,6 +38,5 @@ def test_evaluator_scores_a_trained_bpe_model_right(tmp_path):
     hf.eval().save_pretrained(path)
     model, _ = load_model(str(path), device="cpu")
     res = evaluate(model, problems)
-    assert (res["target"].str.startswith(" ")).all()
     assert res["correct"].mean() >= 0.98, res[~res.correct][["prompt", "target", "output"]].head()
     assert (res["pred"] == res["answer"]).mean() >= 0.98  # the number parsed from " 11" is 11

@@ -105,7 +105,7 @@ def test_circuit_graph_takes_grouped_query_attention_and_refuses_gemmas_post_nor
 
 
 def test_lora_targets_come_from_the_family_and_a_merge_changes_only_block_weights(shaped):
-    from mechlib.core.finetune import FinetuneRecipe, lora_model
+    from mechlib.core.lora import FinetuneRecipe, lora_model
 
     name, path, _, hf, tok = shaped
     recipe = FinetuneRecipe(base=str(path), rank=2, alpha=4)

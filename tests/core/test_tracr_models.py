@@ -5,7 +5,7 @@ import torch
 
 from mechlib.core import circuit_graph as cg
 from mechlib.core import tracr_models as tm
-from mechlib.core.circuits import auroc
+from mechlib.core.circuit_eval import auroc
 
 PROGRAMS = ["frac_prevs", "reverse", "sort", "hist", "sort_freq", "length"]
 

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from mechlib.core import finetune as ft
+from mechlib.core import lora as ft
 from mechlib.core import weight_patch as wp
 from mechlib.core.models import load_hf, load_model
 

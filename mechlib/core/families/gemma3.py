@@ -9,7 +9,7 @@ from __future__ import annotations
 from transformer_lens import HookedTransformerConfig
 from transformer_lens.pretrained.weight_conversions.gemma import convert_gemma_weights
 
-from . import Family, rotary_rms_fields
+from .base import Family, rotary_rms_fields
 
 
 def hooked_config(hf_config, model_name: str, prepend_bos: bool = True) -> HookedTransformerConfig:

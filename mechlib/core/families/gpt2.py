@@ -4,7 +4,7 @@ from __future__ import annotations
 from transformer_lens import HookedTransformerConfig
 from transformer_lens.pretrained.weight_conversions.gpt2 import convert_gpt2_weights
 
-from . import CONTEXT_CAP, Family
+from .base import CONTEXT_CAP, Family
 
 
 def hooked_config(hf_config, model_name: str, prepend_bos: bool = True) -> HookedTransformerConfig:
@@ -42,4 +42,5 @@ FAMILY = Family(
     embed_module="wte",
     position_module="wpe",
     center_writing_weights=True,
+    always_bos=True,
 )

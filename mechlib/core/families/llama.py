@@ -7,7 +7,7 @@ from __future__ import annotations
 from transformer_lens import HookedTransformerConfig
 from transformer_lens.pretrained.weight_conversions.llama import convert_llama_weights
 
-from . import Family, rotary_rms_fields
+from .base import Family, rotary_rms_fields
 
 
 def _rope_theta(hf_config) -> float:

@@ -1,5 +1,5 @@
-"""Circuit discovery, first pieces: loading InterpBench cases safely, and scoring edge scores
-against a ground-truth circuit (ROC AUC, with a floored variant).
+"""Judging circuit discovery where the truth is known: edge scores against a ground-truth
+circuit (ROC curve and AUROC, with a floored variant), and InterpBench cases loaded safely.
 
 An InterpBench case folder holds ``edges.pkl`` (a pickled list of (str, str) pairs of ACDC
 hook names, e.g. ``('blocks.0.hook_mlp_out', 'blocks.1.hook_v_input[2]')``), ``ll_model_cfg*.pkl``

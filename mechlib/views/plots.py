@@ -13,7 +13,8 @@ import uuid
 import altair as alt
 import pandas as pd
 
-from .taxonomy import ERROR_CLASSES, ERROR_DESCRIPTIONS
+from ..core.data import OPERATORS
+from ..core.taxonomy import ERROR_CLASSES, ERROR_DESCRIPTIONS
 
 CDN = "https://cdn.jsdelivr.net/npm/"
 _FALLBACK = [f"vega@{alt.VEGA_VERSION}", f"vega-lite@{alt.VEGALITE_VERSION}", f"vega-embed@{alt.VEGAEMBED_VERSION}"]
@@ -54,7 +55,7 @@ def enable() -> None:
 
 
 COLUMN_WIDTH = 640  # the book's text column is about 800 px; charts (with legends) stay inside it
-OP_ORDER = ["+", "-", "*"]
+OP_ORDER = list(OPERATORS)
 # One colour per error class, the same in every chapter.
 ERROR_COLOURS = {
     "correct": "#4c78a8",
@@ -217,7 +218,7 @@ def line_chart(df: pd.DataFrame, x: str, y: str, color: str | None = None, title
 def before_after_bars(results: pd.DataFrame, title: str = "Accuracy before and after fine-tuning", caption: str | None = None) -> alt.Chart:
     """Grouped bars with Wilson 95% error bars: accuracy per difficulty, one bar per model,
     one panel per operator."""
-    from .stats import accuracy_by
+    from ..core.stats import accuracy_by
 
     acc = accuracy_by(results, ["op", "difficulty", "model"])
     order = list(dict.fromkeys(results["model"]))

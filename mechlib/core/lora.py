@@ -4,7 +4,7 @@ The recipe: train LoRA adapters on the attention and MLP weights with problems o
 skill (plus, optionally, a share of "replay" problems of a skill the model already has),
 evaluate a held-out set that never appears in training in either operand order, record
 the loss curve and held-out accuracy, merge the adapters, and save the merged model as a
-Hugging Face checkpoint under a stable name in the cache, where :func:`mechlib.models.load_model`
+Hugging Face checkpoint under a stable name in the cache, where :func:`mechlib.core.models.load_model`
 finds it by that name.
 """
 from __future__ import annotations
@@ -25,7 +25,7 @@ from peft import LoraConfig, get_peft_model
 from tqdm import tqdm
 
 from . import data
-from .cache import content_key, finetuned_dir
+from .cache import content_key, finetuned_dir, source_record
 from .families import family_of_config
 from .models import load_hf, write_source
 from .organism import encode_supervised
@@ -337,21 +337,15 @@ def save_finetuned(merged, tokenizer, history: pd.DataFrame, split: dict, recipe
 
 
 def is_current(name: str, recipe: FinetuneRecipe) -> bool:
-    meta = finetuned_dir(name) / "mechlib_source.json"
-    return meta.is_file() and json.loads(meta.read_text()).get("recipe_key") == recipe.key()
+    """Whether the cache holds this recipe's fine-tune under ``name`` (trained by this code)."""
+    return (source_record(finetuned_dir(name)) or {}).get("recipe_key") == recipe.key()
 
 
 def check_name_free(name: str, recipe: FinetuneRecipe) -> None:
     """Refuse to write ``recipe`` under a name that holds a fine-tune of another recipe: a
     chapter reading that name would silently get different weights. The same recipe under
     newer training code (a stale key) may be retrained in place."""
-    meta = finetuned_dir(name) / "mechlib_source.json"
-    if not meta.is_file():
-        return
-    try:
-        stored = json.loads(meta.read_text()).get("recipe") or {}
-    except (OSError, json.JSONDecodeError):
-        return  # an unreadable entry is replaced
+    stored = (source_record(finetuned_dir(name)) or {}).get("recipe") or {}  # none, or unreadable: replaced
     mine = json.loads(json.dumps(dataclasses.asdict(recipe)))
     differ = {k: (stored.get(k), mine[k]) for k in mine if stored.get(k, mine[k]) != mine[k]}
     if differ:
@@ -417,63 +411,3 @@ def before_after(models: dict, problems: pd.DataFrame, batch_size: int = 512) ->
 
     frames = [evaluate(m, problems, batch_size=batch_size).assign(model=name) for name, m in models.items()]
     return pd.concat(frames, ignore_index=True)
-
-
-def findings(results: pd.DataFrame, new_ops: Sequence[str], before: str = "before", after: str = "after", min_n: int = 30) -> dict:
-    """Gains on the new skill and costs on the old ones, per cell, in points (0..100), with n
-    and Wilson 95% intervals. Only cells with at least ``min_n`` held-out problems carry a
-    headline claim (best gain, worst cost); the pooled numbers pool one kind only (held-out
-    problems of the new skill, or of the old)."""
-    from .stats import accuracy_by, fmt_interval, proportion
-
-    cells = accuracy_by(results, ["op", "difficulty", "model"])
-    wide = cells.pivot_table(index=["op", "difficulty"], columns="model", values=["accuracy", "n"])
-    delta = (wide["accuracy"][after] - wide["accuracy"][before]) * 100
-    n = wide["n"][after]
-    is_new = delta.index.get_level_values("op").isin(new_ops)
-    headline = n >= min_n
-    new, old = delta[is_new & headline], delta[~is_new & headline]
-
-    def pooled(model: str, new_skill: bool) -> str:
-        rows = results[(results.model == model) & (results.op.isin(new_ops) == new_skill)]
-        st = proportion(rows["correct"])
-        return fmt_interval(st["p"], st["lo"], st["hi"], st["n"])
-
-    def cell_text(key, model):
-        r = cells[(cells.op == key[0]) & (cells.difficulty == key[1]) & (cells.model == model)].iloc[0]
-        return fmt_interval(r.accuracy, r.lo, r.hi, int(r.n))
-
-    out = {
-        "old_before_text": "n/a (no replayed skill)",
-        "old_after_text": "n/a (no replayed skill)",
-        "min_n": min_n,
-        "small_cells": ", ".join(f"{op} {d} (n = {int(k)})" for (op, d), k in n[~headline].items()) or "none",
-        "new_before_text": pooled(before, True),
-        "new_after_text": pooled(after, True),
-        "new_acc_before": float(results[(results.model == before) & results.op.isin(new_ops)].correct.mean()),
-        "new_acc_after": float(results[(results.model == after) & results.op.isin(new_ops)].correct.mean()),
-    }
-    out["gain_sentence"] = f"No cell of the new skill has {min_n} held-out problems, so none carries a headline claim."
-    out["cost_sentence"] = "No replayed skill was measured." if not (~is_new).any() else (
-        f"No cell of the replayed skill has {min_n} held-out problems, so none carries a headline claim.")
-    if len(new):
-        best = new.idxmax()
-        out["gain_sentence"] = (f"Among cells with at least {min_n} held-out problems, the largest gain is {new.max():.1f} points, on "
-                                f"{' '.join(best)} ({cell_text(best, before)} before, {cell_text(best, after)} after).")
-        out.update(best_gain_points=float(new.max()), best_gain_cell=" ".join(best),
-                   best_gain_before_text=cell_text(best, before), best_gain_after_text=cell_text(best, after))
-    if len(old):
-        worst = old.idxmin()
-        out["cost_sentence"] = (f"The largest drop in a cell with at least {min_n} problems is {-old.min() + 0.0:.1f} points, on "
-                                f"{' '.join(worst)} ({cell_text(worst, before)} before, {cell_text(worst, after)} after).")
-        out.update(
-            worst_cost_points=float(-old.min()) + 0.0,  # + 0.0 turns -0.0 into 0.0
-            worst_cost_cell=" ".join(worst),
-            worst_cost_before_text=cell_text(worst, before),
-            worst_cost_after_text=cell_text(worst, after),
-            old_before_text=pooled(before, False),
-            old_after_text=pooled(after, False),
-            old_acc_before=float(results[(results.model == before) & ~results.op.isin(new_ops)].correct.mean()),
-            old_acc_after=float(results[(results.model == after) & ~results.op.isin(new_ops)].correct.mean()),
-        )
-    return out

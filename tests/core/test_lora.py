@@ -4,7 +4,8 @@ import pytest
 import torch
 from transformers import GPT2LMHeadModel
 
-from mechlib.core import data, finetune
+from mechlib.core import data
+from mechlib.core import lora as finetune
 from mechlib.core.models import load_model
 
 
@@ -188,7 +189,7 @@ def test_a_name_holding_another_recipe_is_refused_not_overwritten(tmp_path, monk
 
     from mechlib.chapters import finetune as chapter3
     from mechlib.chapters.base import ParamError
-    from mechlib.core import finetune as ft
+    from mechlib.core import lora as ft
 
     monkeypatch.setenv("MECHLIB_CACHE", str(tmp_path))
     first = ft.FinetuneRecipe(steps=1600)

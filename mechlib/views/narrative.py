@@ -29,3 +29,14 @@ def glue_metrics(metrics: dict, prefix: str = "") -> dict:
     for name, value in flat.items():
         glue(name, Text(value) if isinstance(value, str) else value, display=False)
     return flat
+
+
+def and_list(items) -> str:
+    """'a, b and c' (never 'a, b, c': the glue would read that as a tuple)."""
+    items = list(items)
+    return " and ".join([", ".join(items[:-1]), items[-1]]) if len(items) > 1 else "".join(items)
+
+
+def pct(x: float) -> str:
+    """A share as a whole percentage, without a minus sign on a rounded zero."""
+    return f"{x + 0.0:.0%}" if round(x * 100) != 0 else "0%"

@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
-from mechlib.core import circuits
+from mechlib.core import circuit_eval as circuits
 
 
 def write_case(folder, payload=None):

@@ -1,0 +1,83 @@
+"""A delta study over layers: train every studied layer's dictionaries, turn the condition
+table into a verdict per scope, repeat the headline with more dictionary seeds, and pick the
+layer whose latents are described."""
+from __future__ import annotations
+
+import dataclasses
+
+import pandas as pd
+
+from . import sae
+from .delta_study import ALL, DeltaConfig, Site, condition_table, removal_numbers, run_conditions, train_site, verdict
+
+
+def train_sites(base_lm, ft_lm, layers, config: DeltaConfig, train: pd.DataFrame, val: pd.DataFrame) -> list[Site]:
+    """Every studied layer's dictionaries. The models are frozen, so every pass over the
+    training problems yields the same rows: when they fit ``config.buffer_tokens`` they are collected
+    once for all layers and reshuffled each pass; otherwise they are streamed per layer."""
+    names = {layer: sae.sites(config.kind, layer) for layer in layers}
+    hooks = sorted({n for pair in names.values() for n in pair})
+    val_base = sae.collect_rows(base_lm, val, hooks)[0]
+    val_ft = sae.collect_rows(ft_lm, val, hooks)[0]
+    collected = sae.answer_rows(ft_lm, train) <= config.buffer_tokens
+    if collected:
+        rows_base = sae.collect_rows(base_lm, train, hooks)[0]
+        rows_ft = sae.collect_rows(ft_lm, train, hooks)[0]
+    sites = []
+    for layer in layers:
+        i, o = names[layer]
+
+        def source(lm, rows):
+            if collected:
+                return lambda seed: sae.shuffled_batches(rows[i], rows[o], config.n_tokens, config.batch_tokens, seed)
+            return lambda seed: sae.ActivationBuffer(lm, train, i, o, config.n_tokens, config.batch_tokens, config.buffer_tokens, seed)
+
+        base = None
+        if config.base_source != "train":  # "saelens:RELEASE:ID" with {layer} in ID
+            _, release, sae_id = config.base_source.split(":", 2)
+            base = sae.load_pretrained_base(release, sae_id.format(layer=layer), device=str(base_lm.cfg.device))
+        sites.append(train_site(
+            layer, source(base_lm, rows_base if collected else None), source(ft_lm, rows_ft if collected else None),
+            (val_base[i], val_base[o]), (val_ft[i], val_ft[o]), config, base=base))
+    return sites
+
+
+def headline_scope(layers) -> str:
+    """All studied layers at once when there are several, else the one layer."""
+    return ALL if len(layers) > 1 else str(layers[0])
+
+
+def seed_repeats(base_lm, ft_lm, layers, config: DeltaConfig, train, val, evals, verdicts: pd.DataFrame, base_new: float,
+                 score=None) -> pd.DataFrame:
+    """The headline test repeated with dictionaries trained from each of ``config.dictionary_seeds``
+    (same problems, same fine-tune): one row per seed, the run's own seed first."""
+    scope = headline_scope(layers)
+    rows = [verdicts[verdicts.scope == scope].assign(dictionary_seed=config.seed)]
+    for seed in config.dictionary_seeds:
+        if seed == config.seed:
+            continue
+        sites = train_sites(base_lm, ft_lm, layers, dataclasses.replace(config, seed=seed), train, val)
+        scopes = [ALL] if scope == ALL else [int(scope)]
+        cond = run_conditions(ft_lm, evals, sites, config.kind, (0, 1), config.batch_size, scopes=scopes, sanity=False,
+                                          score=score)
+        table = condition_table(cond, config.new_operators)
+        rows.append(verdict_table(table, base_new).assign(dictionary_seed=seed))
+    return pd.concat(rows, ignore_index=True)
+
+
+def verdict_table(table: pd.DataFrame, base_new: float) -> pd.DataFrame:
+    """The verdict at every scope, with the numbers it rests on."""
+    rows = []
+    for scope in table.scope.unique():
+        nums = removal_numbers(table, scope, base_new)
+        v, why = verdict(nums)
+        rows.append({"scope": scope, "verdict": v, "reason": why, **{k: v for k, v in nums.items() if k != "control_gain"},
+                     **{f"gain_{c}": g for c, g in nums["control_gain"].items()}})
+    return pd.DataFrame(rows)
+
+
+def pick_focus_layer(verdicts: pd.DataFrame, layers) -> int:
+    """The layer where removing the delta costs the new skill most beyond the old."""
+    single = verdicts[verdicts.scope != ALL]
+    gap = single.cost_new - single.cost_old
+    return int(single.loc[gap.idxmax(), "scope"]) if len(single) else int(layers[0])

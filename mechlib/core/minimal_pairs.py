@@ -1,0 +1,179 @@
+"""Minimal pairs for two-digit addition: a clean and a corrupted prompt that differ in one
+digit of a, so the answer changes in one known way (the family). The task the circuits
+chapter studies, on any model: pairs, their tokens, the metric (logit difference at the
+answer token where the two answers first differ) and the position labels.
+
+Clean problems have two-digit operands and a two-digit sum. For the organism they are its
+held-out pairs (never trained on)."""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pandas as pd
+import torch
+
+from . import circuit_graph as cg
+from . import data
+from .organism import OrganismRecipe, split_pairs
+from .tokens import with_bos
+
+FAMILIES = {
+    "units_nocarry": "a's units digit changes, no carry in either prompt: the units answer changes",
+    "units_carry": "a's units digit changes, a carry in both prompts: the units answer changes",
+    "tens_nocarry": "a's tens digit changes, no carry: the tens answer changes",
+    "tens_carry": "a's tens digit changes, a carry in both: the tens answer changes",
+    "carry_flip": "a's units digit changes so that the carry appears or vanishes: the tens answer changes by one",
+}
+# Which answer digit each family changes (0: tens, 1: units), counted from the answer's first digit.
+# The metric is read where the clean and corrupted answers first differ; this is the fallback.
+ANSWER_DIGIT = {"units_nocarry": 1, "units_carry": 1, "tens_nocarry": 0, "tens_carry": 0, "carry_flip": 0}
+
+
+@dataclasses.dataclass(frozen=True)
+class PairConfig:
+    """Which pairs: the families, how many per family, the prompt format and the seed."""
+    families: tuple[str, ...] = tuple(FAMILIES)
+    n_pairs: int = 100
+    prompt_format: str = "bare"
+    seed: int = 0
+
+    def __post_init__(self):
+        unknown = [f for f in self.families if f not in FAMILIES]
+        if unknown:
+            raise ValueError(f"families: {unknown} are not among {list(FAMILIES)}")
+        if self.n_pairs < 1:
+            raise ValueError(f"n_pairs: at least 1, got {self.n_pairs}")
+
+
+def clean_pool(recipe: OrganismRecipe | None) -> list[tuple[int, int]]:
+    """Clean 2-digit additions with 2-digit sums: the organism's held-out pairs (never
+    trained on) when ``recipe`` is given, otherwise every such pair."""
+    if recipe is not None:
+        pool = [tuple(p) for p in split_pairs(recipe)[1].tolist()]
+    else:
+        pool = [(a, b) for a in range(10, 100) for b in range(10, 100)]
+    return [(a, b) for a, b in pool if a >= 10 and b >= 10 and a + b <= 99]
+
+
+def pair_pool_sizes(families, recipe: OrganismRecipe | None) -> dict[str, int]:
+    """How many minimal pairs each family can have: clean problems with a corruption of its kind."""
+    pool = clean_pool(recipe)
+    return {f: sum(1 for a, b in pool if _corruptions(a, b, f)) for f in families}
+
+
+def minimal_pairs(config: PairConfig, recipe: OrganismRecipe | None) -> pd.DataFrame:
+    """Clean and corrupted 2-digit additions with 2-digit sums that differ in one digit of a,
+    ``config.n_pairs`` per family. Clean problems are the organism's held-out pairs when the model is
+    the organism (never trained on), otherwise any such pair."""
+    pool = clean_pool(recipe)
+    rng = np.random.default_rng(config.seed)
+    rows = []
+    for family in config.families:
+        found = []
+        for i in rng.permutation(len(pool)):
+            a, b = pool[i]
+            options = [c for c in _corruptions(a, b, family)]
+            if options:
+                found.append((a, b, options[rng.integers(len(options))]))
+            if len(found) == config.n_pairs:
+                break
+        for a, b, a2 in found:
+            rows.append({"family": family, "split": ("discovery", "test")[len(rows) % 2], "a": a, "b": b,
+                         "a_corrupt": a2, "answer": a + b, "answer_corrupt": a2 + b,
+                         "carry": (a % 10 + b % 10) >= 10, "carry_corrupt": (a2 % 10 + b % 10) >= 10})
+    return pd.DataFrame(rows)
+
+
+def _corruptions(a: int, b: int, family: str) -> list[int]:
+    carry = lambda x: (x % 10 + b % 10) >= 10  # noqa: E731
+    out = []
+    if family.startswith("units") or family == "carry_flip":
+        for d in range(10):
+            a2 = a // 10 * 10 + d
+            if a2 == a or a2 + b > 99:
+                continue
+            want = {"units_nocarry": not carry(a) and not carry(a2), "units_carry": carry(a) and carry(a2),
+                    "carry_flip": carry(a) != carry(a2)}[family]
+            if want:
+                out.append(a2)
+    else:
+        for d in range(1, 10):
+            a2 = d * 10 + a % 10
+            if a2 == a or a2 + b > 99:
+                continue
+            if (family == "tens_carry") == carry(a):
+                out.append(a2)
+    return out
+
+
+def encode_pairs(pairs: pd.DataFrame, tokenizer, prompt_format: str):
+    """Token ids of clean and corrupted sequences (prompt + the clean answer, teacher forced),
+    each family's metric position and the clean and corrupted answer tokens there. Pairs whose
+    sequences do not share the modal length are dropped."""
+    clean, corrupt, keep = [], [], []
+    for a, b, a2 in zip(pairs.a, pairs.b, pairs.a_corrupt):
+        p, t = data.format_prompt(a, "+", b, prompt_format)
+        p2, t2 = data.format_prompt(a2, "+", b, prompt_format)
+        ids = tokenizer(p + t)["input_ids"]
+        ids2 = tokenizer(p2 + t)["input_ids"]
+        ans2 = tokenizer(p2 + t2)["input_ids"]
+        added = len(with_bos(tokenizer, ids)) - len(ids)  # 1 where BOS is prepended
+        clean.append(with_bos(tokenizer, ids))
+        corrupt.append(ids2 if added == 0 else with_bos(tokenizer, ids2))
+        keep.append((ans2 if added == 0 else with_bos(tokenizer, ans2), added + len(tokenizer(p)["input_ids"])))
+    lengths = pd.Series([len(c) for c in clean])
+    modal = int(lengths.mode().iloc[0])
+    ok = [len(c) == modal == len(x) == len(k[0]) for c, x, k in zip(clean, corrupt, keep)]
+    pairs = pairs[ok].reset_index(drop=True)
+    clean = [c for c, o in zip(clean, ok) if o]
+    corrupt = [c for c, o in zip(corrupt, ok) if o]
+    keep = [k for k, o in zip(keep, ok) if o]
+    positions, tok_clean, tok_corrupt = [], [], []
+    for fam, c, (ans2, start) in zip(pairs.family, clean, keep):
+        # The answer token where clean and corrupted answers first differ, read one step before.
+        diff = [i for i in range(start, modal) if c[i] != ans2[i]]
+        i = diff[0] if diff else start + ANSWER_DIGIT[fam]
+        positions.append(i - 1)
+        tok_clean.append(c[i])
+        tok_corrupt.append(ans2[i])
+    pairs = pairs.assign(position=positions, token=tok_clean, token_corrupt=tok_corrupt)
+    return pairs, torch.tensor(clean), torch.tensor(corrupt)
+
+
+def pair_task(pairs: pd.DataFrame, clean: torch.Tensor, corrupt: torch.Tensor) -> cg.Task:
+    """Logit difference (clean answer token minus corrupted one) at each pair's position."""
+    rows = torch.arange(len(pairs))
+    pos = torch.tensor(pairs.position.tolist())
+    good, bad = torch.tensor(pairs.token.tolist()), torch.tensor(pairs.token_corrupt.tolist())
+
+    def metric(logits: torch.Tensor) -> torch.Tensor:
+        r = rows.to(logits.device)
+        at = logits[r, pos.to(logits.device)]
+        return at[r, good.to(logits.device)] - at[r, bad.to(logits.device)]
+
+    return cg.Task(tokens=clean, metric=metric, corrupt=corrupt)
+
+
+def correct(logits: torch.Tensor, pairs: pd.DataFrame) -> np.ndarray:
+    """Whether the top token at each pair's position is the clean answer token."""
+    rows = torch.arange(len(pairs), device=logits.device)
+    top = logits[rows, torch.tensor(pairs.position.tolist(), device=logits.device)].argmax(-1)
+    return cg.numpy(top == torch.tensor(pairs.token.tolist(), device=logits.device))
+
+
+def position_labels(tokenizer, prompt_format: str, length: int) -> list[str]:
+    """Role labels of each position, read off the template 12+35=47 whose digits are distinct."""
+    roles = {"1": "a₁", "2": "a₀", "3": "b₁", "5": "b₀", "4": "s₁", "7": "s₀"}
+    p, t = data.format_prompt(12, "+", 35, prompt_format)
+    ids = tokenizer(p + t)["input_ids"]
+    ids = with_bos(tokenizer, ids)
+    labels = []
+    for i, tok in enumerate(ids[:length]):
+        text = tokenizer.decode([tok])
+        if i == 0 and tok == tokenizer.bos_token_id:
+            labels.append("BOS")
+            continue
+        role = "".join(roles.get(ch, "") for ch in text)
+        labels.append(f"{i}:{role or text.strip() or '␣'}")
+    return labels

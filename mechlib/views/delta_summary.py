@@ -1,0 +1,96 @@
+"""A delta study's numbers in words and narrow tables, shared by the chapters that run one
+(chapter 4 on a LoRA fine-tune, chapter 6 on a tool-use fine-tune)."""
+from __future__ import annotations
+
+import re
+
+import pandas as pd
+
+from ..core import delta_study
+from ..core.stats import fmt_interval, seed_spread
+
+
+def seed_findings(seeds: pd.DataFrame) -> dict:
+    """The headline cost and verdict across dictionary seeds, in words."""
+    names = [str(s) for s in seeds.dictionary_seed]
+    listed = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]  # never "0, 1, 2": it glues as a tuple
+    cost = seed_spread(seeds.cost_new.tolist())
+    verdicts = seeds.verdict.tolist()
+    same = len(set(verdicts)) == 1
+    return {
+        "seed_list": listed,
+        "seed_cost_text": (f"{cost['mean']:.1f} points on average (range {cost['min']:.1f} to {cost['max']:.1f}, sd {cost['sd']:.1f})"
+                           if len(seeds) > 1 else f"{cost['mean']:.1f} points (one seed only)"),
+        "seed_sentence": (f"The verdict is '{verdicts[0]}' for every dictionary seed." if same and len(seeds) > 1 else
+                          f"The verdict is '{verdicts[0]}' (one dictionary seed only)." if same else
+                          "The verdict changes with the dictionary seed (" + ", ".join(
+                              f"seed {s}: {v}" for s, v in zip(seeds.dictionary_seed, verdicts)) + "), so it is not robust."),
+    }
+
+
+def localisation_sentence(loc: pd.DataFrame) -> str:
+    """Where the update matters, in words, from the weight-patching numbers: the share of the
+    added skill that one layer's update gives alone, and that removing one layer's costs."""
+    new = loc[loc.skill == "new skill"].set_index(["design", "which"]).accuracy
+    base, tuned = new[("base", "none")], new[("fine-tuned", "all")]
+    added = tuned - base
+    if added <= 0:
+        return "The fine-tune is no better than the base at the new skill, so there is nothing to localise."
+    only = {w: (a - base) / added for (d, w), a in new.items() if d == "only" and re.fullmatch(r"L\d+", w)}
+    but = {w: (a - base) / added for (d, w), a in new.items() if d == "all but"}
+    best = max(only, key=only.get)
+    if only[best] >= 0.5:
+        return f"The update in {best} alone gives {only[best]:.0%} of the added skill: the skill is localised there."
+    needed = [w for w, share in sorted(but.items()) if share < 0.5]
+    if needed:
+        return (f"No single layer's update does the skill on its own (the best, {best}, gives {only[best]:.0%} of the added skill), "
+                f"and removing the update from any one of {', '.join(needed)} leaves less than half of it: the skill needs the "
+                "update in several layers together.")
+    return (f"No single layer's update does the skill on its own (the best, {best}, gives {only[best]:.0%} of the added skill), "
+            "yet no single layer is indispensable either: the update is spread and redundant.")
+
+
+def scope_name(scope) -> str:
+    return "all layers" if str(scope) == delta_study.ALL else f"layer {scope}"
+
+
+def conditions_long(table: pd.DataFrame, focus_layer, scopes=None, labels=delta_study.LABELS[:-1]) -> pd.DataFrame:
+    """The conditions in long form (scope, label, skill, n, accuracy, interval) at the given
+    scopes (default: the focus layer and all layers at once), with a ``layer`` column for charts."""
+    scopes = [str(s) for s in (scopes or [focus_layer, delta_study.ALL])]
+    long = delta_study.long_table(table, labels)
+    long = long[long.scope.isin(scopes)].copy()
+    long["layer"] = long.scope.map(scope_name)
+    return long.reset_index(drop=True)
+
+
+def verdict_view(verdicts: pd.DataFrame) -> pd.DataFrame:
+    """Per scope: the verdict and the numbers it rests on, in accuracy points on the new skill
+    (cost = full - no_delta; a control's gain = control - no_delta)."""
+    v = verdicts
+    out = pd.DataFrame({"scope": v.scope.map(scope_name), "verdict": v.verdict, "full": v.full_new, "no_delta": v.no_delta_new,
+                        "cost new": v.cost_new, "cost old": v.cost_old})
+    for c, short in (("random_delta", "gain random"), ("base_delta", "gain base-trained")):
+        if f"gain_{c}" in v:
+            out[short] = v[f"gain_{c}"]
+    return out
+
+
+def count_text(n) -> str:
+    """An integer with thin spaces between thousands (``208 512``): a comma would make the
+    glued text read as a Python tuple."""
+    return f"{int(n):,}".replace(",", "\u202f")
+
+
+def row_text(row) -> str:
+    return fmt_interval(row["accuracy"], row["lo"], row["hi"], int(row["n"]))
+
+
+def verdict_sentence(verdict: str, skill: str = "the new skill") -> str:
+    """The verdict in one plain sentence about ``skill``."""
+    return {
+        "in the delta": f"The data support the hypothesis: {skill} lives in the delta.",
+        "partly in the delta": f"The data support the hypothesis only in part: the delta carries some of {skill}, and the rest lives elsewhere.",
+        "not in the delta": f"The data go against the hypothesis: removing the delta does not remove {skill}.",
+        "inconclusive": f"The data cannot answer the question: the splice itself breaks {skill}.",
+    }[verdict]

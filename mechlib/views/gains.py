@@ -1,0 +1,67 @@
+"""A fine-tune's gains and costs as the chapter quotes them: per-cell changes in points,
+with n and Wilson intervals, and the sentences that carry the headline claims."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pandas as pd
+
+from ..core.stats import accuracy_by, fmt_interval, proportion
+
+
+def gain_cost_findings(results: pd.DataFrame, new_ops: Sequence[str], before: str = "before", after: str = "after", min_n: int = 30) -> dict:
+    """Gains on the new skill and costs on the old ones, per cell, in points (0..100), with n
+    and Wilson 95% intervals. Only cells with at least ``min_n`` held-out problems carry a
+    headline claim (best gain, worst cost); the pooled numbers pool one kind only (held-out
+    problems of the new skill, or of the old)."""
+    cells = accuracy_by(results, ["op", "difficulty", "model"])
+    wide = cells.pivot_table(index=["op", "difficulty"], columns="model", values=["accuracy", "n"])
+    delta = (wide["accuracy"][after] - wide["accuracy"][before]) * 100
+    n = wide["n"][after]
+    is_new = delta.index.get_level_values("op").isin(new_ops)
+    headline = n >= min_n
+    new, old = delta[is_new & headline], delta[~is_new & headline]
+
+    def pooled(model: str, new_skill: bool) -> str:
+        rows = results[(results.model == model) & (results.op.isin(new_ops) == new_skill)]
+        st = proportion(rows["correct"])
+        return fmt_interval(st["p"], st["lo"], st["hi"], st["n"])
+
+    def cell_text(key, model):
+        r = cells[(cells.op == key[0]) & (cells.difficulty == key[1]) & (cells.model == model)].iloc[0]
+        return fmt_interval(r.accuracy, r.lo, r.hi, int(r.n))
+
+    out = {
+        "old_before_text": "n/a (no replayed skill)",
+        "old_after_text": "n/a (no replayed skill)",
+        "min_n": min_n,
+        "small_cells": ", ".join(f"{op} {d} (n = {int(k)})" for (op, d), k in n[~headline].items()) or "none",
+        "new_before_text": pooled(before, True),
+        "new_after_text": pooled(after, True),
+        "new_acc_before": float(results[(results.model == before) & results.op.isin(new_ops)].correct.mean()),
+        "new_acc_after": float(results[(results.model == after) & results.op.isin(new_ops)].correct.mean()),
+    }
+    out["gain_sentence"] = f"No cell of the new skill has {min_n} held-out problems, so none carries a headline claim."
+    out["cost_sentence"] = "No replayed skill was measured." if not (~is_new).any() else (
+        f"No cell of the replayed skill has {min_n} held-out problems, so none carries a headline claim.")
+    if len(new):
+        best = new.idxmax()
+        out["gain_sentence"] = (f"Among cells with at least {min_n} held-out problems, the largest gain is {new.max():.1f} points, on "
+                                f"{' '.join(best)} ({cell_text(best, before)} before, {cell_text(best, after)} after).")
+        out.update(best_gain_points=float(new.max()), best_gain_cell=" ".join(best),
+                   best_gain_before_text=cell_text(best, before), best_gain_after_text=cell_text(best, after))
+    if len(old):
+        worst = old.idxmin()
+        out["cost_sentence"] = (f"The largest drop in a cell with at least {min_n} problems is {-old.min() + 0.0:.1f} points, on "
+                                f"{' '.join(worst)} ({cell_text(worst, before)} before, {cell_text(worst, after)} after).")
+        out.update(
+            worst_cost_points=float(-old.min()) + 0.0,  # + 0.0 turns -0.0 into 0.0
+            worst_cost_cell=" ".join(worst),
+            worst_cost_before_text=cell_text(worst, before),
+            worst_cost_after_text=cell_text(worst, after),
+            old_before_text=pooled(before, False),
+            old_after_text=pooled(after, False),
+            old_acc_before=float(results[(results.model == before) & ~results.op.isin(new_ops)].correct.mean()),
+            old_acc_after=float(results[(results.model == after) & ~results.op.isin(new_ops)].correct.mean()),
+        )
+    return out

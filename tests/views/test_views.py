@@ -1,0 +1,51 @@
+"""Views turn numbers into words and narrow tables: they must read the numbers they are given."""
+import pandas as pd
+import pytest
+
+from mechlib.views.circuit_views import columns_read
+from mechlib.views.delta_summary import localisation_sentence, seed_findings, verdict_sentence
+from mechlib.views.gains import gain_cost_findings
+from mechlib.views.narrative import and_list, pct
+
+
+def test_glue_helpers_never_produce_a_tuple_looking_list():
+    assert and_list(["a", "b", "c"]) == "a, b and c" and and_list(["x"]) == "x" and and_list([]) == ""
+    assert pct(-0.001) == "0%" and pct(0.456) == "46%" and pct(-0.2) == "-20%"
+
+
+def test_localisation_sentence_reads_the_numbers():
+    def loc(only, but):
+        rows = [("base", "none", 0.0), ("fine-tuned", "all", 0.9)]
+        rows += [("only", f"L{i}", a) for i, a in enumerate(only)] + [("all but", f"L{i}", a) for i, a in enumerate(but)]
+        return pd.DataFrame([{"design": d, "which": w, "skill": "new skill", "accuracy": a} for d, w, a in rows])
+
+    assert "localised there" in localisation_sentence(loc([0.8, 0.0], [0.1, 0.9]))
+    assert "several layers together" in localisation_sentence(loc([0.1, 0.1], [0.1, 0.8]))
+    assert "spread and redundant" in localisation_sentence(loc([0.1, 0.1], [0.8, 0.8]))
+
+
+def test_columns_read_names_the_operand_columns():
+    assert columns_read("a₀ b₀") == "units column"
+    assert columns_read("a₁ b₀") == "tens column and units column"
+    assert columns_read("none") == "no operand digit"
+
+
+def test_seed_findings_say_when_the_verdict_changes_with_the_seed():
+    same = pd.DataFrame({"dictionary_seed": [0, 1], "cost_new": [10.0, 14.0], "verdict": ["in the delta"] * 2})
+    assert seed_findings(same)["seed_sentence"] == "The verdict is 'in the delta' for every dictionary seed."
+    assert "range 10.0 to 14.0" in seed_findings(same)["seed_cost_text"]
+    split = same.assign(verdict=["in the delta", "not in the delta"])
+    assert "not robust" in seed_findings(split)["seed_sentence"] and seed_findings(split)["seed_list"] == "0 and 1"
+    assert verdict_sentence("not in the delta").startswith("The data go against the hypothesis")
+
+
+def test_gains_and_costs_rest_only_on_cells_with_enough_problems():
+    rows = []
+    for model, right in (("before", 0), ("after", 1)):
+        rows += [{"op": "-", "difficulty": "1x1", "model": model, "correct": bool(right)} for _ in range(40)]
+        rows += [{"op": "-", "difficulty": "2x2", "model": model, "correct": bool(right)} for _ in range(5)]  # too small
+        rows += [{"op": "+", "difficulty": "1x1", "model": model, "correct": i < 40 - 8 * right} for i in range(40)]
+    found = gain_cost_findings(pd.DataFrame(rows), ["-"])
+    assert found["best_gain_cell"] == "- 1x1" and found["best_gain_points"] == 100.0
+    assert found["worst_cost_cell"] == "+ 1x1" and found["worst_cost_points"] == pytest.approx(20.0)
+    assert found["small_cells"] == "- 2x2 (n = 5)"
