@@ -26,13 +26,16 @@ book: $(STAMP)
 	$(BIN)/python -m mechlib build --params $(PARAMS)
 
 # Everything, slow tests included: organism training, every chapter through papermill on
-# params/tiny.yaml, every chapter's GPT-2 set on a GPT-2-shaped model, the browser.
+# params/tiny.yaml, every chapter's GPT-2 set on a GPT-2-shaped model, the browser. Two worker
+# processes (pytest-xdist), one test file each at a time, one torch thread each: what a 2-core
+# machine runs fastest; the cache locks make two workers asking for one model train it once.
+TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 # The tests not marked slow (seconds to a minute).
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -m "not slow"
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile -m "not slow"
 
 # ruff (lint and format check) and source notebooks stripped of outputs.
 lint: $(STAMP)

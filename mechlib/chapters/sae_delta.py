@@ -17,7 +17,7 @@ from ..core.delta_study import DeltaConfig
 from ..core.models import resolve_device
 from ..core.rank_sweep import choose_rank, rank_sweep
 from ..core.stats import fmt_interval
-from ..views.delta_summary import count_text, localisation_sentence, row_text, seed_findings, verdict_sentence
+from ..views.delta_summary import count_text, localisation_sentence, reference_sentence, row_text, seed_findings, verdict_sentence
 from ..views.quiet import quiet
 from . import preflight
 from .base import (
@@ -277,7 +277,7 @@ def findings(result: Result) -> dict:
     out = {"n_train": result.n_train, "n_eval": result.n_eval, "kind": result.params.kind,
            "focus_layer": result.focus_layer, "finetuned_studied": result.finetuned,
            **{f"threshold_{k}": v for k, v in delta_study.THRESHOLDS.items()}}
-    out.update({f"{k}_text": f"{v:.0%}" if k.endswith(("share", "fidelity")) else f"{v:g} points"
+    out.update({f"{k}_text": f"{v:.0%}" if k.endswith(("share", "fidelity")) else f"{v:g}" if k == "paired_p" else f"{v:g} points"
                 for k, v in delta_study.THRESHOLDS.items()})
     ch3 = finetune_recipe(result.params)[0]
     out.update(delta_tolerance=result.params.delta_tolerance, rank_share=f"{result.params.rank_share:.0%}",
@@ -318,27 +318,17 @@ def findings(result: Result) -> dict:
     for scope, tag in ((str(result.focus_layer), "focus"), (delta_study.ALL, "all")):
         if (scope, "raw") not in g.index:
             continue
-        for label in ("raw", "no_delta", "full", "full+error", "random_delta", "base_delta", "wide_base"):
+        for label in ("raw", "no_delta", "full", "full+error", *delta_study.CONTROLS, delta_study.REFERENCE):
             for skill in ("new", "old"):
-                row = g.loc[(scope, label)]
-                n = int(row[f"n_{skill}"])
+                n = int(g.loc[(scope, label), f"n_{skill}"]) if (scope, label) in g.index else 0
+                row = g.loc[(scope, label)] if n else None
                 text = fmt_interval(row[f"acc_{skill}"], row[f"{skill}_lo"], row[f"{skill}_hi"], n) if n else "n/a"
                 out[f"{tag}_{label.replace('+', '_')}_{skill}_text"] = text
         out[f"{tag}_full_error_check"] = result.sanity[scope]
-    if (delta_study.ALL, "wide_base") in g.index:
-        wide, full = g.loc[(delta_study.ALL, "wide_base")], g.loc[(delta_study.ALL, "full")]
-        if wide.new_lo > full.new_hi:
-            out["wide_sentence"] = ("One dictionary of the same total width trained on the fine-tuned activations (wide_base) keeps "
-                                    "more of the new skill than base + delta: the frozen base's split itself costs fidelity.")
-        elif wide.new_hi < full.new_lo:
-            out["wide_sentence"] = "One dictionary of the same total width (wide_base) keeps less of the new skill than base + delta."
-        else:
-            out["wide_sentence"] = "One dictionary of the same total width (wide_base) keeps about as much of the new skill as base + delta."
-    else:
-        out["wide_sentence"] = ""
     v = result.verdicts.set_index("scope")
     headline = delta_study.ALL if delta_study.ALL in v.index else str(result.focus_layer)
     out.update(seed_findings(result.seeds))
+    out["reference_sentence"] = reference_sentence(v.loc[headline])
     out.update(headline_scope="all studied layers at once" if headline == delta_study.ALL else f"layer {headline}",
                verdict=v.loc[headline, "verdict"], verdict_reason=v.loc[headline, "reason"],
                focus_verdict=v.loc[str(result.focus_layer), "verdict"], focus_verdict_reason=v.loc[str(result.focus_layer), "reason"],

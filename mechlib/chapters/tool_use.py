@@ -19,7 +19,7 @@ from ..core.evaluate import evaluate
 from ..core.organism import OrganismRecipe
 from ..core.problem_sets import last_positions
 from ..core.stats import fmt_interval, proportion
-from ..views.delta_summary import conditions_long, seed_findings, verdict_sentence
+from ..views.delta_summary import conditions_long, reference_sentence, seed_findings, verdict_sentence
 from ..views.delta_summary import verdict_view as delta_verdict_view
 from . import preflight
 from .base import (
@@ -386,9 +386,10 @@ def findings(result: Result) -> dict:
                delta_focus_layer=d["focus_layer"], delta_full_error_check=d["sanity"][headline],
                **{f"delta_{k}": val for k, val in seed_findings(d["seeds"]).items()})
     g = d["table"].set_index(["scope", "label"])
-    for label in ("raw", "full", "no_delta", "random_delta", "base_delta", "wide_base"):
-        row = g.loc[(headline, label)]
-        out[f"delta_{label}_text"] = fmt_interval(row.acc_new, row.new_lo, row.new_hi, int(row.n_new))
+    for label in ("raw", "full", "no_delta", *delta_study.CONTROLS, delta_study.REFERENCE):
+        row = g.loc[(headline, label)] if (headline, label) in g.index else None
+        out[f"delta_{label}_text"] = fmt_interval(row.acc_new, row.new_lo, row.new_hi, int(row.n_new)) if row is not None else "n/a"
+    out["delta_reference_sentence"] = reference_sentence(v.loc[headline])
     lat = d["latents"]
     delta_lat = lat[lat.which == "delta"] if len(lat) else lat
     out["delta_top_latent_description"] = delta_lat.description.iloc[0] if len(delta_lat) else "none"

@@ -1,6 +1,8 @@
 """Where mechlib keeps what it trains: the organism, fine-tunes, dictionaries."""
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -18,6 +20,21 @@ def cache_root() -> Path:
 def finetuned_dir(name: str) -> Path:
     """Where a fine-tuned checkpoint called ``name`` lives: ``<cache>/finetuned/<name>``."""
     return cache_root() / "finetuned" / name
+
+
+@contextlib.contextmanager
+def cache_lock(name: str):
+    """An exclusive lock across processes, held while the cache entry ``name`` is checked and
+    written: two processes asking for the same model at once train or convert it once, and
+    neither reads a folder the other is replacing."""
+    folder = cache_root() / ".locks"
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / f"{name.replace('/', '_')}.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def content_key(**parts) -> str:

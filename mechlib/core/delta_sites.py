@@ -19,18 +19,20 @@ def train_sites(base_lm, ft_lm, layers, config: DeltaConfig, train: pd.DataFrame
     hooks = sorted({n for pair in names.values() for n in pair})
     val_base = sae.collect_rows(base_lm, val, hooks)[0]
     val_ft = sae.collect_rows(ft_lm, val, hooks)[0]
+    old = train[~train.op.isin(config.new_operators)].reset_index(drop=True)  # old_delta's problems (none: no old_delta)
     collected = sae.answer_rows(ft_lm, train) <= config.buffer_tokens
     if collected:
         rows_base = sae.collect_rows(base_lm, train, hooks)[0]
         rows_ft = sae.collect_rows(ft_lm, train, hooks)[0]
+        rows_ft_old = sae.collect_rows(ft_lm, old, hooks)[0] if len(old) else None
     sites = []
     for layer in layers:
         i, o = names[layer]
 
-        def source(lm, rows):
+        def source(lm, rows, problems=train):
             if collected:
                 return lambda seed: sae.shuffled_batches(rows[i], rows[o], config.n_tokens, config.batch_tokens, seed)
-            return lambda seed: sae.ActivationBuffer(lm, train, i, o, config.n_tokens, config.batch_tokens, config.buffer_tokens, seed)
+            return lambda seed: sae.ActivationBuffer(lm, problems, i, o, config.n_tokens, config.batch_tokens, config.buffer_tokens, seed)
 
         base = None
         if config.base_source != "train":  # "saelens:RELEASE:ID" with {layer} in ID
@@ -38,7 +40,8 @@ def train_sites(base_lm, ft_lm, layers, config: DeltaConfig, train: pd.DataFrame
             base = sae.load_pretrained_base(release, sae_id.format(layer=layer), device=str(base_lm.cfg.device))
         sites.append(train_site(
             layer, source(base_lm, rows_base if collected else None), source(ft_lm, rows_ft if collected else None),
-            (val_base[i], val_base[o]), (val_ft[i], val_ft[o]), config, base=base))
+            (val_base[i], val_base[o]), (val_ft[i], val_ft[o]), config, base=base,
+            rows_ft_old=source(ft_lm, rows_ft_old if collected else None, old) if len(old) else None))
     return sites
 
 

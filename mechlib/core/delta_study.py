@@ -3,13 +3,19 @@ any base/fine-tune pair and any split of problems into a new and an old skill.
 
 Per studied layer: a base dictionary trained on the base model and frozen, a sweep of delta
 dictionaries trained on the fine-tune (base + delta reconstructs it), the delta chosen by
-validation reconstruction, and three capacity controls:
+validation reconstruction, three controls that enter the verdict, and one reference that
+does not:
 
 * ``random_delta``: the chosen delta's shape with Gaussian weights of the same norms;
 * ``base_delta``: a delta of the same width and k trained on the *base* model's activations
   (what extra width alone buys);
-* ``wide_base``: one dictionary of the base's plus the delta's width (and k) trained on the
-  fine-tune's activations, with no base/delta split.
+* ``old_delta``: a delta of the same width and k trained on the *fine-tuned* model's
+  activations on the old skill's problems only (fidelity to the fine-tune, without the new
+  skill's activations);
+* ``wide_base`` (a reference, not a control): one dictionary of the base's plus the delta's
+  width (and k) trained on the fine-tune's activations with no base/delta split. It sees the
+  new skill's activations, so it is the fidelity an unsplit dictionary of that size reaches:
+  the verdict reports how much of it base + delta keeps, and never counts it as a control.
 
 Conditions splice reconstructions into the fine-tuned model at one layer or at every studied
 layer at once (scope ``all``). :func:`verdict` turns the numbers into an answer with stated
@@ -25,12 +31,13 @@ import pandas as pd
 import torch
 
 from . import sae
-from .stats import proportion
+from .stats import mcnemar, proportion
 
 ALL = "all"
 # The order of the conditions in tables and charts.
-LABELS = ("raw", "no_delta", "full", "full+error", "random_delta", "base_delta", "wide_base", "zero_ablation")
-CONTROLS = ("random_delta", "base_delta")
+LABELS = ("raw", "no_delta", "full", "full+error", "random_delta", "base_delta", "old_delta", "wide_base", "zero_ablation")
+CONTROLS = ("random_delta", "base_delta", "old_delta")  # every one enters the verdict
+REFERENCE = "wide_base"  # the fidelity of an unsplit dictionary of the same width: reported, never a control
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,7 +85,7 @@ class Site:
     delta: sae.DeltaDictionary  # the chosen one
     sweep: pd.DataFrame  # every delta config, scored on validation activations
     best: dict  # the chosen config's row
-    controls: dict  # "random_delta" and "base_delta" (DeltaDictionary), "wide_base" (Dictionary)
+    controls: dict  # "random_delta", "base_delta", "old_delta" (DeltaDictionary), "wide_base" (Dictionary)
     base_metrics: dict
     losses: dict  # training losses per dictionary
 
@@ -91,10 +98,12 @@ def choose_delta(sweep: pd.DataFrame, tolerance: float) -> int:
     return int(ok.sort_values(["delta_width", "delta_k"]).index[0])
 
 
-def train_site(layer: int, rows_base, rows_ft, val_base, val_ft, config: DeltaConfig, base=None) -> Site:
+def train_site(layer: int, rows_base, rows_ft, val_base, val_ft, config: DeltaConfig, base=None, rows_ft_old=None) -> Site:
     """Train one layer's dictionaries. ``rows_*`` make fresh (x, y) minibatch iterators
-    (``rows(seed)``) from the base or the fine-tuned model; ``val_*`` are (x, y) validation
-    rows. ``base`` is a pretrained base dictionary, or None to train one."""
+    (``rows(seed)``) from the base or the fine-tuned model (``rows_ft_old``: the fine-tuned
+    model on the old skill's problems only, for ``old_delta``; None when there is no old
+    skill); ``val_*`` are (x, y) validation rows. ``base`` is a pretrained base dictionary,
+    or None to train one."""
     d_in, d_out = val_ft[0].shape[1], val_ft[1].shape[1]
     seed, act, lr, l1 = config.seed, config.activation, config.lr, config.l1
     losses = {}
@@ -124,6 +133,10 @@ def train_site(layer: int, rows_base, rows_ft, val_base, val_ft, config: DeltaCo
         "base_delta": base_delta,
         "wide_base": wide.requires_grad_(False),
     }
+    if rows_ft_old is not None:
+        old_delta = sae.DeltaDictionary(base, sae.Dictionary(d_in, d_out, w, act, k, seed=seed + 104))
+        losses["old_delta"] = sae.train_dictionaries([old_delta], rows_ft_old(seed + 4), lr=lr, l1=l1)[0]
+        controls["old_delta"] = old_delta
     metrics = {
         "base on base": sae.reconstruction_metrics(base, *val_base),
         "base on fine-tuned": sae.reconstruction_metrics(base, *val_ft),
@@ -132,6 +145,8 @@ def train_site(layer: int, rows_base, rows_ft, val_base, val_ft, config: DeltaCo
         "base + base_delta on fine-tuned": sae.reconstruction_metrics(base_delta, *val_ft),
         "wide_base on fine-tuned": sae.reconstruction_metrics(wide, *val_ft),
     }
+    if "old_delta" in controls:
+        metrics["base + old_delta on fine-tuned"] = sae.reconstruction_metrics(controls["old_delta"], *val_ft)
     return Site(layer, base, chosen, sweep, sweep.loc[best_i].to_dict(), controls, metrics, losses)
 
 
@@ -145,9 +160,7 @@ def condition_hooks(sites: Sequence[Site], label: str, kind: str, alpha: float |
         if label == "zero_ablation":
             hooks += sae.zero_hooks(kind, site.layer)
             continue
-        if label == "wide_base":
-            module = site.controls["wide_base"]
-        elif label in CONTROLS:
+        if label in (*CONTROLS, REFERENCE):
             module = site.controls[label]
         else:
             module = site.delta
@@ -175,7 +188,8 @@ def run_conditions(model, problems: pd.DataFrame, sites: Sequence[Site], kind: s
     for scope in scopes:
         chosen = list(sites) if scope == ALL else [by_layer[scope]]
         runs = [("raw", None, False), ("zero_ablation", None, False)] + ([("full+error", 1.0, False)] if sanity else [])
-        runs += [(c, None, False) for c in (*CONTROLS, "wide_base")] + [(_alpha_label(a), float(a), True) for a in alphas]
+        present = [c for c in (*CONTROLS, REFERENCE) if all(c in site.controls for site in chosen)]
+        runs += [(c, None, False) for c in present] + [(_alpha_label(a), float(a), True) for a in alphas]
         for label, alpha, dose in runs:
             if label == "raw":
                 res = raw.copy()
@@ -217,6 +231,15 @@ def condition_table(conditions: pd.DataFrame, new_ops: Sequence[str]) -> pd.Data
             row.update({f"n_{prefix}": st["n"], f"acc_{prefix}": st["p"], f"{prefix}_lo": st["lo"], f"{prefix}_hi": st["hi"]})
         rows.append(row)
     table = pd.DataFrame(rows)
+    for scope, g in conditions.groupby("scope", sort=False):  # full against no_delta, problem by problem
+        if {"full", "no_delta"} <= set(g.condition):
+            full, none = g[g.condition == "full"], g[g.condition == "no_delta"]
+            for prefix, mask in (("new", full.op.isin(new_ops).to_numpy()), ("old", ~full.op.isin(new_ops).to_numpy())):
+                test = mcnemar(full.correct.to_numpy()[mask], none.correct.to_numpy()[mask])
+                at = (table.scope == scope) & (table.label == "full")
+                table.loc[at, f"paired_p_{prefix}"] = test["p"]
+                table.loc[at, f"full_only_{prefix}"] = test["a_only"]
+                table.loc[at, f"no_delta_only_{prefix}"] = test["b_only"]
     for _, g in table.groupby("scope"):
         clean = g.loc[g.label == "raw", "answer_loss"].iloc[0]
         ablated = g.loc[g.label == "zero_ablation", "answer_loss"].iloc[0]
@@ -247,12 +270,14 @@ THRESHOLDS = {
     "in_points": 10.0,  # ... costs the new skill this many points more than the old, and more than any control
     "partly_share": 0.15,
     "partly_points": 5.0,
+    "paired_p": 0.05,  # full beats no_delta on the new skill in a paired (McNemar) test at this level
 }
 
 
 def removal_numbers(table: pd.DataFrame, scope, base_new: float) -> dict:
     """The verdict's inputs at one scope, in points: what removing the delta costs the new and
-    the old skill, what each control's delta buys over the base alone, and the intervals."""
+    the old skill, what each control's delta buys over the base alone, the paired test of
+    full against no_delta on the new skill, and the unsplit reference's accuracy."""
     g = table[table.scope == str(scope)].set_index("label")
     pts = lambda label, skill: 100 * float(g.loc[label, f"acc_{skill}"])
     has_old = int(g.loc["full", "n_old"]) > 0
@@ -265,7 +290,9 @@ def removal_numbers(table: pd.DataFrame, scope, base_new: float) -> dict:
         "cost_new": pts("full", "new") - pts("no_delta", "new"),
         "cost_old": (pts("full", "old") - pts("no_delta", "old")) if has_old else 0.0,
         "control_gain": {c: pts(c, "new") - pts("no_delta", "new") for c in CONTROLS if c in g.index},
-        "intervals_apart": bool(g.loc["no_delta", "new_hi"] < g.loc["full", "new_lo"]),
+        "reference_new": pts(REFERENCE, "new") if REFERENCE in g.index else float("nan"),
+        "paired_p": float(g.loc["full", "paired_p_new"]),
+        "full_better": bool(g.loc["full", "full_only_new"] > g.loc["full", "no_delta_only_new"]),
     }
 
 
@@ -284,9 +311,15 @@ def verdict(numbers: dict, thresholds: dict = THRESHOLDS) -> tuple[str, str]:
     specific = numbers["cost_new"] - numbers["cost_old"]
     control = max(numbers["control_gain"].values(), default=0.0)
     beyond = numbers["cost_new"] - control
-    facts = (f"removing the delta takes {share:.0%} of the added skill ({numbers['cost_new']:.1f} points), "
-             f"{specific:.1f} points more than it costs the old skill and {beyond:.1f} points more than the best control's delta buys")
+    paired = numbers["full_better"] and numbers["paired_p"] < t["paired_p"]
+    facts = (f"removing the delta takes {share:.0%} of the added skill ({numbers['cost_new']:.1f} points; paired test "
+             f"p = {numbers['paired_p']:.2g}), {specific:.1f} points more than it costs the old skill and {beyond:.1f} points more "
+             "than the best control's delta buys")
+    ceiling = numbers["reference_new"] - numbers["no_delta_new"]
+    if ceiling == ceiling and ceiling > 0:  # the unsplit reference restores something over the base alone
+        facts += (f"; an unsplit dictionary of the same width (wide_base, a reference) restores {ceiling:.1f} points over "
+                  f"no_delta, and base + delta {numbers['cost_new'] / ceiling:.0%} of that")
     for name, share_t, pts_t in (("in the delta", t["in_share"], t["in_points"]), ("partly in the delta", t["partly_share"], t["partly_points"])):
-        if share >= share_t and specific >= pts_t and beyond >= pts_t and numbers["intervals_apart"]:
+        if share >= share_t and specific >= pts_t and beyond >= pts_t and paired:
             return name, facts
     return "not in the delta", facts

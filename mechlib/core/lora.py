@@ -25,7 +25,7 @@ from peft import LoraConfig, get_peft_model
 from tqdm import tqdm
 
 from . import data
-from .cache import content_key, finetuned_dir, source_record
+from .cache import cache_lock, content_key, finetuned_dir, source_record
 from .families import family_of_config
 from .models import load_hf, write_source
 from .organism import encode_supervised
@@ -358,10 +358,13 @@ def ensure_finetuned(recipe: FinetuneRecipe, name: str | None = None, progress: 
     """The fine-tuned checkpoint for this recipe, training it if the cache lacks it. A name
     holding another recipe's fine-tune is refused (:func:`check_name_free`), never overwritten."""
     name = name or default_name(recipe)
-    if not is_current(name, recipe):
-        check_name_free(name, recipe)
-        merged, tok, hist, split = train(recipe, progress=progress, device=device)
-        save_finetuned(merged, tok, hist, split, recipe, name)
+    if is_current(name, recipe):
+        return finetuned_dir(name)
+    with cache_lock(f"finetuned-{name}"):  # another process may be training it: wait, then reuse
+        if not is_current(name, recipe):
+            check_name_free(name, recipe)
+            merged, tok, hist, split = train(recipe, progress=progress, device=device)
+            save_finetuned(merged, tok, hist, split, recipe, name)
     return finetuned_dir(name)
 
 

@@ -21,7 +21,7 @@ import torch
 from tqdm import tqdm
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from .cache import cache_root, content_key
+from .cache import cache_lock, cache_root, content_key
 from .char_tokenizer import build_char_tokenizer
 from .tokens import with_bos
 
@@ -186,8 +186,11 @@ def train_organism(recipe: OrganismRecipe = OrganismRecipe(), out_dir: Path | No
 def ensure_organism(recipe: OrganismRecipe = OrganismRecipe(), progress: bool = True) -> Path:
     """The cached checkpoint directory, training it first if it is not there."""
     path = organism_dir(recipe)
-    if not (path / "model.safetensors").is_file():
-        train_organism(recipe, path, progress=progress)
+    if (path / "model.safetensors").is_file():
+        return path
+    with cache_lock(f"organism-{path.name}"):  # another process may be training it: wait, then reuse
+        if not (path / "model.safetensors").is_file():
+            train_organism(recipe, path, progress=progress)
     return path
 
 

@@ -11,9 +11,7 @@ These are quantized releases (Q4_1, Q4_K_M), dequantized: not the original bf16 
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import fcntl
 import hashlib
 import importlib.util
 import json
@@ -21,7 +19,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from .cache import SOURCE_FILE, cache_root
+from .cache import SOURCE_FILE, cache_lock, cache_root
 
 
 class ModelPackageMissing(ValueError):
@@ -122,18 +120,10 @@ def verify(model: ShippedModel, path: Path) -> Path:
     return path
 
 
-@contextlib.contextmanager
 def _locked(model: ShippedModel, what: str):
     """An exclusive lock per model and file kind (``gguf``, ``checkpoint``), across processes,
     while those files are written."""
-    folder = cache_root() / "models"
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / f".{model.name}.{what}.lock", "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    return cache_lock(f"{model.name}.{what}")
 
 
 def gguf_path(model: ShippedModel) -> Path:

@@ -77,3 +77,17 @@ def fmt_interval(p: float, lo: float, hi: float, n: int | None = None) -> str:
         return "n/a"
     text = f"{p:.1%} [{lo * 100:.1f}, {hi * 100:.1f}]"
     return text + (f", n = {n}" if n is not None else "")
+
+
+def mcnemar(a: Sequence[bool], b: Sequence[bool]) -> dict:
+    """The exact McNemar test of two conditions scored on the same items: ``a_only`` and
+    ``b_only`` (the discordant items) and the two-sided p-value (binomial, p = 1/2, on the
+    discordant pairs). Paired, so it uses what two overlapping intervals throw away."""
+    from scipy.stats import binomtest
+
+    a, b = np.asarray(a, dtype=bool), np.asarray(b, dtype=bool)
+    if a.shape != b.shape:
+        raise ValueError(f"mcnemar: the two conditions must score the same items, got {a.shape} and {b.shape}")
+    a_only, b_only = int((a & ~b).sum()), int((~a & b).sum())
+    p = 1.0 if a_only + b_only == 0 else float(binomtest(a_only, a_only + b_only, 0.5).pvalue)
+    return {"a_only": a_only, "b_only": b_only, "p": p}

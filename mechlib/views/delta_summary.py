@@ -70,10 +70,26 @@ def verdict_view(verdicts: pd.DataFrame) -> pd.DataFrame:
     v = verdicts
     out = pd.DataFrame({"scope": v.scope.map(scope_name), "verdict": v.verdict, "full": v.full_new, "no_delta": v.no_delta_new,
                         "cost new": v.cost_new, "cost old": v.cost_old})
-    for c, short in (("random_delta", "gain random"), ("base_delta", "gain base-trained")):
+    for c, short in (("random_delta", "gain random"), ("base_delta", "gain base-trained"), ("old_delta", "gain old-skill")):
         if f"gain_{c}" in v:
             out[short] = v[f"gain_{c}"]
+    if "paired_p" in v:
+        out["paired p"] = [f"{p:.2g}" for p in v.paired_p]
     return out
+
+
+def reference_sentence(row) -> str:
+    """The unsplit reference (wide_base) in words, from one verdict row: how much of what it
+    restores over no_delta base + delta restores. A reference, not a control."""
+    ceiling = row["reference_new"] - row["no_delta_new"]
+    if not ceiling == ceiling:
+        return "No unsplit reference dictionary was measured."
+    if ceiling <= 0:
+        return ("An unsplit dictionary of the same width (wide_base, a reference) restores nothing of the new skill over "
+                "no_delta, so it sets no ceiling here.")
+    return (f"An unsplit dictionary of the same width trained on the fine-tuned activations (wide_base, a fidelity reference "
+            f"that sees the new skill's activations, so not a control) restores {ceiling:.1f} points of the new skill over "
+            f"no_delta; base + delta restores {row['cost_new']:.1f}, {row['cost_new'] / ceiling:.0%} of that.")
 
 
 def count_text(n) -> str:

@@ -88,7 +88,8 @@ def test_the_delta_choice_prefers_the_narrowest_within_tolerance():
 
 def numbers(**kw):
     base = {"raw_new": 90.0, "base_model_new": 0.0, "full_new": 85.0, "no_delta_new": 10.0, "cost_new": 75.0, "cost_old": 2.0,
-            "control_gain": {"random_delta": 1.0, "base_delta": 4.0}, "intervals_apart": True}
+            "control_gain": {"random_delta": 1.0, "base_delta": 4.0, "old_delta": 3.0}, "paired_p": 1e-6, "full_better": True,
+            "reference_new": float("nan")}
     return {**base, **kw}
 
 
@@ -98,7 +99,11 @@ def numbers(**kw):
     ({"no_delta_new": 80.0, "cost_new": 5.0}, "not in the delta"),
     ({"control_gain": {"random_delta": 1.0, "base_delta": 72.0}}, "not in the delta"),  # capacity alone does as well
     ({"cost_old": 72.0}, "not in the delta"),  # removing the delta breaks everything, not the new skill
-    ({"intervals_apart": False}, "not in the delta"),
+    ({"control_gain": {"random_delta": 1.0, "base_delta": 4.0, "old_delta": 72.0}}, "not in the delta"),  # the old skill's
+    # activations alone restore the new skill: the delta is not what carries it
+    ({"paired_p": 0.2}, "not in the delta"),  # full and no_delta do not differ problem by problem
+    ({"full_better": False}, "not in the delta"),
+    ({"reference_new": 95.0}, "in the delta"),  # the unsplit reference is reported, never a control
     ({"full_new": 20.0}, "inconclusive"),
     ({"raw_new": 0.0}, "inconclusive"),
 ])
@@ -106,18 +111,29 @@ def test_verdict_on_hand_made_numbers(kw, expected):
     verdict, reason = delta_study.verdict(numbers(**kw))
     assert verdict == expected
     assert reason
+    if kw.get("reference_new") == 95.0:
+        assert "wide_base" in reason and "88%" in reason  # 75 of the 85 points the reference restores
 
 
-def test_removal_numbers_read_the_condition_table():
-    rows = []
-    for label, new, old in (("raw", 0.9, 0.95), ("full", 0.8, 0.95), ("no_delta", 0.2, 0.9), ("random_delta", 0.25, 0.9),
-                            ("base_delta", 0.3, 0.9), ("zero_ablation", 0.0, 0.1)):
-        rows.append({"scope": "all", "label": label, "n_new": 200, "acc_new": new, "new_lo": new - 0.05, "new_hi": new + 0.05,
-                     "n_old": 200, "acc_old": old})
-    nums = delta_study.removal_numbers(pd.DataFrame(rows), "all", base_new=0.01)
+def test_removal_numbers_read_the_condition_table_and_pair_the_problems():
+    """Per-problem conditions -> the table (with McNemar's test of full against no_delta) -> the numbers."""
+    n = 200
+    accuracy = {"raw": (0.9, 0.95), "full": (0.8, 0.95), "no_delta": (0.2, 0.9), "random_delta": (0.25, 0.9),
+                "base_delta": (0.3, 0.9), "old_delta": (0.35, 0.9), "wide_base": (0.85, 0.95), "zero_ablation": (0.0, 0.1)}
+    frames = []
+    for label, (new, old) in accuracy.items():  # problem i is right when i < accuracy * n: nested, so paired
+        for op, acc in (("-", new), ("+", old)):
+            frames.append(pd.DataFrame({"scope": "all", "condition": label, "alpha": np.nan, "op": op, "answer_loss": 1.0 - acc,
+                                        "correct": np.arange(n) < round(acc * n)}))
+    table = delta_study.condition_table(pd.concat(frames, ignore_index=True), ["-"])
+    full = table.set_index("label").loc["full"]
+    assert (full.full_only_new, full.no_delta_only_new) == (120, 0) and full.paired_p_new < 1e-30
+    nums = delta_study.removal_numbers(table, "all", base_new=0.01)
     assert nums["cost_new"] == pytest.approx(60.0) and nums["cost_old"] == pytest.approx(5.0)
-    assert nums["control_gain"] == pytest.approx({"random_delta": 5.0, "base_delta": 10.0})
-    assert delta_study.verdict(nums)[0] == "in the delta"
+    assert nums["control_gain"] == pytest.approx({"random_delta": 5.0, "base_delta": 10.0, "old_delta": 15.0})
+    assert nums["reference_new"] == pytest.approx(85.0) and "wide_base" not in nums["control_gain"]
+    verdict, reason = delta_study.verdict(nums)
+    assert verdict == "in the delta" and "92%" in reason  # 60 of the 65 points wide_base restores
 
 
 def test_latent_descriptions_come_from_the_rows():

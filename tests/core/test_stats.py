@@ -32,3 +32,15 @@ def test_bootstrap_and_seed_spread_are_deterministic():
     spread = stats.seed_spread([0.9, 1.0, 0.95])
     assert spread["n_seeds"] == 3 and spread["min"] == 0.9 and spread["sd"] == pytest.approx(0.05)
     assert stats.fmt_interval(0.5, 0.2366, 0.7634, 10) == "50.0% [23.7, 76.3], n = 10"
+
+
+def test_mcnemar_counts_the_discordant_items_and_pairs_them():
+    from mechlib.core.stats import mcnemar
+
+    a = [True] * 10 + [False] * 10
+    b = [True] * 4 + [False] * 16
+    out = mcnemar(a, b)
+    assert (out["a_only"], out["b_only"]) == (6, 0) and out["p"] == pytest.approx(2 * 0.5**6)
+    assert mcnemar(a, a)["p"] == 1.0  # no discordant item: no evidence of a difference
+    with pytest.raises(ValueError, match="same items"):
+        mcnemar([True], [True, False])
