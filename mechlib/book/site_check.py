@@ -1,13 +1,15 @@
 """Open every page of the built site in headless Chromium and fail on what a reader would hit.
 
 Checks, per page: console errors, any request that leaves the site, charts without drawn
-marks, and glue placeholders that were never filled in. Saves a full-page screenshot of
-each chapter. Uses Python Playwright driving the system Chromium (no browser download).
+marks, glue placeholders that were never filled in, raw field names (snake_case) in chart
+titles, axes and legends, table numbers printed with more than 3 significant digits, and
+tab characters inside math. Saves a full-page screenshot of each chapter. Uses Python Playwright driving the system Chromium (no browser download).
 """
 from __future__ import annotations
 
 import functools
 import http.server
+import re
 import threading
 from pathlib import Path
 from urllib.parse import urlparse
@@ -21,6 +23,53 @@ CHROMIUM_ARGS = [
 # a browser's first visit, when no colour mode is stored yet.
 IGNORED_CONSOLE = ("Got invalid theme mode",)
 CHART_MARKS = "svg g[class*='mark-'] path, svg g[class*='mark-'] text, svg g[class*='mark-'] line"
+SNAKE = re.compile(r"\b[a-z][a-z0-9]*(?:_[a-z0-9]+)+\b")
+BARE_NUMBER = re.compile(r"^[-\u2212]?\d+\.\d+$")
+
+
+@functools.cache
+def defined_terms() -> frozenset[str]:
+    """snake_case names the book defines and uses as names (answer classes, splice conditions,
+    minimal-pair families, tracr programs, corruption kinds): allowed as chart labels, never as
+    an axis or legend title."""
+    from ..chapters.tool_use import SUBSETS
+    from ..core.delta_study import LABELS
+    from ..core.minimal_pairs import FAMILIES
+    from ..core.taxonomy import ERROR_CLASSES
+    from ..core.tracr_models import PROGRAMS
+
+    kinds = {"skip_last", "skip_first", "skip_range"}
+    return frozenset({*ERROR_CLASSES, *LABELS, *FAMILIES, *PROGRAMS, *SUBSETS, *kinds})
+
+
+def snake_case_problems(texts: list[tuple[str, str]]) -> list[str]:
+    """(role, text) pairs of chart text -> problems: any snake_case word in an axis or legend
+    title (a column's name), or one anywhere else that the book does not define as a name."""
+    out = []
+    for role, text in texts:
+        for word in SNAKE.findall(text):
+            if role in ("role-axis-title", "role-legend-title") or word not in defined_terms():
+                out.append(f"raw field name {word!r} in a chart's {role.replace('role-', '').replace('-', ' ')} ({text[:60]!r})")
+    return sorted(set(out))
+
+
+def math_tab_problems(html: str) -> list[str]:
+    """Math in the page source holding a tab character: a Python string's ``\\t`` where
+    ``\\text`` was meant (MathJax then shows 'ext')."""
+    hits = re.findall(r'class="math[^"]*">([^<]*\t[^<]*)<', html)
+    return [f"math holds a tab character: {h.strip()[:60]!r}" for h in hits]
+
+
+def long_number_problems(cells: list[str]) -> list[str]:
+    """Table cells that are a bare decimal number with more than 3 significant digits."""
+    out = []
+    for cell in cells:
+        text = cell.strip()
+        if BARE_NUMBER.match(text):
+            digits = text.lstrip("-\u2212").replace(".", "").lstrip("0")
+            if len(digits) > 3:
+                out.append(f"table number {text!r} has more than 3 significant digits")
+    return sorted(set(out))
 
 
 class _Quiet(http.server.SimpleHTTPRequestHandler):
@@ -65,6 +114,13 @@ def check_page(page, url: str, origin: str) -> list[str]:
         if needle in text:
             problems.append(f"unrendered glue placeholder ({needle!r}) in the page text")
     problems += too_wide(page)
+    texts = page.evaluate("""() => Array.from(document.querySelectorAll('.mechlib-chart svg text')).map(t => {
+        const g = t.closest('g[class*="role-"]');
+        const role = g ? (Array.from(g.classList).find(c => c.startsWith('role-')) || 'text') : 'text';
+        return [role, t.textContent];
+    })""")
+    problems += snake_case_problems([tuple(t) for t in texts])
+    problems += long_number_problems(page.locator("article table td").all_inner_texts())
     stderr = page.locator(".output.stderr, .cell_output .stderr, div.stderr")
     if stderr.count():
         problems.append(f"{stderr.count()} stderr output(s) on the page, e.g. {stderr.first.inner_text()[:120]!r}")
@@ -121,6 +177,7 @@ def check_site(html_dir: Path, shots_dir: Path, chapters_prefix: str = "book/exe
                 page = context.new_page()
                 before = len(outside)
                 problems = check_page(page, f"{origin}/{rel}", origin)
+                problems += math_tab_problems((html_dir / rel).read_text(errors="replace"))
                 problems += [f"request outside the site: {u}" for u in outside[before:]]
                 if rel.startswith(chapters_prefix):
                     page.screenshot(path=str(shots_dir / (Path(rel).stem + ".png")), full_page=True)

@@ -208,7 +208,7 @@ def findings(result: Result) -> dict:
     out["seeds_heldout_text"] = out["seeds_longer_text"] = "not measured: fewer than two organism seeds were run"
     if len(result.seeds) > 1:
         spread = seed_spread(result.seeds["heldout_addition"])
-        out["seeds_heldout_text"] = f"{spread['mean']:.1%} (sd {spread['sd'] * 100:.1f} points, range {spread['min']:.1%} to {spread['max']:.1%})"
+        out["seeds_heldout_text"] = f"{spread['min']:.1%} to {spread['max']:.1%} (mean {spread['mean']:.1%})"
         if "longer_operands" in result.seeds:
             sp = seed_spread(result.seeds["longer_operands"])
             out["seeds_longer_text"] = f"{sp['mean']:.1%} (range {sp['min']:.1%} to {sp['max']:.1%})"

@@ -17,7 +17,7 @@ from ..core.organism import ORGANISM_NAME, OrganismRecipe, ensure_organism, orga
 from ..core.pair_patching import pair_study, roles
 from ..core.stats import fmt_interval, proportion
 from ..core.tracr_study import METHODS, TracrConfig, tracr_study
-from ..views.circuit_views import columns_read, verdict_paragraph
+from ..views.circuit_views import columns_read, verdict_items
 from ..views.narrative import and_list, pct
 from . import preflight
 from .base import ModelParams, is_int, is_number, list_of, one_of, param, prompt_format_field
@@ -249,7 +249,8 @@ PART2_KEYS = (
     "mech_residual", "subject", "eap_spearman", "eap_ig_spearman", "eap_overlap", "eap_ig_overlap", "edge_scores", "circuit_k",
     "n_edges", "n_discovery", "n_test", "circuit_share", "circuit_recovered", "test_clean_accuracy_text", "none_accuracy",
     "ablated_removed", "random_ablated_removed", "circuit_nodes", "faithful", "faithful_verdict", "random_recovered", "n_seeds",
-    "seeds", "roles_same", "carry_head_seeds", "roles_held", "carry_heads", "roles_verdict", "verdict", "seed_circuits",
+    "seeds", "roles_same", "carry_head_seeds", "roles_held", "carry_heads", "roles_verdict", "verdict", "verdict_mechanism",
+    "verdict_attribution", "verdict_circuit", "verdict_seeds", "verdict_limits", "seed_circuits",
     "seed_recovered_range", "seed_accuracy_range", "seed_ablated_range", "seeds_faithful",
 )
 
@@ -318,7 +319,8 @@ def findings(result: Result) -> dict:
                    eap_overlap=f"{len(top('exact') & top('eap'))} of {k}", eap_ig_overlap=f"{len(top('exact') & top('eap-ig'))} of {k}")
     out["edge_scores"] = p.edge_scores
     out.update(circuit_k=k, n_edges=c["n_edges"], n_discovery=c["n_discovery"], n_test=c["n"],
-               circuit_share=f"{k / c['n_edges']:.0%}", circuit_recovered=f"{c['recovered']:.0%}",
+               circuit_share=f"{k / c['n_edges']:.0%}", circuit_recovered=(f"{c['recovered']:.0%} (95% bootstrap interval "
+                                                                                  f"{c['recovered_lo']:.0%} to {c['recovered_hi']:.0%})"),
                circuit_accuracy_text=fmt_interval(c["accuracy"], c["accuracy_lo"], c["accuracy_hi"], c["n"]),
                test_clean_accuracy_text=fmt_interval(c["clean_accuracy"], c["clean_lo"], c["clean_hi"], c["n"]),
                none_accuracy=f"{c['none_accuracy']:.1%}",
@@ -355,7 +357,9 @@ def findings(result: Result) -> dict:
     out["roles_verdict"] = ("not tested: only one seed was run" if len(seeds) < 2 else
                             "yes: the same roles appear in every seed" if out["roles_held"] else
                             "no: the roles differ between seeds")
-    out["verdict"] = verdict_paragraph(out)
+    items = verdict_items(out)
+    out.update(items)
+    out["verdict"] = " ".join(items.values())  # the whole verdict in one string, for the run record and agents
     first = ("circuit_accuracy_text", "ablated_accuracy_text", "random_ablated_accuracy_text")  # the Runs page's headline
     return {**{k: out[k] for k in first}, **out}
 

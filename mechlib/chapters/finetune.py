@@ -115,7 +115,8 @@ def run(params: Params) -> Result:
 def heldout_curves(result: Result) -> pd.DataFrame:
     """Held-out accuracy during training in long form, with Wilson 95% intervals."""
     is_new = result.heldout.op.isin(result.params.operators)
-    return ft.heldout_curves(result.history, {"heldout_acc_new": int(is_new.sum()), "heldout_acc_old": int((~is_new).sum())})
+    return ft.heldout_curves(result.history, {"heldout_acc_new": int(is_new.sum()), "heldout_acc_old": int((~is_new).sum())},
+                             {"heldout_acc_new": "new skill (held-out)", "heldout_acc_old": "replayed skill (held-out)"})
 
 
 def findings(result: Result) -> dict:

@@ -19,8 +19,8 @@ from ..core.evaluate import evaluate
 from ..core.organism import OrganismRecipe
 from ..core.problem_sets import last_positions
 from ..core.stats import fmt_interval, proportion
-from ..views.delta_summary import conditions_long, reference_sentence, seed_findings, verdict_sentence
-from ..views.delta_summary import verdict_view as delta_verdict_view
+from ..views.delta_summary import reference_sentence, seed_findings, verdict_sentence
+from ..views.tool_views import wrong_call_counts
 from . import preflight
 from .base import (
     ModelParams,
@@ -226,6 +226,41 @@ def classify_call(row) -> str:
     return "other"
 
 
+def call_operator(expr: str) -> str | None:
+    """The operator of a call ``a OP b`` (both operands digits), or None for any other call."""
+    expr = str(expr).replace(" ", "")
+    for op in "+-*/":
+        left, sep, right = expr.partition(op)
+        if sep and left.isdigit() and right.isdigit():
+            return op
+    return None
+
+
+def operator_copying(result: Result) -> dict:
+    """On ``tool_ood`` problems (an operator never trained with calls): how many failed calls
+    copy both operands right but write a trained call operator instead of the problem's."""
+    a = result.answers
+    failed = a[(a.model == "after") & (a.subset == "tool_ood") & a.needs_call & ~a.math_correct & a.called & a.valid]
+    trained = 0
+    for row in failed.itertuples():
+        op = call_operator(row.call_expression)
+        if op in result.params.tool_operators:
+            left, _, right = str(row.call_expression).replace(" ", "").partition(op)
+            trained += (int(left), int(right)) == (row.a, row.b)
+    n = len(failed)
+    tool_ops = " ".join(result.params.tool_operators)
+    if not n:
+        sentence = "No valid call on `tool_ood` problems failed, so there is no operator error to read."
+    elif trained / n >= 0.5:
+        sentence = (f"In {trained} of {n} valid but wrong calls on `tool_ood` problems the fine-tune copies both operands and "
+                    f"writes the trained call operator ({tool_ops}) instead of the problem's: it learned to emit a call with "
+                    "the operator it was trained on, not to copy the problem into the call.")
+    else:
+        sentence = (f"Only {trained} of {n} valid but wrong calls on `tool_ood` problems write the trained call operator "
+                    f"({tool_ops}) with the operands copied right; the failures are not mainly an operator copied from training.")
+    return {"ood_failed_calls": n, "ood_trained_operator_calls": trained, "ood_operator_sentence": sentence}
+
+
 def wrong_calls(answers: pd.DataFrame) -> pd.DataFrame:
     """The fine-tuned model's calls on problems that need one and whose end-to-end answer is
     wrong, with their class; missing calls are counted as ``no call``."""
@@ -288,69 +323,6 @@ def _with_calls(problems: pd.DataFrame, params: Params) -> pd.DataFrame:
     return pd.concat([ft.as_calls(problems[is_tool], params.call_style), problems[~is_tool]], ignore_index=True)
 
 
-# ---------------------------------------------------------------- views and findings
-
-
-def before_after(result: Result) -> pd.DataFrame:
-    """One row per subset and metric: before and after, each with n and interval, as text."""
-    m = result.metrics
-    rows = []
-    for (subset, metric), g in m.groupby(["subset", "metric"], sort=False):
-        g = g.set_index("model")
-        text = {k: fmt_interval(g.loc[k, "rate"], g.loc[k, "lo"], g.loc[k, "hi"]) for k in ("before", "after") if k in g.index}
-        rows.append({"subset": subset, "metric": metric, "n": int(g["n"].iloc[0]), **text})
-    return pd.DataFrame(rows)
-
-
-def metric_bars(result: Result) -> pd.DataFrame:
-    """The metrics in long form for a bar chart: ``layer`` = subset, ``label`` = metric,
-    ``skill`` = before/after (the columns :func:`mechlib.views.plots.condition_bars` reads)."""
-    m = result.metrics.rename(columns={"rate": "accuracy"})
-    short = {"tool_call_rate": "call", "valid_tool_format_rate": "valid call", "math_correct_rate": "correct"}
-    return m.assign(layer=m.subset, label=m.metric.map(short), skill=m.model)
-
-
-def wrong_call_counts(result: Result) -> pd.DataFrame:
-    w = result.wrong_calls
-    if not len(w):
-        return pd.DataFrame({"subset": [], "class": [], "n": [], "example": []})
-    counts = w.groupby(["subset", "class"]).agg(n=("prompt", "size"), example=("output", "first"),
-                                                 prompt=("prompt", "first")).reset_index()
-    counts["example"] = counts.prompt + counts.example
-    return counts.drop(columns="prompt").sort_values(["subset", "n"], ascending=[True, False])
-
-
-def loss_curve(result: Result) -> pd.DataFrame:
-    """The training loss per step (cross-entropy on the answer or call tokens)."""
-    return result.history.dropna(subset=["loss"])[["step", "loss"]].assign(series="training loss")
-
-
-def heldout_curves(result: Result) -> pd.DataFrame:
-    """Held-out teacher-forced exactness during training (calls on ``tool``, answers on
-    ``copy``) with Wilson 95% intervals from each set's size."""
-    sizes = {"heldout_acc_new": int((result.evals.subset == "tool").sum()), "heldout_acc_old": int((result.evals.subset == "copy").sum())}
-    return ft.heldout_curves(result.history, sizes, {"heldout_acc_new": "exact call (tool)", "heldout_acc_old": "exact answer (copy)"})
-
-
-def delta_long(result: Result) -> pd.DataFrame:
-    """The splice conditions at the focus layer and all layers at once, in long form."""
-    long = conditions_long(result.delta["table"], result.delta["focus_layer"])
-    long["skill"] = long.skill.map({"new skill": "exact call (tool)", "old skill": "exact answer (copy)"})
-    return long
-
-
-def verdict_view(result: Result) -> pd.DataFrame:
-    return delta_verdict_view(result.delta["verdicts"])
-
-
-def latent_view(result: Result) -> pd.DataFrame:
-    lat = result.delta["latents"]
-    if not len(lat):
-        return pd.DataFrame({"note": ["no latent fired on the evaluation problems"]})
-    return pd.DataFrame({"dict": lat.which, "latent": lat.latent, "+loss call": lat.loss_rise_new, "+loss answer": lat.loss_rise_old,
-                         "on call": lat.mean_new, "on answer": lat.mean_old, "description": lat.description})
-
-
 def _positions(evals: pd.DataFrame) -> dict:
     """How far the organism's training reached (chapter 1's count) and how far a call runs."""
     calls = evals[evals.needs_call].assign(kind="longer_operands")
@@ -375,6 +347,7 @@ def findings(result: Result) -> dict:
     counts = wrong_call_counts(result)
     ood = counts[counts.subset == "tool_ood"]
     out["ood_top_error"] = f"{ood['class'].iloc[0]} ({int(ood.n.iloc[0])} of {int(ood.n.sum())})" if len(ood) else "none"
+    out.update(operator_copying(result))
     hist = result.history.dropna(subset=["loss"])
     out["final_loss"] = float(hist.loss.iloc[-1]) if len(hist) else float("nan")
     d = result.delta

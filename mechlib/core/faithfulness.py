@@ -89,7 +89,10 @@ def edge_study(config: FaithfulnessConfig, model, study: dict) -> tuple[pd.DataF
     ld_cut, ok_cut = measure(g.allowed & ~named)  # the circuit's edges ablated, every other edge kept
     ld_rcut, ok_rcut = measure(g.allowed & ~random_keep(k_named))
     row = top.set_index("k").loc[k_named]
-    circuit = {"k": k_named, "n_edges": n_edges, "recovered": float(row.recovered), "accuracy": float(row.accuracy),
+    ld_named, _ = measure(named)
+    rec_lo, rec_hi = bootstrap_share(ld_named, ld_none, ld_clean, seed=config.seed)
+    circuit = {"k": k_named, "n_edges": n_edges, "recovered": float(row.recovered), "recovered_lo": rec_lo, "recovered_hi": rec_hi,
+               "accuracy": float(row.accuracy),
                "accuracy_lo": float(row.lo), "accuracy_hi": float(row.hi), "n": int(row.n), "found": bool(len(enough)),
                "n_discovery": int(len(find)), "clean_accuracy": clean_acc["p"], "clean_lo": clean_acc["lo"],
                "clean_hi": clean_acc["hi"], "none_accuracy": float(acc_none.mean()),
@@ -99,6 +102,17 @@ def edge_study(config: FaithfulnessConfig, model, study: dict) -> tuple[pd.DataF
                "random_ablated_removed": float((ld_clean.mean() - ld_rcut.mean()) / gap),
                "nodes": circuit_nodes(g, named)}
     return edges, curve, circuit
+
+
+def bootstrap_share(ld: np.ndarray, ld_none: np.ndarray, ld_clean: np.ndarray, n_boot: int = 2000,
+                    seed: int = 0) -> tuple[float, float]:
+    """A percentile bootstrap 95% interval of the recovered share (mean(ld) - mean(ld_none)) /
+    (mean(ld_clean) - mean(ld_none)), resampling the test pairs (the same draw for all three)."""
+    rng = np.random.default_rng([seed, 2])
+    idx = rng.integers(0, len(ld), size=(n_boot, len(ld)))
+    none = ld_none[idx].mean(1)
+    shares = (ld[idx].mean(1) - none) / (ld_clean[idx].mean(1) - none)
+    return float(np.quantile(shares, 0.025)), float(np.quantile(shares, 0.975))
 
 
 def circuit_nodes(g: cg.Graph, keep: np.ndarray) -> list[str]:

@@ -65,8 +65,14 @@ def pair_pool_sizes(families, recipe: OrganismRecipe | None) -> dict[str, int]:
 def minimal_pairs(config: PairConfig, recipe: OrganismRecipe | None) -> pd.DataFrame:
     """Clean and corrupted 2-digit additions with 2-digit sums that differ in one digit of a,
     ``config.n_pairs`` per family. Clean problems are the organism's held-out pairs when the model is
-    the organism (never trained on), otherwise any such pair."""
+    the organism (never trained on), otherwise any such pair.
+
+    The discovery and test halves are split by clean problem, both operand orders together
+    (a+b and b+a are one problem): no clean problem, in any family, is on both sides."""
     pool = clean_pool(recipe)
+    problems = sorted({(min(a, b), max(a, b)) for a, b in pool})
+    order = np.random.default_rng([config.seed, 1]).permutation(len(problems))
+    side = {problems[i]: ("discovery", "test")[rank % 2] for rank, i in enumerate(order)}
     rng = np.random.default_rng(config.seed)
     rows = []
     for family in config.families:
@@ -79,7 +85,7 @@ def minimal_pairs(config: PairConfig, recipe: OrganismRecipe | None) -> pd.DataF
             if len(found) == config.n_pairs:
                 break
         for a, b, a2 in found:
-            rows.append({"family": family, "split": ("discovery", "test")[len(rows) % 2], "a": a, "b": b,
+            rows.append({"family": family, "split": side[(min(a, b), max(a, b))], "a": a, "b": b,
                          "a_corrupt": a2, "answer": a + b, "answer_corrupt": a2 + b,
                          "carry": (a % 10 + b % 10) >= 10, "carry_corrupt": (a2 % 10 + b % 10) >= 10})
     return pd.DataFrame(rows)

@@ -14,36 +14,38 @@ def columns_read(digits: str) -> str:
     return " and ".join(cols) or "no operand digit"
 
 
-def verdict_paragraph(f: dict) -> str:
-    """The chapter's verdict, assembled from the findings (no number typed by hand)."""
-    movers = (f"Attention heads (layer {f['mech_movers_layers']}) move each answer digit's operand column to the position that "
+def verdict_items(f: dict) -> dict:
+    """The chapter's verdict as four short items (mechanism, circuit, seeds, limits), each
+    assembled from the findings (no number typed by hand)."""
+    movers = (f"attention heads (layer {f['mech_movers_layers']}) move each answer digit's operand column to the position that "
               f"predicts it: {f['mech_movers']}" if f["mech_movers_found"] else
-              "No single head moves each answer digit's operand column to the position that predicts it (by the thresholds "
+              "no single head moves each answer digit's operand column to the position that predicts it (by the thresholds "
               f"on the page): {f['mech_movers']}")
     carry = (f"A separate carry head: {f['mech_carry']}." if f["mech_carry_found"] else
              f"No carry head meets the thresholds: {f['mech_carry']}.")
-    parts = [f"{f['subject']} two-digit adder (with two-digit sums) works like this. {movers} {carry} "
-             f"Direct logit attribution: {f['mech_direct']}. {f['mech_residual']}."]
-    parts.append(f"Keeping only the top {f['circuit_k']} of {f['n_edges']} edges (mean-ablating the rest) recovers "
-                 f"{f['circuit_recovered']} of the logit difference on the test half of the pairs, with accuracy "
-                 f"{f['circuit_accuracy_text']} (clean: {f['test_clean_accuracy_text']}); {f['circuit_k']} random edges recover "
-                 f"{f['random_recovered']}. Ablating those {f['circuit_k']} edges alone drops accuracy to {f['ablated_accuracy_text']} "
-                 f"(random edges of the same number: {f['random_ablated_accuracy_text']}).")
-    if f["n_seeds"] > 1:
-        parts.append(f"Across organism seeds {f['seeds']}, the roles {'held' if f['roles_held'] else 'did not all hold'}: the "
-                     f"other seeds read the same operand columns as the first in {f['roles_same']} cases, and a single carry head was found in "
-                     f"{f['carry_head_seeds']} seeds ({f['carry_heads']}); the head indices differ. A circuit meeting the "
-                     f"threshold was found in {f['seeds_faithful']} seeds, recovering {f['seed_recovered_range']} of the "
-                     f"logit difference (accuracy {f['seed_accuracy_range']}).")
-    else:
-        parts.append("Only one model was run, so whether the roles recur across seeds is not tested.")
-    parts.append("What the data does not support: the pairs never have three-digit sums, so the sum-9 cascade of "
-                 "Quirke and Barez is not tested; the MLPs' internal arithmetic is not decomposed; and the edge "
-                 f"scores use {f['ablation']} ablation, which on tracr finds only the edges whose signal varies with the input "
-                 f"(AUROC {f['organism_method_varying']} against those, {f['organism_method_auroc']} against all circuit edges).")
+    items = {"verdict_mechanism": f"{f['subject']} two-digit adder (with two-digit sums): {movers} {carry}",
+             "verdict_attribution": f"Direct logit attribution: {f['mech_direct']}. {f['mech_residual']}."}
+    items["verdict_circuit"] = (
+        f"Keeping only the top {f['circuit_k']} of {f['n_edges']} edges (mean-ablating the rest) recovers "
+        f"{f['circuit_recovered']} of the logit difference on the test half of the pairs, accuracy "
+        f"{f['circuit_accuracy_text']} (clean: {f['test_clean_accuracy_text']}); {f['circuit_k']} random edges recover "
+        f"{f['random_recovered']}. Ablating those {f['circuit_k']} edges alone drops accuracy to {f['ablated_accuracy_text']} "
+        f"(random edges of the same number: {f['random_ablated_accuracy_text']}).")
+    items["verdict_seeds"] = (
+        f"Across organism seeds {f['seeds']}, the roles {'held' if f['roles_held'] else 'did not all hold'}: the other seeds "
+        f"read the same operand columns as the first in {f['roles_same']} cases, and a single carry head was found in "
+        f"{f['carry_head_seeds']} seeds ({f['carry_heads']}); the head indices differ. A circuit meeting the threshold was "
+        f"found in {f['seeds_faithful']} seeds, recovering {f['seed_recovered_range']} of the logit difference (accuracy "
+        f"{f['seed_accuracy_range']})." if f["n_seeds"] > 1 else
+        "Only one model was run, so whether the roles recur across seeds is not tested.")
+    limits = ("The pairs never have three-digit sums, so the sum-9 cascade of Quirke and Barez is not tested; the MLPs' "
+              f"internal arithmetic is not decomposed; and the edge scores use {f['ablation']} ablation, which on tracr finds "
+              f"only the edges whose signal varies with the input (AUROC {f['organism_method_varying']} against those, "
+              f"{f['organism_method_auroc']} against all circuit edges).")
     if f["mech_use_carry_more"] is False:
-        parts.append("The later MLPs do not matter more when the carry changes than when it does not.")
-    return " ".join(parts)
+        limits += " The later MLPs do not matter more when the carry changes than when it does not."
+    items["verdict_limits"] = limits
+    return items
 
 
 def truth_view(result) -> pd.DataFrame:
@@ -119,7 +121,7 @@ def seed_circuit_view(result) -> pd.DataFrame:
     sc = result.seed_circuits
     return pd.DataFrame({
         "seed": sc.seed, "edges kept": [f"{k} of {n}" for k, n in zip(sc.k, sc.n_edges)],
-        "logit diff recovered": [f"{x:.0%}" for x in sc.recovered],
+        "logit diff recovered [95% bootstrap]": [f"{x:.0%} [{lo:.0%}, {hi:.0%}]" for x, lo, hi in zip(sc.recovered, sc.recovered_lo, sc.recovered_hi)],
         "circuit accuracy": [fmt_interval(a, lo, hi) for a, lo, hi in zip(sc.accuracy, sc.accuracy_lo, sc.accuracy_hi)],
         "circuit ablated": [fmt_interval(a, lo, hi) for a, lo, hi in zip(sc.ablated_accuracy, sc.ablated_lo, sc.ablated_hi)],
         "random ablated": [fmt_interval(a, lo, hi) for a, lo, hi in zip(sc.random_ablated_accuracy, sc.random_ablated_lo,

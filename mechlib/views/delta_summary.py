@@ -19,7 +19,7 @@ def seed_findings(seeds: pd.DataFrame) -> dict:
     same = len(set(verdicts)) == 1
     return {
         "seed_list": listed,
-        "seed_cost_text": (f"{cost['mean']:.1f} points on average (range {cost['min']:.1f} to {cost['max']:.1f}, sd {cost['sd']:.1f})"
+        "seed_cost_text": (f"{cost['min']:.1f} to {cost['max']:.1f} points over {len(seeds)} seeds (mean {cost['mean']:.1f})"
                            if len(seeds) > 1 else f"{cost['mean']:.1f} points (one seed only)"),
         "seed_sentence": (f"The verdict is '{verdicts[0]}' for every dictionary seed." if same and len(seeds) > 1 else
                           f"The verdict is '{verdicts[0]}' (one dictionary seed only)." if same else

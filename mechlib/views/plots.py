@@ -8,6 +8,7 @@ loaded (Colab, a bare browser), the snippet falls back to the public Vega CDN.
 from __future__ import annotations
 
 import json
+import math
 import uuid
 
 import altair as alt
@@ -75,6 +76,38 @@ KIND_COLOURS = {
     "new_format": "#9d755d",
     "pretrained": "#54a24b",
 }
+KIND_NAMES = {"trained": "trained (held-out pairs)", "longer_operands": "longer operands", "new_operator": "new operator (control)",
+              "new_format": "new format (control)", "pretrained": "pretrained"}
+# Axis and legend titles for the data's column names; any other name is shown with spaces.
+FIELD_NAMES = {
+    "top1_first": "first answer token is top-1",
+    "tf_correct": "whole answer is the argmax",
+    "p_first": "p(first answer digit)",
+    "answer_loss": "answer loss (nats)",
+    "op": "operator",
+}
+
+
+def field_name(name: str) -> str:
+    """The human name of a column for an axis or a legend title (never its snake_case)."""
+    return FIELD_NAMES.get(name, name.replace("_", " "))
+
+
+def _label_expr(names: dict) -> str:
+    """A Vega expression showing each raw value by its name in ``names`` (others as they are)."""
+    cases = " : ".join(f"datum.label == {json.dumps(k)} ? {json.dumps(v)}" for k, v in names.items())
+    return f"{cases} : datum.label" if cases else "datum.label"
+
+
+def number_text(v: float, decimals: int = 3) -> str:
+    """A number with at most 3 significant digits and at most ``decimals`` decimals (1.016 ->
+    1.02, 23.86 -> 23.9 at one decimal, 0.0123 -> 0.0123 at four)."""
+    if v != v:
+        return ""
+    if v == 0:
+        return "0"
+    places = min(decimals, max(0, 2 - math.floor(math.log10(abs(v)))))
+    return f"{v:.{places}f}"
 
 
 def _title(text: str, caption: str | None):
@@ -96,8 +129,8 @@ def accuracy_heatmap(table: pd.DataFrame, title: str = "Exact-match accuracy", c
         long["label"] = [f"{a:.0%}" for a in long.accuracy]
     step = 78 if counts is not None else 52
     base = alt.Chart(long, title=_title(title, caption)).encode(
-        x=alt.X(f"{col_name}:O", title=col_name, sort=list(table.columns), axis=alt.Axis(labelAngle=0)),
-        y=alt.Y(f"{row_name}:N", title=row_name, sort=list(table.index)),
+        x=alt.X(f"{col_name}:O", title=field_name(col_name), sort=list(table.columns), axis=alt.Axis(labelAngle=0)),
+        y=alt.Y(f"{row_name}:N", title=field_name(row_name), sort=list(table.index)),
     )
     rect = base.mark_rect().encode(
         color=alt.Color("accuracy:Q", scale=alt.Scale(domain=[0, 1], scheme="viridis"), title="accuracy"),
@@ -121,8 +154,8 @@ def interval_heatmap(cells: pd.DataFrame, row: str, col: str, title: str, captio
     row_sort = row_sort or list(dict.fromkeys(data[row]))
     col_sort = col_sort or sorted(data[col].unique())
     base = alt.Chart(data).encode(
-        x=alt.X(f"{col}:O", title=col, sort=col_sort, axis=alt.Axis(labelAngle=0)),
-        y=alt.Y(f"{row}:N", title=row, sort=row_sort),
+        x=alt.X(f"{col}:O", title=field_name(col), sort=col_sort, axis=alt.Axis(labelAngle=0)),
+        y=alt.Y(f"{row}:N", title=field_name(row), sort=row_sort),
     )
     rect = base.mark_rect().encode(
         color=alt.Color("accuracy:Q", scale=alt.Scale(domain=[0, 1], scheme="viridis"), title="accuracy"),
@@ -145,8 +178,9 @@ def accuracy_intervals(cells: pd.DataFrame, title: str = "Accuracy with 95% inte
     domain = [k for k in (colours or {}) if k in set(data[color])] or sorted(data[color].unique())
     scale = alt.Scale(domain=domain, range=[colours[k] for k in domain]) if colours else alt.Scale()
     base = alt.Chart(data).encode(
-        x=alt.X(f"{x}:N", title=x, axis=alt.Axis(labelAngle=0)),
-        color=alt.Color(f"{color}:N", scale=scale, title=color),
+        x=alt.X(f"{x}:N", title=field_name(x), axis=alt.Axis(labelAngle=0)),
+        color=alt.Color(f"{color}:N", scale=scale, title=field_name(color),
+                        legend=alt.Legend(labelExpr=_label_expr(KIND_NAMES if color == "kind" else {}))),
         tooltip=[c for c in (row, x, color) if c] + ["interval"],
     )
     points = base.mark_point(filled=True, size=60).encode(y=alt.Y("accuracy:Q", scale=alt.Scale(domain=[0, 1]), axis=alt.Axis(format="%")))
@@ -186,7 +220,8 @@ def error_bars(results: pd.DataFrame, title: str = "How the answers go wrong", c
 
 def line_chart(df: pd.DataFrame, x: str, y: str, color: str | None = None, title: str = "", y_format: str | None = None,
                caption: str | None = None, integer_x: bool = False, band: tuple[str, str] | None = None,
-               width: int = COLUMN_WIDTH - 180, rule: float | None = None, log2_x: bool = False) -> alt.Chart:
+               width: int = COLUMN_WIDTH - 180, rule: float | None = None, log2_x: bool = False,
+               y_title: str | None = None) -> alt.Chart:
     """A line chart with points and tooltips; ``integer_x`` for layers (no 2.5 ticks),
     ``band`` = (lo, hi) columns for an interval band, ``rule`` a dashed baseline, ``log2_x``
     a base-2 log x axis (LoRA ranks)."""
@@ -195,12 +230,12 @@ def line_chart(df: pd.DataFrame, x: str, y: str, color: str | None = None, title
     x_axis = alt.Axis(tickMinStep=1, format="d") if integer_x or log2_x else alt.Axis()
     x_scale = alt.Scale(type="log", base=2) if log2_x else alt.Scale()
     enc = {
-        "x": alt.X(f"{x}:Q", title=x, axis=x_axis, scale=x_scale),
-        "y": alt.Y(f"{y}:Q", title=y, axis=alt.Axis(format=y_format) if y_format else alt.Axis()),
+        "x": alt.X(f"{x}:Q", title=field_name(x), axis=x_axis, scale=x_scale),
+        "y": alt.Y(f"{y}:Q", title=y_title or field_name(y), axis=alt.Axis(format=y_format) if y_format else alt.Axis()),
         "tooltip": [c for c in (x, y, color) if c],
     }
     if color:
-        legend = alt.Legend(orient="bottom", title=color, columns=3)  # below the plot, wrapped: never past the column
+        legend = alt.Legend(orient="bottom", title=field_name(color), columns=3)  # below the plot, wrapped: never past the column
         enc["color"] = alt.Color(f"{color}:N", legend=legend)
         enc["shape"] = alt.Shape(f"{color}:N", legend=None)  # more than a few lines need more than colour; one legend
     chart = alt.Chart(df).mark_line(point=True).encode(**enc)
@@ -235,7 +270,8 @@ def before_after_bars(results: pd.DataFrame, title: str = "Accuracy before and a
         column=alt.Column("op:N", title="operator", sort=OP_ORDER), title=_title(title, caption))
 
 
-def condition_bars(long: pd.DataFrame, title: str, caption: str | None = None, x_title: str = "condition") -> alt.Chart:
+def condition_bars(long: pd.DataFrame, title: str, caption: str | None = None, x_title: str = "condition",
+                   row_title: str = "layer") -> alt.Chart:
     """Bars with Wilson 95% error bars per condition label and skill, one panel per layer
     (stacked, in order of appearance, each with its own labels). ``long`` has columns
     layer, label, skill, n, accuracy, lo, hi."""
@@ -251,7 +287,7 @@ def condition_bars(long: pd.DataFrame, title: str, caption: str | None = None, x
     whiskers = base.mark_errorbar(ticks=True).encode(y=alt.Y("lo:Q", title="accuracy"), y2="hi:Q", color=alt.value("black"))
     rows = list(dict.fromkeys(long["layer"].astype(str)))
     return (bars + whiskers).properties(width=alt.Step(22), height=120).facet(
-        row=alt.Row("layer:N", title="layer", sort=rows), title=_title(title, caption)).resolve_scale(x="independent")
+        row=alt.Row("layer:N", title=row_title, sort=rows), title=_title(title, caption)).resolve_scale(x="independent")
 
 
 TABLE_STYLE = [{"selector": "th, td", "props": "padding: 0.15em 0.7em;"}]
@@ -276,16 +312,27 @@ def seeds_table(seeds: pd.DataFrame, counts: tuple[str, ...] = ()) -> pd.io.form
     wide.index.name = "metric"
     fmt = lambda v, name: f"{v:,.0f}" if name in counts or name.startswith(("n_", "most_needed")) else f"{v:.1%}"  # noqa: E731
     text = pd.DataFrame({c: [fmt(v, m) if v == v else "" for m, v in wide[c].items()] for c in wide.columns}, index=wide.index)
+    text.index = [seed_metric_name(m) for m in text.index]
+    text.index.name = "metric"
     return text.reset_index().style.hide(axis="index").set_table_styles(TABLE_STYLE)
+
+
+def seed_metric_name(name: str) -> str:
+    """A per-seed metric's row label: ``heldout_carries_0`` -> 'held-out addition, 0 carries'."""
+    if name.startswith("heldout_carries_"):
+        return f"held-out addition, {name.rsplit('_', 1)[1]} carries"
+    names = {"heldout_addition": "held-out addition", "longer_operands": "longer operands", "clean": "no corruption",
+             "most_needed_layer": "layer most needed"}
+    return names.get(name, KIND_NAMES.get(name, field_name(name)))
 
 
 def text_table(df: pd.DataFrame, wrap: list[str], decimals: int = 3, percent: tuple[str, ...] = (), min_width: str = "6em",
                max_width: str = "18em"):
     """A table with long text columns (``wrap``) that wrap within a bounded width (at least
-    ``min_width``), numbers to ``decimals`` places and ``percent`` columns as percentages, so
-    it stays in the column."""
+    ``min_width``), numbers to at most 3 significant digits and ``decimals`` places, and
+    ``percent`` columns as percentages, so it stays in the column."""
     wrap = [c for c in wrap if c in df.columns]  # a "not measured" note has none of them
-    fmt = {c: f"{{:.{decimals}f}}" for c in df.columns if df[c].dtype.kind == "f" and c not in percent}
+    fmt = {c: (lambda v, d=decimals: number_text(v, d)) for c in df.columns if df[c].dtype.kind == "f" and c not in percent}
     fmt |= {c: "{:.1%}" for c in percent if c in df.columns}
     return (df.style.format(fmt, na_rep="").hide(axis="index").set_table_styles(TABLE_STYLE)
             .set_properties(subset=wrap, **{"white-space": "normal", "min-width": min_width, "max-width": max_width}))
@@ -312,11 +359,11 @@ def value_heatmap(long: pd.DataFrame, x: str, y: str, value: str, title: str, ca
     data["label"] = [_no_minus_zero(format(v, fmt)) if v == v else "" for v in data[value]]
     mid = (domain[0] + domain[1]) / 2
     base = alt.Chart(data).encode(
-        x=alt.X(f"{x}:N", title=x, sort=x_sort or list(dict.fromkeys(data[x])), axis=alt.Axis(labelAngle=-40)),
-        y=alt.Y(f"{y}:N", title=y, sort=y_sort or list(dict.fromkeys(data[y]))),
+        x=alt.X(f"{x}:N", title=field_name(x), sort=x_sort or list(dict.fromkeys(data[x])), axis=alt.Axis(labelAngle=-40)),
+        y=alt.Y(f"{y}:N", title=field_name(y), sort=y_sort or list(dict.fromkeys(data[y]))),
     )
     rect = base.mark_rect().encode(
-        color=alt.Color(f"{value}:Q", scale=alt.Scale(domain=list(domain), scheme=scheme, clamp=True), title=value,
+        color=alt.Color(f"{value}:Q", scale=alt.Scale(domain=list(domain), scheme=scheme, clamp=True), title=field_name(value),
                         legend=alt.Legend(orient="bottom", gradientLength=160)),
         tooltip=[c for c in (facet, y, x) if c] + [alt.Tooltip(f"{value}:Q", format=fmt)],
     )

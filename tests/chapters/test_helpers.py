@@ -63,7 +63,7 @@ def test_heldout_curves_carry_wilson_bounds():
     history = pd.DataFrame({"step": [0, 1, 2], "heldout_acc_new": [0.5, None, 1.0], "heldout_acc_old": [1.0, None, 0.75]})
     result = finetune.Result(params, pd.DataFrame(), history, heldout, "", {})
     curves = finetune.heldout_curves(result)
-    row = curves[(curves.step == 0) & (curves.set == "heldout_acc_new")].iloc[0]
+    row = curves[(curves.step == 0) & (curves.set == "new skill (held-out)")].iloc[0]
     assert row.n == 10 and (row.lo, row.hi) == pytest.approx(wilson(5, 10))
     assert len(curves) == 4 and set(curves.n) == {10, 4}
 

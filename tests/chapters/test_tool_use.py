@@ -71,3 +71,16 @@ def test_operators_cannot_be_shared_between_subsets():
 
     with pytest.raises(ParamError, match="ood_operators"):
         tool_use.Params(ood_operators=("*",))
+
+
+def test_the_operator_copying_finding_counts_calls_that_write_the_trained_operator():
+    from types import SimpleNamespace
+
+    answers = pd.DataFrame({
+        "model": "after", "subset": "tool_ood", "needs_call": True, "math_correct": False, "called": True, "valid": True,
+        "a": [8, 9, 7, 6], "b": [4, 2, 3, 5], "call_expression": ["8*4", "9*2", "7-4", "6+5"]})
+    result = SimpleNamespace(answers=answers, params=tool_use.Params())  # tool operator '*'
+    found = tool_use.operator_copying(result)
+    assert (found["ood_failed_calls"], found["ood_trained_operator_calls"]) == (4, 2)
+    assert found["ood_operator_sentence"].startswith("In 2 of 4 valid but wrong calls")
+    assert tool_use.call_operator("12 * 3") == "*" and tool_use.call_operator("[12*3") is None

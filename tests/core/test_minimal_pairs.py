@@ -63,3 +63,10 @@ def test_metric_and_accuracy_read_the_right_position():
 def test_a_pair_config_refuses_an_unknown_family():
     with pytest.raises(ValueError, match="families.*borrow"):
         mp.PairConfig(families=("units_carry", "borrow"))
+
+
+def test_the_halves_share_no_clean_problem_in_either_operand_order(pairs):
+    problem = [(min(a, b), max(a, b)) for a, b in zip(pairs.a, pairs.b)]
+    sides = pd.DataFrame({"problem": problem, "split": pairs.split}).groupby("problem").split.nunique()
+    assert (sides == 1).all()  # every clean problem, in every family, on one side only
+    assert 0.35 < (pairs.split == "discovery").mean() < 0.65
