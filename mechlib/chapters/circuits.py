@@ -251,7 +251,7 @@ PART2_KEYS = (
     "ablated_removed", "random_ablated_removed", "circuit_nodes", "faithful", "faithful_verdict", "random_recovered", "n_seeds",
     "seeds", "roles_same", "carry_head_seeds", "roles_held", "carry_heads", "roles_verdict", "verdict", "verdict_mechanism",
     "verdict_attribution", "verdict_circuit", "verdict_seeds", "verdict_limits", "seed_circuits",
-    "seed_recovered_range", "seed_accuracy_range", "seed_ablated_range", "seeds_faithful",
+    "seed_recovered_range", "seed_accuracy_range", "seed_ablated_range", "seeds_faithful", "minimality_text",
 )
 
 
@@ -333,8 +333,10 @@ def findings(result: Result) -> dict:
                faithful_verdict=(f"yes: {k} edges recover {c['recovered']:.0%} of the logit difference (threshold {p.faithful_share:.0%})"
                                  if c["found"] else f"no: even {k} edges recover only {c['recovered']:.0%} "
                                  f"(threshold {p.faithful_share:.0%})"))
-    rnd = result.faithfulness[(result.faithfulness.edges == "random edges") & (result.faithfulness.k == k)]
-    out["random_recovered"] = pct(float(rnd.recovered.iloc[0])) if len(rnd) else "n/a"
+    out["random_recovered"] = pct(c["random_recovered"])
+    out["minimality_text"] = (f"Removing any one of its {c['minimality_tested']} edges alone costs at most "
+                              f"{c['minimality_max_cost']:.1%} of the logit difference; {c['minimality_needed']} of them cost more "
+                              "than 1%.")
     seeds = sorted(result.roles.seed.unique())
     sigs = {s: role_signature(result.roles[result.roles.seed == s]) for s in seeds}
     first = sigs[seeds[0]]

@@ -1,5 +1,6 @@
 """Is a circuit faithful? Edges are scored on the discovery half of the pairs; on the
-other half, keeping only the top k (the rest mean-ablated) traces the faithfulness curve,
+other half, keeping only the top k (the rest ablated the way the edges were scored: zero,
+mean or resample) traces the faithfulness curve,
 with random edge sets of the same size as the matched control. The named circuit is the
 smallest requested k that recovers the asked share; it is then ablated alone, beside a
 random set of the same size."""
@@ -35,8 +36,10 @@ class FaithfulnessConfig:
 
 def edge_study(config: FaithfulnessConfig, model, study: dict) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     """Edge scores on the discovery half of the pairs; on the other half, the faithfulness
-    curve over top-k (the rest mean-ablated) with random edge sets of the same size as the
-    control, and the named circuit: the smallest k that recovers ``config.faithful_share``."""
+    curve over top-k (the rest ablated with ``config.ablation``, as in scoring) with random edge
+    sets matched layer by layer as the control; and the named circuit: the smallest k that
+    recovers ``config.faithful_share`` on the discovery half, judged on the test half, with its
+    minimality (each edge removed alone)."""
     pairs, clean, corrupt = study["pairs"], study["clean"], study["corrupt"]
     find = np.flatnonzero(pairs.split == "discovery")
     test = np.flatnonzero(pairs.split == "test")
@@ -48,60 +51,134 @@ def edge_study(config: FaithfulnessConfig, model, study: dict) -> tuple[pd.DataF
     for kind in ("eap", "eap-ig"):
         edges[kind] = cg.eap_scores(model, task, config.ablation, steps=config.ig_steps if kind == "eap-ig" else 0)
     ranking = edges[config.edge_scores].to_numpy()
+    find_task, find_pairs = task, pairs.iloc[find].reset_index(drop=True)
     held = pairs.iloc[test].reset_index(drop=True)
     task = pair_task(held, clean[test], corrupt[test])
     n_edges = len(g.edges)
     ks = sorted({k for k in config.top_k if k < n_edges} | {n_edges})
-    mean_ablated = cg.ablated_outputs(model, task.tokens, None, "mean")
     rng = np.random.default_rng(config.seed)
+    measure = _measurer(model, g, task, held, config.ablation)
+    measure_find = _measurer(model, g, find_task, find_pairs, config.ablation)
+    strata = _layer_strata(g, model.cfg.n_layers)
 
-    def measure(keep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        ablate = torch.tensor(g.allowed & ~keep, dtype=torch.float32)
-        with torch.no_grad():
-            logits = cg.run_ablated(model, task.tokens, None, mean_ablated, ablate)
-        return cg.numpy(task.metric(logits)), correct(logits, held)
-
-    def random_keep(k: int) -> np.ndarray:
-        r = np.zeros(n_edges)
-        r[rng.choice(n_edges, k, replace=False)] = 1
-        return g.edge_matrix(r) > 0
+    def random_keep(like: np.ndarray) -> np.ndarray:
+        return matched_random(g, strata, like, rng)
 
     ld_clean = held.ld_clean.to_numpy()
     ld_none, acc_none = measure(np.zeros(g.allowed.shape, dtype=bool))
     gap = ld_clean.mean() - ld_none.mean()
     rows = []
     for k, keep in zip(ks, cg.top_k_masks(g, ranking, ks)):
-        rand = [measure(random_keep(k)) for _ in range(3)]
+        rand = [measure(random_keep(keep)) for _ in range(3)]
         for which, (ld, ok) in [("top-k edges", measure(keep)),
                                 ("random edges", (np.concatenate([x[0] for x in rand]), np.concatenate([x[1] for x in rand])))]:
             stat = proportion(ok)
             rows.append({"k": k, "edges": which, "recovered": float((ld.mean() - ld_none.mean()) / gap),
                          "accuracy": stat["p"], "lo": stat["lo"], "hi": stat["hi"], "n": stat["n"]})
     curve = pd.DataFrame(rows)
-    top = curve[curve.edges == "top-k edges"]
-    # The whole graph (always on the curve, as the reference point) recovers everything by
-    # construction: it never counts as a circuit. Only the requested sizes below it can.
-    asked = top[top.k < n_edges]
-    enough = asked[asked.recovered >= config.faithful_share]
-    k_named = int(enough.k.min()) if len(enough) else int(asked.k.max() if len(asked) else n_edges)
+    # The named circuit: the smallest k, up to the largest size asked, whose top-k edges recover
+    # the share on the discovery half (bisection, where the ranking came from); then judged on
+    # the test half. The whole graph recovers everything by construction: it is never a circuit.
+    largest = max([k for k in ks if k < n_edges], default=n_edges)
+    none_find = measure_find(np.zeros(g.allowed.shape, dtype=bool))[0].mean()
+    gap_find = find_pairs.ld_clean.mean() - none_find
+
+    def recovered_on_discovery(k: int) -> float:
+        return float((measure_find(cg.top_k_masks(g, ranking, [k])[0])[0].mean() - none_find) / gap_find)
+
+    k_named = _smallest_k(recovered_on_discovery, largest, config.faithful_share)
     named = cg.top_k_masks(g, ranking, [k_named])[0]
     clean_acc = proportion(held.correct)
+    ld_named, ok_named = measure(named)
+    recovered = float((ld_named.mean() - ld_none.mean()) / gap)
     ld_cut, ok_cut = measure(g.allowed & ~named)  # the circuit's edges ablated, every other edge kept
-    ld_rcut, ok_rcut = measure(g.allowed & ~random_keep(k_named))
-    row = top.set_index("k").loc[k_named]
-    ld_named, _ = measure(named)
+    ld_rcut, ok_rcut = measure(g.allowed & ~random_keep(named))
     rec_lo, rec_hi = bootstrap_share(ld_named, ld_none, ld_clean, seed=config.seed)
-    circuit = {"k": k_named, "n_edges": n_edges, "recovered": float(row.recovered), "recovered_lo": rec_lo, "recovered_hi": rec_hi,
-               "accuracy": float(row.accuracy),
-               "accuracy_lo": float(row.lo), "accuracy_hi": float(row.hi), "n": int(row.n), "found": bool(len(enough)),
+    ld_random = np.concatenate([measure(random_keep(named))[0] for _ in range(3)])
+    stat = proportion(ok_named)
+    circuit = {"k": k_named, "n_edges": n_edges, "recovered": recovered, "recovered_lo": rec_lo, "recovered_hi": rec_hi,
+               "accuracy": stat["p"], "accuracy_lo": stat["lo"], "accuracy_hi": stat["hi"], "n": stat["n"],
+               "found": bool(recovered >= config.faithful_share),
+               "random_recovered": float((ld_random.mean() - ld_none.mean()) / gap),
                "n_discovery": int(len(find)), "clean_accuracy": clean_acc["p"], "clean_lo": clean_acc["lo"],
                "clean_hi": clean_acc["hi"], "none_accuracy": float(acc_none.mean()),
                "ablated_accuracy": float(ok_cut.mean()), **_interval("ablated", ok_cut),
                "random_ablated_accuracy": float(ok_rcut.mean()), **_interval("random_ablated", ok_rcut),
                "ablated_removed": float((ld_clean.mean() - ld_cut.mean()) / gap),
                "random_ablated_removed": float((ld_clean.mean() - ld_rcut.mean()) / gap),
-               "nodes": circuit_nodes(g, named)}
+               **minimality(measure, g, named, ld_none, gap, recovered), "nodes": circuit_nodes(g, named)}
     return edges, curve, circuit
+
+
+def _measurer(model, g: cg.Graph, task, pairs: pd.DataFrame, ablation: str):
+    """keep mask -> (logit difference per pair, correct per pair), every other edge ablated."""
+    ablated = task.ablated(model, ablation)  # the same ablation the edges were scored with
+
+    def measure(keep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        ablate = torch.tensor(g.allowed & ~keep, dtype=torch.float32)
+        with torch.no_grad():
+            logits = cg.run_ablated(model, task.tokens, None, ablated, ablate)
+        return cg.numpy(task.metric(logits)), correct(logits, pairs)
+
+    return measure
+
+
+def _smallest_k(recovered_at, largest: int, share: float) -> int:
+    """The smallest k in 1..largest with ``recovered_at(k) >= share`` by bisection (recovery is
+    taken to grow with k); ``largest`` when none reaches it."""
+    lo, hi = 1, largest
+    if recovered_at(hi) < share:
+        return largest
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if recovered_at(mid) >= share:
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
+
+
+def _layer_strata(g: cg.Graph, n_layers: int) -> np.ndarray:
+    """Per edge (``edges`` order): its (source layer, destination layer) as one integer."""
+    def layer(node: str) -> int:
+        if node == "embed":
+            return -1
+        if node == "end":
+            return n_layers
+        return int(node[1:].split(".")[0])
+    return np.array([(layer(s) + 1) * (n_layers + 2) + layer(d) + 1 for s, d in g.edges])
+
+
+def matched_random(g: cg.Graph, strata: np.ndarray, like: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Random edges matched to the edge set ``like`` layer by layer: as many edges from each
+    (source layer, destination layer) stratum, drawn among the stratum's other edges when it
+    has enough of them. Returns a [n_dest, n_source] keep mask."""
+    chosen = g.edge_values(like).astype(bool)
+    r = np.zeros(len(g.edges))
+    for stratum in np.unique(strata[chosen]):
+        members = np.flatnonzero(strata == stratum)
+        want = int(chosen[members].sum())
+        others = members[~chosen[members]]
+        pool = others if len(others) >= want else members
+        r[rng.choice(pool, want, replace=False)] = 1
+    return g.edge_matrix(r) > 0
+
+
+MINIMALITY_EDGES = 200  # at most this many of the circuit's edges are removed one at a time
+
+
+def minimality(measure, g: cg.Graph, named: np.ndarray, ld_none: np.ndarray, gap: float, recovered: float) -> dict:
+    """Remove each of the circuit's edges alone (up to :data:`MINIMALITY_EDGES`): how much of the
+    logit difference that costs, the largest cost and how many edges cost more than 1%."""
+    cells = np.argwhere(named & g.allowed)[:MINIMALITY_EDGES]
+    costs = []
+    for d, s in cells:
+        keep = named.copy()
+        keep[d, s] = False
+        costs.append(recovered - float((measure(keep)[0].mean() - ld_none.mean()) / gap))
+    costs = np.array(costs) if costs else np.zeros(1)
+    return {"minimality_tested": int(len(cells)), "minimality_max_cost": float(costs.max()),
+            "minimality_needed": int((costs > 0.01).sum())}
 
 
 def bootstrap_share(ld: np.ndarray, ld_none: np.ndarray, ld_clean: np.ndarray, n_boot: int = 2000,

@@ -26,7 +26,7 @@ def verdict_items(f: dict) -> dict:
     items = {"verdict_mechanism": f"{f['subject']} two-digit adder (with two-digit sums): {movers} {carry}",
              "verdict_attribution": f"Direct logit attribution: {f['mech_direct']}. {f['mech_residual']}."}
     items["verdict_circuit"] = (
-        f"Keeping only the top {f['circuit_k']} of {f['n_edges']} edges (mean-ablating the rest) recovers "
+        f"Keeping only the top {f['circuit_k']} of {f['n_edges']} edges ({f['ablation']}-ablating the rest) recovers "
         f"{f['circuit_recovered']} of the logit difference on the test half of the pairs, accuracy "
         f"{f['circuit_accuracy_text']} (clean: {f['test_clean_accuracy_text']}); {f['circuit_k']} random edges recover "
         f"{f['random_recovered']}. Ablating those {f['circuit_k']} edges alone drops accuracy to {f['ablated_accuracy_text']} "
