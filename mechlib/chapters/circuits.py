@@ -30,6 +30,7 @@ ROLE_EFFECT = 0.2  # a component "matters" for a family when ablating it removes
 ROLE_ATTENTION = 0.3  # a head "reads" a digit when it gives that position this much attention
 COLUMN_ATTENTION = 0.5  # a head "moves a column" when its two digits get this much of its attention together
 CARRY_EFFECT = 0.5  # a "carry head" removes this much of carry_flip's logit difference on its own
+CARRY_MARGIN = 0.2  # later MLPs "use the carry" when carry_flip's mean effect beats every other family's by this much
 EXACT_LIMIT = 5000  # edges; exact patching runs one forward pass per edge
 
 
@@ -166,6 +167,20 @@ def role_signature(roles: pd.DataFrame) -> dict:
     return {f: columns_read(d) for f, d in zip(roles.family, roles.digits_read)}
 
 
+def role_differences(roles: pd.DataFrame, seeds: list) -> str:
+    """Per seed after the first, in words: the families whose most important component differs
+    from the first seed's in kind (head or MLP) or layer (indices within a layer are arbitrary)."""
+    def where(row) -> str:
+        return f"{row.top_kind} in layer {row.top[1:].split('.')[0]}"
+    base = {r.family: r for r in roles[roles.seed == seeds[0]].itertuples()}
+    parts = []
+    for s in seeds[1:]:
+        diff = [f"{r.family}: {where(r)} ({r.top}), against {where(base[r.family])} ({base[r.family].top})"
+                for r in roles[roles.seed == s].itertuples() if r.family in base and where(r) != where(base[r.family])]
+        parts.append(f"seed {s}: " + ("; ".join(diff) if diff else "the same kind and layer of top component in every family"))
+    return ". ".join(parts) + "." if parts else "only one seed was run."
+
+
 def carry_head(nodes: pd.DataFrame, attention: pd.DataFrame, query: str) -> dict:
     """The head whose ablation removes most of carry_flip's logit difference, what else it
     does, and where it looks from the tens position."""
@@ -226,14 +241,18 @@ def mechanism(result: Result) -> dict:
     out["direct"] = (f"the heads' direct effect on the answer logits is at most {heads_direct:.0%} of the logit difference, "
                      f"and the MLP writing most directly is {writer} ({direct.loc[writer].mean():.0%} on average over the families)")
     later = [m for m in mlps.index if m != "m0"]
-    if "carry_flip" in pivot and "tens_nocarry" in pivot and later:
+    others = [f for f in pivot.columns if f != "carry_flip"]
+    if "carry_flip" in pivot and others and later:
+        flip = pivot.loc[later, "carry_flip"].mean()
+        each = {f: pivot.loc[later, f].mean() for f in others}
         out["use_carry"] = (f"ablating the MLPs after layer 0 ({and_list(later)}) one at a time removes on average "
-                            f"{pivot.loc[later, 'carry_flip'].mean():.0%} of the logit difference when the carry changes "
-                            f"(carry_flip) and {pivot.loc[later, 'tens_nocarry'].mean():.0%} when a tens digit changes "
-                            "without a carry (tens_nocarry)")
-        out["use_carry_more"] = bool(pivot.loc[later, "carry_flip"].mean() > pivot.loc[later, "tens_nocarry"].mean())
+                            f"{flip:.0%} of the logit difference when the carry flips (carry_flip), against "
+                            + and_list(f"{v:.0%} in {f}" for f, v in each.items()))
+        out["use_carry_more"] = bool(flip - max(each.values()) >= CARRY_MARGIN)
+        out["use_carry_verdict"] = ("yes" if out["use_carry_more"] else "no") + (
+            f": {flip:.0%} against at most {max(each.values()):.0%} without a carry change")
     else:
-        out["use_carry"], out["use_carry_more"] = "not measured", False
+        out["use_carry"], out["use_carry_more"], out["use_carry_verdict"] = "not measured", False, "not tested"
     r = result.residual
     at_answer = r[(r.layer >= 1) & (r.pos == r.family.map(base.position))]
     elsewhere = r[(r.layer >= 1) & (r.pos != r.family.map(base.position))]
@@ -246,12 +265,14 @@ PART2_KEYS = (
     "circuit_accuracy_text", "ablated_accuracy_text", "random_ablated_accuracy_text", "n_pairs", "n_families", "n_per_family",
     "clean_accuracy_text", "ld_clean", "ld_corrupt", "mech_movers", "mech_movers_found", "mech_movers_layers", "mech_carry",
     "mech_carry_head", "mech_carry_found", "mech_mlp_range", "mech_direct", "mech_use_carry", "mech_use_carry_more",
+    "mech_use_carry_verdict",
     "mech_residual", "subject", "eap_spearman", "eap_ig_spearman", "eap_overlap", "eap_ig_overlap", "edge_scores", "circuit_k",
     "n_edges", "n_discovery", "n_test", "circuit_share", "circuit_recovered", "test_clean_accuracy_text", "none_accuracy",
     "ablated_removed", "random_ablated_removed", "circuit_nodes", "faithful", "faithful_verdict", "random_recovered", "n_seeds",
     "seeds", "roles_same", "carry_head_seeds", "roles_held", "carry_heads", "roles_verdict", "verdict", "verdict_mechanism",
     "verdict_attribution", "verdict_circuit", "verdict_seeds", "verdict_limits", "seed_circuits",
     "seed_recovered_range", "seed_accuracy_range", "seed_ablated_range", "seeds_faithful", "minimality_text",
+    "roles_differences",
 )
 
 
@@ -260,7 +281,7 @@ def findings(result: Result) -> dict:
     out = {"n_programs": len(p.programs), "n_tracr": p.n_tracr, "tracr_max_len": p.tracr_max_len, "ig_steps": p.ig_steps,
            "n_random": p.n_random, "faithful_share": f"{p.faithful_share:.0%}", "role_effect": f"{ROLE_EFFECT:.0%}",
            "role_attention": f"{ROLE_ATTENTION:.0%}", "ablation": p.ablation, "column_attention": f"{COLUMN_ATTENTION:.0%}",
-           "carry_effect": f"{CARRY_EFFECT:.0%}",
+           "carry_effect": f"{CARRY_EFFECT:.0%}", "carry_margin": f"{CARRY_MARGIN:.0%}",
            "programs": and_list(p.programs) or "none"}
     if len(result.truth):
         t = result.truth
@@ -357,8 +378,9 @@ def findings(result: Result) -> dict:
     out["seed_ablated_range"] = f"{sc.ablated_accuracy.min():.1%} to {sc.ablated_accuracy.max():.1%}"
     out["seeds_faithful"] = f"{int(sc.found.sum())} of {len(sc)}"
     out["roles_verdict"] = ("not tested: only one seed was run" if len(seeds) < 2 else
-                            "yes: the same roles appear in every seed" if out["roles_held"] else
-                            "no: the roles differ between seeds")
+                            "yes: the heads read the same operand columns and a carry head is found in every seed" if out["roles_held"]
+                            else "no: the roles differ between seeds")
+    out["roles_differences"] = role_differences(result.roles, seeds)
     items = verdict_items(out)
     out.update(items)
     out["verdict"] = " ".join(items.values())  # the whole verdict in one string, for the run record and agents
