@@ -286,7 +286,7 @@ def condition_bars(long: pd.DataFrame, title: str, caption: str | None = None, x
     bars = base.mark_bar().encode(y=alt.Y("accuracy:Q", axis=alt.Axis(format="%"), scale=alt.Scale(domain=[0, 1]), title="accuracy"))
     whiskers = base.mark_errorbar(ticks=True).encode(y=alt.Y("lo:Q", title="accuracy"), y2="hi:Q", color=alt.value("black"))
     rows = list(dict.fromkeys(long["layer"].astype(str)))
-    return (bars + whiskers).properties(width=alt.Step(22), height=120).facet(
+    return (bars + whiskers).properties(width=alt.Step(19), height=120).facet(
         row=alt.Row("layer:N", title=row_title, sort=rows), title=_title(title, caption)).resolve_scale(x="independent")
 
 
