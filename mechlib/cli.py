@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 
 import yaml
@@ -12,8 +13,25 @@ def _overrides(pairs: list[list[str]]) -> dict:
     return {k: yaml.safe_load(v) for k, v in pairs}
 
 
-def _on_sigterm(signum, frame):  # let `finally` blocks remove temporary files on `kill`
+_INTERRUPTED = False
+
+
+def _on_signal(signum, frame):
+    """SIGINT and SIGTERM: let ``finally`` blocks remove temporary files, and from now on drop
+    the log records of the Jupyter machinery being torn down mid-call (nbclient's "Kernel
+    died while waiting for execute reply", asyncio's "Task exception was never retrieved"):
+    the user stopped the run, and the one line printed below says so."""
+    global _INTERRUPTED
+    _INTERRUPTED = True
     raise KeyboardInterrupt(f"signal {signum}")
+
+
+_on_sigterm = _on_signal  # the name the interrupt tests install
+
+
+class _AfterInterrupt(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not _INTERRUPTED
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -26,7 +44,10 @@ def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     show_traceback = "--traceback" in argv
     argv = [a for a in argv if a != "--traceback"]
-    signal.signal(signal.SIGTERM, _on_sigterm)
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+    for name in ("papermill", "asyncio", "traitlets"):  # papermill passes its logger to nbclient
+        logging.getLogger(name).addFilter(_AfterInterrupt())
     try:
         _main(argv)
     except (ParamError, HubUnavailableError) as err:
