@@ -65,11 +65,11 @@ def conditions_long(table: pd.DataFrame, focus_layer, scopes=None, labels=delta_
 
 
 def verdict_view(verdicts: pd.DataFrame) -> pd.DataFrame:
-    """Per scope: the verdict and the numbers it rests on, in accuracy points on the new skill
-    (cost = full - no_delta; a control's gain = control - no_delta)."""
+    """Per scope: the verdict and the numbers it rests on, in accuracy points (cost = full -
+    no_delta on each skill; a control's gain = control - no_delta on the new skill; the paired
+    test of full against no_delta on the new skill)."""
     v = verdicts
-    out = pd.DataFrame({"scope": v.scope.map(scope_name), "verdict": v.verdict, "full": v.full_new, "no_delta": v.no_delta_new,
-                        "cost new": v.cost_new, "cost old": v.cost_old})
+    out = pd.DataFrame({"scope": v.scope.map(scope_name), "verdict": v.verdict, "cost new": v.cost_new, "cost old": v.cost_old})
     for c, short in (("random_delta", "gain random"), ("base_delta", "gain base-trained"), ("old_delta", "gain old-skill")):
         if f"gain_{c}" in v:
             out[short] = v[f"gain_{c}"]
