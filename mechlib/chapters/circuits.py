@@ -167,6 +167,17 @@ def role_signature(roles: pd.DataFrame) -> dict:
     return {f: columns_read(d) for f, d in zip(roles.family, roles.digits_read)}
 
 
+def faithful_verdict(c: dict, share: float) -> str:
+    """Does a faithful circuit exist? Judged on the test half; the size was chosen on the other."""
+    test = f"{c['recovered']:.0%} (95% bootstrap interval {c['recovered_lo']:.0%} to {c['recovered_hi']:.0%}) on the test half"
+    if c["found"]:
+        return f"yes: {c['k']} edges recover {test} (threshold {share:.0%})"
+    if c.get("reached_on_discovery", False):
+        return (f"no: the smallest top-k that reaches {share:.0%} on the discovery half ({c['k']} edges) recovers {test}, "
+                f"below the threshold")
+    return f"no: even {c['k']} edges, the largest size asked, recover only {test} (threshold {share:.0%})"
+
+
 def role_differences(roles: pd.DataFrame, seeds: list) -> str:
     """Per seed after the first, in words: the families whose most important component differs
     from the first seed's in kind (head or MLP) or layer (indices within a layer are arbitrary)."""
@@ -351,9 +362,7 @@ def findings(result: Result) -> dict:
                ablated_removed=f"{c['ablated_removed']:.0%}", random_ablated_removed=f"{c['random_ablated_removed']:.0%}",
                circuit_nodes=and_list(c["nodes"]),
                faithful=bool(c["found"]),
-               faithful_verdict=(f"yes: {k} edges recover {c['recovered']:.0%} of the logit difference (threshold {p.faithful_share:.0%})"
-                                 if c["found"] else f"no: even {k} edges recover only {c['recovered']:.0%} "
-                                 f"(threshold {p.faithful_share:.0%})"))
+               faithful_verdict=faithful_verdict(c, p.faithful_share))
     out["random_recovered"] = pct(c["random_recovered"])
     out["minimality_text"] = (f"Removing any one of its {c['minimality_tested']} edges alone costs at most "
                               f"{c['minimality_max_cost']:.1%} of the logit difference; {c['minimality_needed']} of them cost more "

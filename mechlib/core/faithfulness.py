@@ -87,6 +87,7 @@ def edge_study(config: FaithfulnessConfig, model, study: dict) -> tuple[pd.DataF
         return float((measure_find(cg.top_k_masks(g, ranking, [k])[0])[0].mean() - none_find) / gap_find)
 
     k_named = _smallest_k(recovered_on_discovery, largest, config.faithful_share)
+    reached = recovered_on_discovery(k_named) >= config.faithful_share
     named = cg.top_k_masks(g, ranking, [k_named])[0]
     clean_acc = proportion(held.correct)
     ld_named, ok_named = measure(named)
@@ -98,7 +99,7 @@ def edge_study(config: FaithfulnessConfig, model, study: dict) -> tuple[pd.DataF
     stat = proportion(ok_named)
     circuit = {"k": k_named, "n_edges": n_edges, "recovered": recovered, "recovered_lo": rec_lo, "recovered_hi": rec_hi,
                "accuracy": stat["p"], "accuracy_lo": stat["lo"], "accuracy_hi": stat["hi"], "n": stat["n"],
-               "found": bool(recovered >= config.faithful_share),
+               "found": bool(recovered >= config.faithful_share), "reached_on_discovery": bool(reached),
                "random_recovered": float((ld_random.mean() - ld_none.mean()) / gap),
                "n_discovery": int(len(find)), "clean_accuracy": clean_acc["p"], "clean_lo": clean_acc["lo"],
                "clean_hi": clean_acc["hi"], "none_accuracy": float(acc_none.mean()),

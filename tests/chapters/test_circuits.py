@@ -75,3 +75,10 @@ def test_the_faithfulness_verdict_can_say_no(tiny_gpt2_dir):
     _, curve, circuit = edge_study(params.faithfulness(), model, study)
     assert curve.k.max() == circuit["n_edges"]  # the reference point is drawn
     assert not circuit["found"] and circuit["k"] == 1 and circuit["recovered"] < 1.0
+
+
+def test_the_faithfulness_verdict_names_where_the_size_was_chosen_and_judged():
+    c = {"k": 20, "recovered": 0.79, "recovered_lo": 0.76, "recovered_hi": 0.82, "found": False, "reached_on_discovery": True}
+    assert circuits.faithful_verdict(c, 0.8).startswith("no: the smallest top-k that reaches 80% on the discovery half (20 edges)")
+    assert circuits.faithful_verdict({**c, "reached_on_discovery": False}, 0.8).startswith("no: even 20 edges, the largest size")
+    assert circuits.faithful_verdict({**c, "recovered": 0.85, "found": True}, 0.8).startswith("yes: 20 edges recover 85%")
