@@ -12,7 +12,7 @@ from datasets import Dataset, Features, Value
 
 from ..core import data, delta_study, tools
 from ..core import lora as ft
-from ..core.delta_latents import describe
+from ..core.delta_latents import describe, embedding_share
 from ..core.delta_sites import pick_focus_layer, seed_repeats, train_sites, verdict_table
 from ..core.delta_study import DeltaConfig
 from ..core.evaluate import evaluate
@@ -313,7 +313,8 @@ def delta_test(params: Params, base_lm, ft_lm, evals: pd.DataFrame) -> dict:
     seeds = seed_repeats(base_lm, ft_lm, layers, config, train, val, problems, verdicts, base_new, score=score)
     focus = pick_focus_layer(verdicts, layers)
     latents = describe(ft_lm, problems, sites[layers.index(focus)], config)
-    return {"table": table, "verdicts": verdicts, "seeds": seeds, "latents": latents, "focus_layer": focus,
+    embedding = embedding_share(base_lm, ft_lm, sites[layers.index(focus)], problems[problems.subset == "tool"], "sae")
+    return {"table": table, "verdicts": verdicts, "seeds": seeds, "latents": latents, "focus_layer": focus, "embedding": embedding,
             "sanity": delta_study.error_check(conditions), "layers": layers, "n_train": len(train), "n_eval": len(problems)}
 
 
@@ -363,6 +364,15 @@ def findings(result: Result) -> dict:
         row = g.loc[(headline, label)] if (headline, label) in g.index else None
         out[f"delta_{label}_text"] = fmt_interval(row.acc_new, row.new_lo, row.new_hi, int(row.n_new)) if row is not None else "n/a"
     out["delta_reference_sentence"] = reference_sentence(v.loc[headline])
+    e = d["embedding"]
+    out["delta_embedding_sentence"] = (
+        "The fine-tune left the embeddings as they were." if not e["dim"] else
+        f"The fine-tune also changed token and position embeddings, a {e['dim']}-dimensional span the base dictionary "
+        f"never saw. At layer {d['focus_layer']}, {e['share']:.0%} of what the delta writes on `tool` problems lies in that "
+        f"span (a random {e['dim']}-dimensional subspace would hold {e['random_share']:.0%}): "
+        + ("much of the delta's credit may be the new embedding directions, not a new computation."
+           if e["share"] >= 2 * e["random_share"] and e["share"] >= 0.1 else
+           "the delta is not mainly reconstructing the new embedding directions."))
     lat = d["latents"]
     delta_lat = lat[lat.which == "delta"] if len(lat) else lat
     out["delta_top_latent_description"] = delta_lat.description.iloc[0] if len(delta_lat) else "none"

@@ -152,3 +152,28 @@ def _described(model, effects: pd.DataFrame, acts, w_dec, meta, evals, config: D
     decode = lambda t: model.tokenizer.decode([t], skip_special_tokens=True)
     desc = describe_latents(acts, meta, evals, latents, push, config.new_operators, decode)
     return effects.merge(desc, on="latent")
+
+
+@torch.no_grad()
+def embedding_share(base_lm, ft_lm, site: Site, problems: pd.DataFrame, kind: str, tol: float = 1e-6) -> dict:
+    """How much of what the delta writes lies in the directions the fine-tune added to the
+    embeddings (token and position rows that changed): a fine-tune that also trains its
+    embeddings puts directions in the residual stream that a dictionary trained on the base
+    model cannot know, and the delta may only be reconstructing those. Returns the span's
+    dimension, the share of the delta's output norm (squared) in it on these problems'
+    answer rows, and what a random subspace of that dimension would hold (dim / d_model)."""
+    changes = [ft_lm.W_E - base_lm.W_E]
+    if hasattr(ft_lm, "W_pos") and hasattr(base_lm, "W_pos"):
+        changes.append(ft_lm.W_pos - base_lm.W_pos)
+    rows = torch.cat([c[c.norm(dim=-1) > tol] for c in changes]).float()  # [changed rows, d_model]
+    d_model = ft_lm.cfg.d_model
+    if not len(rows):
+        return {"dim": 0, "share": 0.0, "random_share": 0.0}
+    u, sv, _ = torch.linalg.svd(rows.T, full_matrices=False)  # columns of u span the changes
+    basis = u[:, sv > sv.max() * 1e-4]  # [d_model, dim]
+    i, _ = sae.sites(kind, site.layer)
+    x = sae.collect_rows(ft_lm, problems, (i,))[0][i]
+    written = site.delta.delta.decode(site.delta.delta.encode(x))  # [rows, d_model]: the delta's part of the splice
+    total = float((written ** 2).sum())
+    inside = float(((written @ basis) ** 2).sum())
+    return {"dim": int(basis.shape[1]), "share": inside / total if total else 0.0, "random_share": basis.shape[1] / d_model}

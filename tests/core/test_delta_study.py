@@ -150,3 +150,32 @@ def test_latent_descriptions_come_from_the_rows():
     assert "negative results" in first.description and "borrow" in first.description
     assert table.set_index("latent").loc[1].description == "never fires on the evaluation problems"
     assert np.isclose(first.fire_rate, 1 / 7)
+
+
+def test_embedding_share_finds_a_delta_that_writes_the_new_embedding_directions(tiny_model):
+    """A delta whose decoder writes only the directions the fine-tune added to the embeddings
+    puts all of its output there; one with random directions puts about dim / d_model."""
+    import copy
+
+    base = tiny_model
+    tuned = copy.deepcopy(tiny_model)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        tuned.W_E[3:5] += torch.randn(2, tuned.cfg.d_model, generator=gen)  # two tokens' embeddings move
+    change = (tuned.W_E - base.W_E)[3:5]
+    d = tuned.cfg.d_model
+    problems = data.make_problems(["+"], ["1x1"], 8, "bare", seed=0).to_pandas()
+
+    def site_with(decoder):
+        delta = sae.Dictionary(d, d, 4, "relu")
+        with torch.no_grad():
+            delta.W_dec.copy_(decoder)
+            delta.b_enc.fill_(1.0)  # every latent fires
+        return delta_study.Site(0, None, sae.DeltaDictionary(sae.Dictionary(d, d, 4, "relu"), delta), pd.DataFrame(), {}, {}, {}, {})
+
+    inside = delta_latents.embedding_share(base, tuned, site_with(torch.cat([change, change])), problems, "sae")
+    assert inside["dim"] == 2 and inside["share"] == pytest.approx(1.0, abs=1e-4)
+    assert inside["random_share"] == pytest.approx(2 / d)
+    outside = delta_latents.embedding_share(base, tuned, site_with(torch.randn(4, d, generator=gen)), problems, "sae")
+    assert outside["share"] < 0.5
+    assert delta_latents.embedding_share(base, base, site_with(torch.randn(4, d, generator=gen)), problems, "sae")["dim"] == 0
