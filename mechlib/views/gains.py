@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import pandas as pd
 
-from ..core.stats import accuracy_by, fmt_interval, proportion
+from ..core.stats import accuracy_by, fmt_interval, mcnemar, proportion
 
 
 def gain_cost_findings(results: pd.DataFrame, new_ops: Sequence[str], before: str = "before", after: str = "after", min_n: int = 30) -> dict:
@@ -27,6 +27,18 @@ def gain_cost_findings(results: pd.DataFrame, new_ops: Sequence[str], before: st
         st = proportion(rows["correct"])
         return fmt_interval(st["p"], st["lo"], st["hi"], st["n"])
 
+    def paired(new_skill: bool) -> str:
+        """McNemar's test of after against before on the same held-out problems."""
+        rows = results[results.op.isin(new_ops) == new_skill]
+        rb, ra = rows[rows.model == before], rows[rows.model == after]
+        b, a = rb.correct.to_numpy(), ra.correct.to_numpy()
+        same = len(a) == len(b) and ("prompt" not in rows or (rb.prompt.to_numpy() == ra.prompt.to_numpy()).all())
+        if not len(a) or not same:
+            return "no paired test (the two models were not scored on the same problems)"
+        t = mcnemar(a, b)
+        return (f"paired on the same {len(a)} problems: {t['a_only']} right only after, {t['b_only']} right only before, "
+                f"McNemar p = {t['p']:.2g}")
+
     def cell_text(key, model):
         r = cells[(cells.op == key[0]) & (cells.difficulty == key[1]) & (cells.model == model)].iloc[0]
         return fmt_interval(r.accuracy, r.lo, r.hi, int(r.n))
@@ -40,6 +52,8 @@ def gain_cost_findings(results: pd.DataFrame, new_ops: Sequence[str], before: st
         "new_after_text": pooled(after, True),
         "new_acc_before": float(results[(results.model == before) & results.op.isin(new_ops)].correct.mean()),
         "new_acc_after": float(results[(results.model == after) & results.op.isin(new_ops)].correct.mean()),
+        "new_paired_text": paired(True),
+        "old_paired_text": paired(False) if (~results.op.isin(new_ops)).any() else "n/a (no replayed skill)",
     }
     out["gain_sentence"] = f"No cell of the new skill has {min_n} held-out problems, so none carries a headline claim."
     out["cost_sentence"] = "No replayed skill was measured." if not (~is_new).any() else (

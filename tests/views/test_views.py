@@ -49,3 +49,11 @@ def test_gains_and_costs_rest_only_on_cells_with_enough_problems():
     assert found["best_gain_cell"] == "- 1x1" and found["best_gain_points"] == 100.0
     assert found["worst_cost_cell"] == "+ 1x1" and found["worst_cost_points"] == pytest.approx(20.0)
     assert found["small_cells"] == "- 2x2 (n = 5)"
+
+
+def test_before_and_after_are_compared_problem_by_problem():
+    rows = [{"op": "-", "difficulty": "1x1", "model": m, "correct": c}
+            for m, cs in (("before", [False] * 30 + [True] * 10), ("after", [True] * 30 + [True] * 10)) for c in cs]
+    found = gain_cost_findings(pd.DataFrame(rows), ["-"])
+    assert found["new_paired_text"].startswith("paired on the same 40 problems: 30 right only after, 0 right only before")
+    assert found["old_paired_text"].startswith("n/a")
