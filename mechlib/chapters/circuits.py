@@ -12,7 +12,7 @@ import torch
 from ..core import circuit_graph as cg
 from ..core import tracr_models
 from ..core.faithfulness import FaithfulnessConfig, edge_study
-from ..core.minimal_pairs import FAMILIES, PairConfig, pair_pool_sizes
+from ..core.minimal_pairs import FAMILIES, ROUTES, PairConfig, pair_pool_sizes
 from ..core.organism import ORGANISM_NAME, OrganismRecipe, ensure_organism, organism_dir
 from ..core.pair_patching import pair_study, roles
 from ..core.stats import fmt_interval, proportion
@@ -50,6 +50,8 @@ class Params(ModelParams):
     families: tuple[str, ...] = param(tuple(FAMILIES), list_of(one_of(*FAMILIES), min_len=0, max_len=len(FAMILIES)),
                                       f"a list of minimal-pair families from {list(FAMILIES)}")
     n_pairs: int = param(100, is_int(4, 2000), "an integer in 4..2000 (minimal pairs per family)")
+    routes: tuple[str, ...] = param(ROUTES, list_of(one_of(*ROUTES), min_len=1, max_len=2), "a list from ['a', 'b']",
+                                    "which operand a corruption may change (both: the pairs mix the two routes)")
     top_k: tuple[int, ...] = param((5, 10, 20, 40, 80, 160), list_of(is_int(1, 100_000), max_len=20),
                                    "a list of positive edge counts for the faithfulness curve")
     organism_seeds: tuple[int, ...] = param((1, 2), list_of(is_int(1, 2**31 - 1), min_len=0, max_len=5),
@@ -77,7 +79,8 @@ class Params(ModelParams):
                            ig_steps=self.ig_steps, n_random=self.n_random, seed=self.seed)
 
     def pairs(self) -> PairConfig:
-        return PairConfig(families=self.families, n_pairs=self.n_pairs, prompt_format=self.prompt_format, seed=self.seed)
+        return PairConfig(families=self.families, n_pairs=self.n_pairs, prompt_format=self.prompt_format, seed=self.seed,
+                          routes=self.routes)
 
     def faithfulness(self) -> FaithfulnessConfig:
         return FaithfulnessConfig(edge_scores=self.edge_scores, ablation=self.ablation, ig_steps=self.ig_steps,
@@ -108,7 +111,7 @@ def check(params: Params) -> None:
     if params.families:
         recipes = [OrganismRecipe(seed=s) for s in (0, *params.organism_seeds)] if params.model == ORGANISM_NAME else [None]
         for recipe in recipes:
-            short = {f: n for f, n in pair_pool_sizes(params.families, recipe).items() if n < params.n_pairs}
+            short = {f: n for f, n in pair_pool_sizes(params.families, recipe, params.routes).items() if n < params.n_pairs}
             if short:
                 whose = f"organism seed {recipe.seed}'s held-out" if recipe else "the"
                 params.fail("n_pairs", f"{params.n_pairs} pairs per family asked, and {whose} clean problems give only {short}; "
@@ -165,6 +168,19 @@ def role_signature(roles: pd.DataFrame) -> dict:
     """Per family, the operand columns that its important heads read (seed-comparable: head
     indices are arbitrary across seeds, what they read is not)."""
     return {f: columns_read(d) for f, d in zip(roles.family, roles.digits_read)}
+
+
+def routes_text(pairs: pd.DataFrame) -> str:
+    """Per route (which operand the corruption changes): n, clean accuracy and the mean logit
+    difference, clean against corrupted."""
+    if "route" not in pairs:
+        return "only operand a was corrupted"
+    parts = []
+    for route, g in pairs.groupby("route", sort=True):
+        st = proportion(g.correct)
+        parts.append(f"corrupting {route}: {fmt_interval(st['p'], st['lo'], st['hi'], st['n'])} right on the clean prompt, "
+                     f"logit difference {g.ld_clean.mean():.1f} clean against {g.ld_corrupt.mean():.1f} corrupted")
+    return "; ".join(parts)
 
 
 def faithful_verdict(c: dict, share: float) -> str:
@@ -282,7 +298,7 @@ PART2_KEYS = (
     "ablated_removed", "random_ablated_removed", "circuit_nodes", "faithful", "faithful_verdict", "random_recovered", "n_seeds",
     "seeds", "roles_same", "carry_head_seeds", "roles_held", "carry_heads", "roles_verdict", "verdict", "verdict_mechanism",
     "verdict_attribution", "verdict_circuit", "verdict_seeds", "verdict_limits", "seed_circuits",
-    "seed_recovered_range", "seed_accuracy_range", "seed_ablated_range", "seeds_faithful", "minimality_text",
+    "seed_recovered_range", "seed_accuracy_range", "seed_ablated_range", "seeds_faithful", "minimality_text", "routes_text",
     "roles_differences",
 )
 
@@ -335,6 +351,7 @@ def findings(result: Result) -> dict:
         return out | {k: "n/a (no minimal pairs in this run)" for k in PART2_KEYS}
     b, c = result.baseline, result.circuit
     pooled = proportion(result.pairs.correct)
+    out["routes_text"] = routes_text(result.pairs)
     out.update(n_pairs=int(b.n.sum()), n_families=len(b), n_per_family=p.n_pairs,
                clean_accuracy_text=fmt_interval(pooled["p"], pooled["lo"], pooled["hi"], pooled["n"]),
                ld_clean=f"{result.pairs.ld_clean.mean():.1f}", ld_corrupt=f"{result.pairs.ld_corrupt.mean():.1f}")

@@ -19,29 +19,36 @@ from .organism import OrganismRecipe, split_pairs
 from .tokens import with_bos
 
 FAMILIES = {
-    "units_nocarry": "a's units digit changes, no carry in either prompt: the units answer changes",
-    "units_carry": "a's units digit changes, a carry in both prompts: the units answer changes",
-    "tens_nocarry": "a's tens digit changes, no carry: the tens answer changes",
-    "tens_carry": "a's tens digit changes, a carry in both: the tens answer changes",
-    "carry_flip": "a's units digit changes so that the carry appears or vanishes: the tens answer changes by one",
+    "units_nocarry": "an operand's units digit changes, no carry in either prompt: the units answer changes",
+    "units_carry": "an operand's units digit changes, a carry in both prompts: the units answer changes",
+    "tens_nocarry": "an operand's tens digit changes, no carry: the tens answer changes",
+    "tens_carry": "an operand's tens digit changes, a carry in both: the tens answer changes",
+    "carry_flip": "an operand's units digit changes so that the carry appears or vanishes: the tens answer changes by one",
 }
 # Which answer digit each family changes (0: tens, 1: units), counted from the answer's first digit.
 # The metric is read where the clean and corrupted answers first differ; this is the fallback.
 ANSWER_DIGIT = {"units_nocarry": 1, "units_carry": 1, "tens_nocarry": 0, "tens_carry": 0, "carry_flip": 0}
 
 
+ROUTES = ("a", "b")  # which operand's digit the corruption changes
+
+
 @dataclasses.dataclass(frozen=True)
 class PairConfig:
-    """Which pairs: the families, how many per family, the prompt format and the seed."""
+    """Which pairs: the families, how many per family, which operands may be corrupted (the
+    routes), the prompt format and the seed."""
     families: tuple[str, ...] = tuple(FAMILIES)
     n_pairs: int = 100
     prompt_format: str = "bare"
     seed: int = 0
+    routes: tuple[str, ...] = ROUTES
 
     def __post_init__(self):
         unknown = [f for f in self.families if f not in FAMILIES]
         if unknown:
             raise ValueError(f"families: {unknown} are not among {list(FAMILIES)}")
+        if not self.routes or any(r not in ROUTES for r in self.routes):
+            raise ValueError(f"routes: a non-empty list from {list(ROUTES)}, got {list(self.routes)}")
         if self.n_pairs < 1:
             raise ValueError(f"n_pairs: at least 1, got {self.n_pairs}")
 
@@ -56,15 +63,22 @@ def clean_pool(recipe: OrganismRecipe | None) -> list[tuple[int, int]]:
     return [(a, b) for a, b in pool if a >= 10 and b >= 10 and a + b <= 99]
 
 
-def pair_pool_sizes(families, recipe: OrganismRecipe | None) -> dict[str, int]:
+def pair_pool_sizes(families, recipe: OrganismRecipe | None, routes=ROUTES) -> dict[str, int]:
     """How many minimal pairs each family can have: clean problems with a corruption of its kind."""
     pool = clean_pool(recipe)
-    return {f: sum(1 for a, b in pool if _corruptions(a, b, f)) for f in families}
+    return {f: sum(1 for a, b in pool if _options(a, b, f, routes)) for f in families}
+
+
+def _options(a: int, b: int, family: str, routes) -> list[tuple[int, int, str]]:
+    """Every corrupted (a', b', route) of this family: one digit of a, or one digit of b (the
+    family's conditions hold with the operands' roles swapped, since a + b = b + a)."""
+    out = [(a2, b, "a") for a2 in _corruptions(a, b, family)] if "a" in routes else []
+    return out + ([(a, b2, "b") for b2 in _corruptions(b, a, family)] if "b" in routes else [])
 
 
 def minimal_pairs(config: PairConfig, recipe: OrganismRecipe | None) -> pd.DataFrame:
-    """Clean and corrupted 2-digit additions with 2-digit sums that differ in one digit of a,
-    ``config.n_pairs`` per family. Clean problems are the organism's held-out pairs when the model is
+    """Clean and corrupted 2-digit additions with 2-digit sums that differ in one digit of one
+    operand (a or b: ``config.routes``), ``config.n_pairs`` per family. Clean problems are the organism's held-out pairs when the model is
     the organism (never trained on), otherwise any such pair.
 
     The discovery and test halves are split by clean problem, both operand orders together
@@ -79,15 +93,15 @@ def minimal_pairs(config: PairConfig, recipe: OrganismRecipe | None) -> pd.DataF
         found = []
         for i in rng.permutation(len(pool)):
             a, b = pool[i]
-            options = [c for c in _corruptions(a, b, family)]
+            options = _options(a, b, family, config.routes)
             if options:
-                found.append((a, b, options[rng.integers(len(options))]))
+                found.append((a, b, *options[rng.integers(len(options))]))
             if len(found) == config.n_pairs:
                 break
-        for a, b, a2 in found:
-            rows.append({"family": family, "split": side[(min(a, b), max(a, b))], "a": a, "b": b,
-                         "a_corrupt": a2, "answer": a + b, "answer_corrupt": a2 + b,
-                         "carry": (a % 10 + b % 10) >= 10, "carry_corrupt": (a2 % 10 + b % 10) >= 10})
+        for a, b, a2, b2, route in found:
+            rows.append({"family": family, "route": route, "split": side[(min(a, b), max(a, b))], "a": a, "b": b,
+                         "a_corrupt": a2, "b_corrupt": b2, "answer": a + b, "answer_corrupt": a2 + b2,
+                         "carry": (a % 10 + b % 10) >= 10, "carry_corrupt": (a2 % 10 + b2 % 10) >= 10})
     return pd.DataFrame(rows)
 
 
@@ -118,9 +132,9 @@ def encode_pairs(pairs: pd.DataFrame, tokenizer, prompt_format: str):
     each family's metric position and the clean and corrupted answer tokens there. Pairs whose
     sequences do not share the modal length are dropped."""
     clean, corrupt, keep = [], [], []
-    for a, b, a2 in zip(pairs.a, pairs.b, pairs.a_corrupt):
+    for a, b, a2, b2 in zip(pairs.a, pairs.b, pairs.a_corrupt, pairs.get("b_corrupt", pairs.b)):
         p, t = data.format_prompt(a, "+", b, prompt_format)
-        p2, t2 = data.format_prompt(a2, "+", b, prompt_format)
+        p2, t2 = data.format_prompt(a2, "+", b2, prompt_format)
         ids = tokenizer(p + t)["input_ids"]
         ids2 = tokenizer(p2 + t)["input_ids"]
         ans2 = tokenizer(p2 + t2)["input_ids"]

@@ -19,9 +19,14 @@ def test_minimal_pairs_follow_their_family_design(pairs):
     assert set(pairs.family) == set(mp.FAMILIES) and (pairs.groupby("family").size() == 40).all()
     assert all((a, b) in held for a, b in zip(pairs.a, pairs.b))  # clean problems were never trained on
     assert (pairs.a >= 10).all() and (pairs.b >= 10).all() and (pairs.answer <= 99).all() and (pairs.answer_corrupt <= 99).all()
-    units = pairs.a // 10 == pairs.a_corrupt // 10
-    tens = pairs.a % 10 == pairs.a_corrupt % 10
-    assert (units ^ tens).all()  # exactly one digit of a changes
+    assert (pairs.answer_corrupt == pairs.a_corrupt + pairs.b_corrupt).all()
+    on_a = pairs.route == "a"
+    assert (pairs.b[on_a] == pairs.b_corrupt[on_a]).all() and (pairs.a[~on_a] == pairs.a_corrupt[~on_a]).all()
+    assert on_a.any() and (~on_a).any()  # both routes are in the mix
+    x, x2 = pairs.a.where(on_a, pairs.b), pairs.a_corrupt.where(on_a, pairs.b_corrupt)  # the corrupted operand
+    units = x // 10 == x2 // 10
+    tens = x % 10 == x2 % 10
+    assert (units ^ tens).all()  # exactly one digit of one operand changes
     fam = pairs.family
     assert units[fam.str.startswith("units") | (fam == "carry_flip")].all() and tens[fam.str.startswith("tens")].all()
     assert (~pairs.carry & ~pairs.carry_corrupt)[fam.str.endswith("nocarry")].all()
