@@ -17,7 +17,7 @@ from ..core.organism import ORGANISM_NAME, OrganismRecipe, ensure_organism, orga
 from ..core.pair_patching import pair_study, roles
 from ..core.stats import fmt_interval, proportion
 from ..core.tracr_study import METHODS, TracrConfig, tracr_study
-from ..views.circuit_views import columns_read, verdict_items
+from ..views.circuit_views import columns_read, faithful_verdict, role_differences, routes_text, verdict_items
 from ..views.narrative import and_list, pct
 from . import preflight
 from .base import ModelParams, is_int, is_number, list_of, one_of, param, prompt_format_field
@@ -168,44 +168,6 @@ def role_signature(roles: pd.DataFrame) -> dict:
     """Per family, the operand columns that its important heads read (seed-comparable: head
     indices are arbitrary across seeds, what they read is not)."""
     return {f: columns_read(d) for f, d in zip(roles.family, roles.digits_read)}
-
-
-def routes_text(pairs: pd.DataFrame) -> str:
-    """Per route (which operand the corruption changes): n, clean accuracy and the mean logit
-    difference, clean against corrupted."""
-    if "route" not in pairs:
-        return "only operand a was corrupted"
-    parts = []
-    for route, g in pairs.groupby("route", sort=True):
-        st = proportion(g.correct)
-        parts.append(f"corrupting {route}: {fmt_interval(st['p'], st['lo'], st['hi'], st['n'])} right on the clean prompt, "
-                     f"logit difference {g.ld_clean.mean():.1f} clean against {g.ld_corrupt.mean():.1f} corrupted")
-    return "; ".join(parts)
-
-
-def faithful_verdict(c: dict, share: float) -> str:
-    """Does a faithful circuit exist? Judged on the test half; the size was chosen on the other."""
-    test = f"{c['recovered']:.0%} (95% bootstrap interval {c['recovered_lo']:.0%} to {c['recovered_hi']:.0%}) on the test half"
-    if c["found"]:
-        return f"yes: {c['k']} edges recover {test} (threshold {share:.0%})"
-    if c.get("reached_on_discovery", False):
-        return (f"no: the smallest top-k that reaches {share:.0%} on the discovery half ({c['k']} edges) recovers {test}, "
-                f"below the threshold")
-    return f"no: even {c['k']} edges, the largest size asked, recover only {test} (threshold {share:.0%})"
-
-
-def role_differences(roles: pd.DataFrame, seeds: list) -> str:
-    """Per seed after the first, in words: the families whose most important component differs
-    from the first seed's in kind (head or MLP) or layer (indices within a layer are arbitrary)."""
-    def where(row) -> str:
-        return f"{row.top_kind} in layer {row.top[1:].split('.')[0]}"
-    base = {r.family: r for r in roles[roles.seed == seeds[0]].itertuples()}
-    parts = []
-    for s in seeds[1:]:
-        diff = [f"{r.family}: {where(r)} ({r.top}), against {where(base[r.family])} ({base[r.family].top})"
-                for r in roles[roles.seed == s].itertuples() if r.family in base and where(r) != where(base[r.family])]
-        parts.append(f"seed {s}: " + ("; ".join(diff) if diff else "the same kind and layer of top component in every family"))
-    return ". ".join(parts) + "." if parts else "only one seed was run."
 
 
 def carry_head(nodes: pd.DataFrame, attention: pd.DataFrame, query: str) -> dict:

@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 
 from ..core.pair_patching import ROLES
-from ..core.stats import fmt_interval
+from ..core.stats import fmt_interval, proportion
 
 
 def columns_read(digits: str) -> str:
@@ -138,3 +138,41 @@ def faithfulness_view(result) -> pd.DataFrame:
     f["series"] = f.edges.map({"top-k edges": "top-k", "random edges": "random"}) + ": " + f.measure.map(
         {"recovered": "logit diff recovered", "accuracy": "accuracy"})
     return f
+
+
+def routes_text(pairs: pd.DataFrame) -> str:
+    """Per route (which operand the corruption changes): n, clean accuracy and the mean logit
+    difference, clean against corrupted."""
+    if "route" not in pairs:
+        return "only operand a was corrupted"
+    parts = []
+    for route, g in pairs.groupby("route", sort=True):
+        st = proportion(g.correct)
+        parts.append(f"corrupting {route}: {fmt_interval(st['p'], st['lo'], st['hi'], st['n'])} right on the clean prompt, "
+                     f"logit difference {g.ld_clean.mean():.1f} clean against {g.ld_corrupt.mean():.1f} corrupted")
+    return "; ".join(parts)
+
+
+def faithful_verdict(c: dict, share: float) -> str:
+    """Does a faithful circuit exist? Judged on the test half; the size was chosen on the other."""
+    test = f"{c['recovered']:.0%} (95% bootstrap interval {c['recovered_lo']:.0%} to {c['recovered_hi']:.0%}) on the test half"
+    if c["found"]:
+        return f"yes: {c['k']} edges recover {test} (threshold {share:.0%})"
+    if c.get("reached_on_discovery", False):
+        return (f"no: the smallest top-k that reaches {share:.0%} on the discovery half ({c['k']} edges) recovers {test}, "
+                f"below the threshold")
+    return f"no: even {c['k']} edges, the largest size asked, recover only {test} (threshold {share:.0%})"
+
+
+def role_differences(roles: pd.DataFrame, seeds: list) -> str:
+    """Per seed after the first, in words: the families whose most important component differs
+    from the first seed's in kind (head or MLP) or layer (indices within a layer are arbitrary)."""
+    def where(row) -> str:
+        return f"{row.top_kind} in layer {row.top[1:].split('.')[0]}"
+    base = {r.family: r for r in roles[roles.seed == seeds[0]].itertuples()}
+    parts = []
+    for s in seeds[1:]:
+        diff = [f"{r.family}: {where(r)} ({r.top}), against {where(base[r.family])} ({base[r.family].top})"
+                for r in roles[roles.seed == s].itertuples() if r.family in base and where(r) != where(base[r.family])]
+        parts.append(f"seed {s}: " + ("; ".join(diff) if diff else "the same kind and layer of top component in every family"))
+    return ". ".join(parts) + "." if parts else "only one seed was run."

@@ -12,6 +12,7 @@ from mechlib.core.faithfulness import edge_study
 from mechlib.core.minimal_pairs import minimal_pairs, pair_pool_sizes
 from mechlib.core.organism import OrganismRecipe
 from mechlib.core.pair_patching import pair_study
+from mechlib.views import circuit_views
 
 
 def test_parameters_fail_fast_naming_the_field():
@@ -79,6 +80,6 @@ def test_the_faithfulness_verdict_can_say_no(tiny_gpt2_dir):
 
 def test_the_faithfulness_verdict_names_where_the_size_was_chosen_and_judged():
     c = {"k": 20, "recovered": 0.79, "recovered_lo": 0.76, "recovered_hi": 0.82, "found": False, "reached_on_discovery": True}
-    assert circuits.faithful_verdict(c, 0.8).startswith("no: the smallest top-k that reaches 80% on the discovery half (20 edges)")
-    assert circuits.faithful_verdict({**c, "reached_on_discovery": False}, 0.8).startswith("no: even 20 edges, the largest size")
-    assert circuits.faithful_verdict({**c, "recovered": 0.85, "found": True}, 0.8).startswith("yes: 20 edges recover 85%")
+    assert circuit_views.faithful_verdict(c, 0.8).startswith("no: the smallest top-k that reaches 80% on the discovery half (20 edges)")
+    assert circuit_views.faithful_verdict({**c, "reached_on_discovery": False}, 0.8).startswith("no: even 20 edges, the largest size")
+    assert circuit_views.faithful_verdict({**c, "recovered": 0.85, "found": True}, 0.8).startswith("yes: 20 edges recover 85%")
