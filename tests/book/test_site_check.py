@@ -44,3 +44,30 @@ def test_wide_charts_stderr_and_paths_fail(tmp_path):
     assert "svg 0 is 900 px wide" in problems and "past the column" in problems
     assert "stderr output" in problems
     assert "shows '/work/'" in problems
+
+
+def test_chart_titles_may_not_be_field_names_and_labels_only_defined_names():
+    from mechlib.book.site_check import snake_case_problems
+
+    found = snake_case_problems([("role-axis-title", "top1_first"), ("role-legend-title", "copies_operand"),
+                                 ("role-legend-label", "copies_operand"), ("role-axis-label", "heldout_acc_new"),
+                                 ("role-title-text", "carry_flip"), ("role-axis-title", "first answer token")])
+    assert any("'top1_first'" in p and "axis title" in p for p in found)
+    assert any("'copies_operand'" in p and "legend title" in p for p in found)  # a defined name, but not as a title
+    assert any("'heldout_acc_new'" in p for p in found)  # not a name the book defines
+    assert not any("carry_flip" in p or "first answer" in p for p in found)  # a family's name as a facet label is fine
+    assert len(found) == 3
+
+
+def test_table_numbers_carry_at_most_three_significant_digits():
+    from mechlib.book.site_check import long_number_problems
+
+    found = long_number_problems(["0.012000", "48.4", "0.998", "1.2345", "12", "\u22120.5000", "n = 1,580", "0.0123"])
+    assert found == sorted(f"table number {t!r} has more than 3 significant digits" for t in ("0.012000", "1.2345", "\u22120.5000"))
+
+
+def test_a_tab_inside_math_is_found_in_the_page_source():
+    from mechlib.book.site_check import math_tab_problems
+
+    assert math_tab_problems('<span class="math notranslate nohighlight">\\(a_{\text{raw}}\\)</span>')
+    assert not math_tab_problems('<span class="math notranslate nohighlight">\\(a_{\\text{raw}}\\)</span>')
