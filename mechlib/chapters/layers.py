@@ -15,7 +15,7 @@ from ..core.interventions import DEPTH_UNKNOWN, SPEC_HELP, Corruption, activatio
 from ..core.models import load_model
 from ..core.organism import ORGANISM_NAME, OrganismRecipe, ensure_organism
 from ..core.problem_sets import problem_set
-from ..core.stats import accuracy_by, fmt_interval, seed_spread
+from ..core.stats import accuracy_by, fmt_interval, mcnemar, seed_spread
 from . import preflight
 from .base import (
     ModelParams,
@@ -225,7 +225,8 @@ def sweep(model, problems: pd.DataFrame, corruptions: Sequence[Corruption], batc
 
 def summarise(results: pd.DataFrame) -> pd.DataFrame:
     """Per corruption, in sweep order: n, accuracy with its Wilson 95% interval, mean answer
-    loss, mean p(first answer token)."""
+    loss, mean p(first answer token), and McNemar's p against the clean model (paired: the
+    same problems under both)."""
     order = list(dict.fromkeys(results["corruption"]))
     table = results.groupby("corruption", sort=False).agg(
         family=("family", "first"),
@@ -239,6 +240,13 @@ def summarise(results: pd.DataFrame) -> pd.DataFrame:
     table.insert(3, "n", ci["n"].to_numpy())
     table.insert(5, "lo", ci["lo"].to_numpy())
     table.insert(6, "hi", ci["hi"].to_numpy())
+    table["p_vs_clean"] = float("nan")  # McNemar against the clean model, on the same problems
+    clean = results[results["corruption"] == "none"]
+    if len(clean):
+        for i, name in enumerate(table["corruption"]):
+            runs = results[results["corruption"] == name]
+            if name != "none" and len(runs) == len(clean) and (runs["prompt"].to_numpy() == clean["prompt"].to_numpy()).all():
+                table.loc[i, "p_vs_clean"] = mcnemar(runs["correct"].to_numpy(), clean["correct"].to_numpy())["p"]
     return table
 
 

@@ -76,3 +76,18 @@ def test_per_layer_cells_has_one_column_per_name():
     cells = layers.per_layer_cells(summary)
     assert list(cells.columns) == ["corruption", "layer", "n", "accuracy", "lo", "hi"]
     assert cells.to_dict("records") == [{"corruption": "skip", "layer": 0, "n": 5, "accuracy": 0.2, "lo": 0.03, "hi": 0.6}]
+
+
+def test_each_corruption_is_tested_against_the_clean_model_on_the_same_problems():
+    from mechlib.chapters import layers
+
+    prompts = [f"{i}+1=" for i in range(20)]
+    rows = []
+    for name, family, right in (("none", "none", [True] * 20), ("skip:0", "skip", [False] * 12 + [True] * 8),
+                                ("skip:1", "skip", [True] * 19 + [False])):
+        rows += [{"corruption": name, "family": family, "layer": None if name == "none" else int(name[-1]), "prompt": p,
+                  "correct": c, "answer_loss": 0.1, "p_first": 0.9} for p, c in zip(prompts, right)]
+    table = layers.summarise(pd.DataFrame(rows)).set_index("corruption")
+    assert pd.isna(table.loc["none", "p_vs_clean"])
+    assert table.loc["skip:0", "p_vs_clean"] == pytest.approx(2 * 0.5**12)  # 12 problems right only when clean
+    assert table.loc["skip:1", "p_vs_clean"] == pytest.approx(1.0)
