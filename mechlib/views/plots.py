@@ -246,6 +246,10 @@ def line_chart(df: pd.DataFrame, x: str, y: str, color: str | None = None, title
         chart = alt.Chart(df).mark_area(opacity=0.15).encode(**band_enc) + chart
     if rule is not None:
         chart = chart + alt.Chart(pd.DataFrame({"y": [rule]})).mark_rule(strokeDash=[4, 4], color="gray").encode(y="y:Q")
+    if not isinstance(chart, alt.LayerChart):
+        # resolved on a plain line-with-points chart, the scales split between its line and its
+        # points and the legend is drawn twice; a one-layer LayerChart keeps one legend
+        chart = alt.layer(chart)
     # independent scales, so a chart concatenated with another keeps its own legend
     return chart.properties(width=width, height=220, title=_title(title, caption)).resolve_scale(color="independent", shape="independent")
 

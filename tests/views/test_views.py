@@ -57,3 +57,14 @@ def test_before_and_after_are_compared_problem_by_problem():
     found = gain_cost_findings(pd.DataFrame(rows), ["-"])
     assert found["new_paired_text"].startswith("paired on the same 40 problems: 30 right only after, 0 right only before")
     assert found["old_paired_text"].startswith("n/a")
+
+
+def test_a_line_chart_draws_one_legend_and_titles_its_axes_for_readers():
+    import vl_convert
+
+    from mechlib.views import plots
+
+    df = pd.DataFrame({"layer": [0, 1, 0, 1], "top1_first": [0.1, 0.2, 0.3, 0.4], "difficulty": ["1x1", "1x1", "2x2", "2x2"]})
+    svg = vl_convert.vegalite_to_svg(plots.line_chart(df, "layer", "top1_first", "difficulty", "lens").to_dict())
+    assert svg.count("role-legend-title") == 1  # not one for the lines and another for the points
+    assert ">first answer token is top-1<" in svg  # the axis title
