@@ -26,9 +26,6 @@ def _on_signal(signum, frame):
     raise KeyboardInterrupt(f"signal {signum}")
 
 
-_on_sigterm = _on_signal  # the name the interrupt tests install
-
-
 class _AfterInterrupt(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         return not _INTERRUPTED

@@ -16,6 +16,7 @@ from ..core.models import load_model
 from ..core.organism import ORGANISM_NAME, OrganismRecipe, ensure_organism
 from ..core.problem_sets import problem_set
 from ..core.stats import accuracy_by, fmt_interval, mcnemar, seed_spread
+from ..views.plots import number_text
 from . import preflight
 from .base import (
     ModelParams,
@@ -308,6 +309,23 @@ def layer_findings(summary: pd.DataFrame, lens: pd.DataFrame, n_layers: int) -> 
     out["lens_final_top1"] = float(overall.loc[n_layers - 1])
     out["lens_last_layer_minus_one_top1"] = float(overall.loc[n_layers - 2]) if n_layers >= 2 else None
     return out
+
+
+def summary_view(summary: pd.DataFrame) -> pd.DataFrame:
+    """The conditions table for the page: readers' column names, 3 significant digits, and the
+    paired p against the clean model (blank for the clean row)."""
+    return summary.assign(**{"answer loss (nats)": summary.answer_loss.map(number_text),
+                             "p(first digit)": summary.p_first.map(number_text),
+                             "paired p vs clean": [f"{p:.2g}" if pd.notna(p) else "" for p in summary.p_vs_clean]})
+
+
+NORM_NAMES = {"resid_norm_mean": "residual stream", "attn_norm_mean": "attention", "mlp_norm_mean": "MLP"}
+
+
+def norms_long(stats: pd.DataFrame) -> pd.DataFrame:
+    """Mean output norms per layer in long form (layer, output, value), outputs named for readers."""
+    long = stats.melt(id_vars="layer", value_vars=list(NORM_NAMES), var_name="output")
+    return long.assign(output=long.output.map(NORM_NAMES))
 
 
 def per_layer_cells(summary: pd.DataFrame) -> pd.DataFrame:

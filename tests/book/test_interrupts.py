@@ -35,7 +35,7 @@ def test_sigterm_to_a_chapter_leaves_no_temporary_notebook(tiny_gpt2_dir, tmp_pa
     env = {**os.environ, "MECHLIB_RUN_STORE": str(tmp_path / "runs")}
     code = ("import sys; from mechlib.cli import main; from mechlib.book import execute; "
             "execute.execute_chapter('01_baseline', 'tiny', {'model': sys.argv[1], 'device': 'cpu'}, out_dir=sys.argv[2])")
-    cmd = [sys.executable, "-c", f"import signal, sys; from mechlib.cli import _on_sigterm; signal.signal(signal.SIGTERM, _on_sigterm); {code}",
+    cmd = [sys.executable, "-c", f"import signal, sys; from mechlib.cli import _on_signal; signal.signal(signal.SIGTERM, _on_signal); {code}",
            str(tiny_gpt2_dir), str(out)]
     proc = subprocess.Popen(cmd, cwd=tmp_project, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 120

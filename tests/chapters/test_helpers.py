@@ -91,3 +91,15 @@ def test_each_corruption_is_tested_against_the_clean_model_on_the_same_problems(
     assert pd.isna(table.loc["none", "p_vs_clean"])
     assert table.loc["skip:0", "p_vs_clean"] == pytest.approx(2 * 0.5**12)  # 12 problems right only when clean
     assert table.loc["skip:1", "p_vs_clean"] == pytest.approx(1.0)
+
+
+def test_the_layer_tables_are_named_for_readers():
+    from mechlib.chapters import layers
+
+    summary = pd.DataFrame({"corruption": ["none", "skip:0"], "answer_loss": [0.012, 1.23456], "p_first": [0.98765, 0.5],
+                            "p_vs_clean": [float("nan"), 0.000123]})
+    view = layers.summary_view(summary)
+    assert view["answer loss (nats)"].tolist() == ["0.012", "1.23"] and view["p(first digit)"].tolist() == ["0.988", "0.500"]
+    assert view["paired p vs clean"].tolist() == ["", "0.00012"]
+    stats = pd.DataFrame({"layer": [0], "resid_norm_mean": [1.0], "attn_norm_mean": [2.0], "mlp_norm_mean": [3.0]})
+    assert layers.norms_long(stats).set_index("output").value.to_dict() == {"residual stream": 1.0, "attention": 2.0, "MLP": 3.0}
