@@ -2,7 +2,7 @@
 with an optional key/value cache, without changing the model."""
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 import torch
 from jaxtyping import Float, Int
@@ -29,7 +29,10 @@ class BlockOrder:
         """Logits at the positions ``keep`` selects (all by default). Only those positions
         are unembedded: with Gemma's 262,144-token vocabulary, full logits of a batch of
         prompts take gigabytes."""
-        residual, _, shortformer, mask = self.model.input_to_embed(tokens, past_kv_cache=cache)
+        # With a cache, an explicit all-ones mask: prompts here are never padded, and the
+        # tokenizer's guess (a pad token id at the start or end is padding) could be wrong.
+        ones = torch.ones_like(tokens) if cache is not None else None
+        residual, _, shortformer, mask = self.model.input_to_embed(tokens, attention_mask=ones, past_kv_cache=cache)
         for j, i in enumerate(self.order):
             residual = self.model.blocks[i](
                 residual,
@@ -45,3 +48,46 @@ class BlockOrder:
         cache = TransformerLensKeyValueCache.init_cache(cfg, device, batch)
         cache.entries = [TransformerLensKeyValueCacheEntry.init_cache_entry(cfg, device, batch) for _ in self.order]
         return cache
+
+
+# Each weight stored so that the view TransformerLens's forward takes of it is already
+# contiguous: the gated MLP calls ``W.T.contiguous()`` and attention rearranges ``W_Q`` to
+# ``(head d_head) d_model`` at every call, which otherwise copies every weight at every step.
+_LAYOUTS = {  # parameter name -> the permutation the forward reads it through
+    "W_gate": (1, 0), "W_in": (1, 0), "W_out": (1, 0),  # gated MLPs only (see below)
+    "W_Q": (0, 2, 1), "W_K": (0, 2, 1), "W_V": (0, 2, 1), "_W_K": (0, 2, 1), "_W_V": (0, 2, 1),
+    "W_O": (2, 0, 1),
+    "W_U": (1, 0),  # the unembedding: 262,144 x 640 floats for Gemma 3, copied at every call
+}
+
+
+def read_layout(model) -> None:
+    """Re-store the attention and gated-MLP weights of ``model`` in the memory layout its
+    forward reads them in, and the unembedding too. Values are unchanged and so are the results (bit for bit: the
+    forward multiplied by the same contiguous copies before); only the copies go."""
+    for block in model.blocks:
+        gated = hasattr(block.mlp, "W_gate")
+        for module in (block.attn, block.mlp):
+            for name, param in module.named_parameters(recurse=False):
+                order = _LAYOUTS.get(name)
+                if order is None or (module is block.mlp and not gated):
+                    continue
+                inverse = [order.index(i) for i in range(len(order))]
+                param.data = param.data.permute(*order).contiguous().permute(*inverse)
+    unembed = model.unembed.W_U
+    unembed.data = unembed.data.T.contiguous().T
+
+
+_BELOW_BLOCKS = ("hook_embed", "hook_pos_embed", "hook_tokens")
+
+
+def cache_activations(model, tokens: Int[torch.Tensor, "batch seq"], names: Collection[str], **kwargs):
+    """``run_with_cache`` of the named activations that stops after the last block they
+    need: no final norm and no unembedding unless a name needs them (full logits of a batch
+    at Gemma's 262,144-token vocabulary take gigabytes). Returns the ActivationCache."""
+    names = set(names)
+    layers = [int(n.split(".")[1]) for n in names if n.startswith("blocks.")]
+    above = any(not n.startswith(("blocks.", *_BELOW_BLOCKS)) for n in names)
+    stop = None if above else max(layers, default=0) + 1
+    _, cache = model.run_with_cache(tokens, names_filter=lambda n: n in names, stop_at_layer=stop, **kwargs)
+    return cache

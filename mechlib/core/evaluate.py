@@ -8,18 +8,17 @@ hooks set with ``model.hooks(...)`` around a call apply as usual.
 """
 from __future__ import annotations
 
-import functools
-from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
 from jaxtyping import Int
-from tqdm import tqdm
 
+from . import decode
 from .blocks import BlockOrder
 from .data import OPERATORS
+from .decode import buckets, stop_ids
 from .stats import accuracy_by
 from .taxonomy import ERROR_CLASSES, classify_all, parse_answer
 from .tokens import with_bos
@@ -51,18 +50,6 @@ def first_digit_offsets(tokenizer, target_ids: Sequence[Sequence[int]]) -> np.nd
     return np.array([next((j for j, t in enumerate(row) if any(c.isdigit() for c in texts[t])), 0) for row in target_ids], dtype=int)
 
 
-@functools.lru_cache(maxsize=8)
-def _stop_ids(tokenizer) -> frozenset[int]:
-    """EOS plus every token whose text holds a newline: an answer ends there."""
-    stops = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
-    vocab = tokenizer.get_vocab()
-    ids = list(vocab.values())
-    for i, text in zip(ids, tokenizer.batch_decode([[i] for i in ids])):
-        if "\n" in text:
-            stops.add(i)
-    return frozenset(stops)
-
-
 def check_context(model, longest: int, what: str) -> None:
     """A clear error, not an IndexError deep in the forward pass, when ``longest`` positions
     do not fit the model's context (``model.cfg.n_ctx``)."""
@@ -70,17 +57,6 @@ def check_context(model, longest: int, what: str) -> None:
     if n_ctx is not None and longest > n_ctx:
         raise ValueError(f"{what} needs {longest} positions, and the model's context is {n_ctx}: "
                          "use shorter prompts or operands, or fewer new tokens (max_new_tokens)")
-
-
-def _buckets(keys: Sequence, batch_size: int):
-    """Indices grouped by key, each group cut into batches of at most batch_size."""
-    groups: dict = defaultdict(list)
-    for i, k in enumerate(keys):
-        groups[k].append(i)
-    for k in sorted(groups):
-        idx = groups[k]
-        for s in range(0, len(idx), batch_size):
-            yield idx[s : s + batch_size]
 
 
 @torch.inference_mode()
@@ -92,59 +68,25 @@ def greedy_decode(
     forward: Forward | None = None,
     progress: bool = False,
     stop_at_newline: bool = True,
+    share_prefix: bool = True,
+    groups: Sequence | None = None,
 ) -> list[str]:
     """Greedy continuation of each prompt, cut at EOS (or a newline), batched by length.
 
-    ``forward`` defaults to the model itself; a :class:`~mechlib.core.blocks.BlockOrder` (the
-    default included) decodes with a key/value cache, any other callable recomputes."""
+    The prompts' shared token prefix (a few-shot block) is computed once; see
+    :mod:`mechlib.core.decode` for what that means for hooks, and for ``share_prefix`` and
+    ``groups`` (e.g. each prompt's few-shot block)."""
     prompts = list(prompts)  # a datasets Column iterates slowly
     prompt_ids = encode(model, prompts)
     if prompt_ids:
         longest = max(range(len(prompts)), key=lambda i: len(prompt_ids[i]))
         check_context(model, len(prompt_ids[longest]) + max_new_tokens - 1,
                       f"the prompt {prompts[longest]!r} plus max_new_tokens = {max_new_tokens}")
-    stops = _stop_ids(model.tokenizer) if stop_at_newline else frozenset({model.tokenizer.eos_token_id} - {None})
-    device = model.cfg.device
-    stop_tensor = torch.tensor(sorted(stops), device=device)
-    outputs: list[list[int]] = [[] for _ in prompts]
-    batches = list(_buckets([len(p) for p in prompt_ids], batch_size))
-    for idx in tqdm(batches, desc="greedy decode", disable=not progress):
-        tokens = torch.tensor([prompt_ids[i] for i in idx], device=device)
-        step = _stepper(model, forward, len(idx))
-        done = torch.zeros(len(idx), dtype=torch.bool, device=device)
-        new = []
-        nxt = step(tokens)
-        for _ in range(max_new_tokens):
-            new.append(nxt)
-            done |= torch.isin(nxt, stop_tensor)
-            if bool(done.all()) or len(new) == max_new_tokens:
-                break
-            tokens = torch.cat([tokens, nxt[:, None]], dim=1)
-            nxt = step(tokens)
-        generated = torch.stack(new, 1).tolist()
-        for row, i in zip(generated, idx):
-            cut = next((j for j, t in enumerate(row) if t in stops), len(row))
-            outputs[i] = row[:cut]
-    return model.tokenizer.batch_decode(outputs, skip_special_tokens=True)
-
-
-def _stepper(model, forward, batch: int):
-    """Next-token argmax. Block orders (the model's own included) keep a key/value cache
-    and feed only unseen tokens; any other forward recomputes the whole sequence."""
-    if forward is None:
-        forward = BlockOrder(model, range(model.cfg.n_layers))
-    if not isinstance(forward, BlockOrder):
-        return lambda tokens: forward(tokens)[:, -1].argmax(-1)
-    cache = forward.new_cache(batch)
-    seen = 0
-
-    def step(tokens):
-        nonlocal seen
-        logits = forward(tokens[:, seen:], cache=cache, keep=slice(-1, None))
-        seen = tokens.shape[1]
-        return logits[:, -1].argmax(-1)
-
-    return step
+    tok = model.tokenizer
+    stops = stop_ids(tok) if stop_at_newline else frozenset({tok.eos_token_id} - {None})
+    outputs = decode.greedy_decode(model, prompt_ids, max_new_tokens, stops, batch_size, forward, progress, share_prefix,
+                                   groups)
+    return tok.batch_decode(outputs, skip_special_tokens=True)
 
 
 @torch.inference_mode()
@@ -152,7 +94,7 @@ def generate_one_by_one(model, prompts: Sequence[str], max_new_tokens: int = 8) 
     """Reference decoder: TransformerLens ``generate`` (KV cache), one prompt at a time.
 
     Slow; the benchmark and the tests compare :func:`greedy_decode` with it."""
-    stops = _stop_ids(model.tokenizer)
+    stops = stop_ids(model.tokenizer)
     outs = []
     for p in prompts:
         tokens = model.to_tokens(p)
@@ -196,25 +138,29 @@ def evaluate(
     forward: Forward | None = None,
     progress: bool = False,
 ) -> pd.DataFrame:
-    """One row per problem: the problem's columns plus output, pred, error, correct."""
+    """One row per problem: the problem's columns plus output, pred, error, correct.
+    Problems with a ``shots`` column (:func:`~mechlib.core.fewshot.with_examples`) are
+    batched by their worked examples, which are computed once per batch."""
     df = problems.to_pandas() if hasattr(problems, "to_pandas") else pd.DataFrame(problems)
     if max_new_tokens is None:
         max_new_tokens = max(len(t) for t in encode_targets(model, df["target"])) + 2
-    outputs = greedy_decode(model, df["prompt"].tolist(), max_new_tokens, batch_size, forward, progress)
+    groups = df["shots"].tolist() if "shots" in df else None
+    outputs = greedy_decode(model, df["prompt"].tolist(), max_new_tokens, batch_size, forward, progress, groups=groups)
     return score_answers(df, outputs)
 
 
 def teacher_forced_batches(
-    model, prompts: Sequence[str], targets: Sequence[str], batch_size: int = 512
+    model, prompts: Sequence[str], targets: Sequence[str], batch_size: int = 512, groups: Sequence | None = None,
 ) -> Iterator[tuple[list[int], Int[torch.Tensor, "batch seq"], int, int]]:
     """The one teacher-forcing loop: yield (row indices, prompt+answer tokens, prompt length,
     answer length) per batch of problems with equal prompt and answer token lengths, so no
-    batch needs padding. Positions ``plen - 1 .. plen + tlen - 2`` predict the answer."""
+    batch needs padding (``groups``: never two groups in one batch). Positions ``plen - 1 .. plen + tlen - 2`` predict the answer."""
     p_ids, t_ids = encode(model, prompts), encode_targets(model, targets)
     if p_ids:
         i = max(range(len(p_ids)), key=lambda j: len(p_ids[j]) + len(t_ids[j]))
         check_context(model, len(p_ids[i]) + len(t_ids[i]), f"the prompt {prompts[i]!r} with its answer {targets[i]!r}")
-    for idx in _buckets([(len(p), len(t)) for p, t in zip(p_ids, t_ids)], batch_size):
+    keys = [(g, len(p), len(t)) for g, p, t in zip(decode.group_index(groups, len(p_ids)), p_ids, t_ids)]
+    for idx in buckets(keys, batch_size):
         plen, tlen = len(p_ids[idx[0]]), len(t_ids[idx[0]])
         tokens = torch.tensor([p_ids[i] + t_ids[i] for i in idx], device=model.cfg.device)
         yield idx, tokens, plen, tlen
@@ -227,21 +173,33 @@ def answer_scores(
     targets: Sequence[str],
     batch_size: int = 512,
     forward: Forward | None = None,
+    share_prefix: bool = True,
+    groups: Sequence | None = None,
 ) -> pd.DataFrame:
     """Teacher-forced scores of the target answer, per problem.
 
     ``answer_loss``: mean cross-entropy over the answer tokens; ``p_first``: probability of
     the first answer digit (:func:`first_digit_offsets`), given what precedes it;
-    ``tf_correct``: every answer token is the argmax. Logits are computed at the answer
-    positions only, unless ``forward`` is an arbitrary callable."""
+    ``tf_correct``: every answer token is the argmax. With a block order (the default), the
+    prompts' shared prefix runs once (:mod:`mechlib.core.decode`) and logits are computed at
+    the answer positions only (``groups`` as in :func:`greedy_decode`); an arbitrary callable
+    recomputes everything."""
     forward = forward or BlockOrder(model, range(model.cfg.n_layers))
+    cached = isinstance(forward, BlockOrder)
+    group = decode.group_index(groups, len(prompts))
+    prefixes = decode.group_prefixes(forward, encode(model, prompts), group, share_prefix) if cached else {}
     loss = np.zeros(len(prompts))
     p_first = np.zeros(len(prompts))
     tf_correct = np.zeros(len(prompts), dtype=bool)
     digit = first_digit_offsets(model.tokenizer, encode_targets(model, targets))
-    for idx, tokens, plen, tlen in teacher_forced_batches(model, prompts, targets, batch_size):
-        answer = slice(plen - 1, plen + tlen - 1)
-        logits = forward(tokens, keep=answer) if isinstance(forward, BlockOrder) else forward(tokens)[:, answer]
+    for idx, tokens, plen, tlen in teacher_forced_batches(model, prompts, targets, batch_size, groups):
+        n_prefix, prefix = prefixes.get(group[idx[0]], (0, None))
+        answer = slice(plen - 1 - n_prefix, plen + tlen - 1 - n_prefix)
+        if cached:
+            cache = decode.slab_cache(model, len(forward.order), len(idx), tokens.shape[1], prefix) if prefix else None
+            logits = forward(tokens[:, n_prefix:], cache=cache, keep=answer)
+        else:
+            logits = forward(tokens)[:, answer]
         logp = logits.float().log_softmax(-1)
         tgt = tokens[:, plen:]
         tok_logp = logp.gather(-1, tgt[..., None])[..., 0]

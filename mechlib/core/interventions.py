@@ -32,8 +32,9 @@ import pandas as pd
 import torch
 from transformer_lens.utils import get_act_name
 
-from .blocks import BlockOrder, unembed_residual
-from .evaluate import _buckets, encode, encode_targets, first_digit_offsets, teacher_forced_batches
+from .blocks import BlockOrder, cache_activations, unembed_residual
+from .decode import buckets
+from .evaluate import encode, encode_targets, first_digit_offsets, teacher_forced_batches
 
 KINDS = ("none", "skip", "skip_first", "skip_last", "skip_range", "repeat", "permute", "ablate")
 SPEC_HELP = "none, skip:0,2 (or skip:* for each layer), skip_first:N, skip_last:N, skip_range:A-B, repeat:LxK, permute:i,j,..., ablate:mlpL|attnL:zero|mean"
@@ -186,9 +187,9 @@ def _cached_batches(model, prompts: Sequence[str], names: set[str], batch_size: 
     """(tokens [batch, pos], activation cache of ``names``) per batch of the prompts, batched
     by length so that no batch holds padding, in a fixed order."""
     ids = encode(model, prompts)
-    for idx in _buckets([len(x) for x in ids], batch_size):
+    for idx in buckets([len(x) for x in ids], batch_size):
         tokens = torch.tensor([ids[i] for i in idx], device=model.cfg.device)
-        _, cache = model.run_with_cache(tokens, names_filter=lambda n: n in names)
+        cache = cache_activations(model, tokens, names)
         yield tokens, cache
 
 
@@ -226,7 +227,7 @@ def logit_lens(model, prompts: Sequence[str], targets: Sequence[str], batch_size
     tf = np.zeros_like(p_first, dtype=bool)
     digit = first_digit_offsets(model.tokenizer, encode_targets(model, targets))
     for idx, tokens, plen, tlen in teacher_forced_batches(model, prompts, targets, batch_size):
-        _, cache = model.run_with_cache(tokens, names_filter=lambda n: n in names)
+        cache = cache_activations(model, tokens, names)
         tgt = tokens[:, plen:]
         first = torch.as_tensor(digit[idx], device=tgt.device)[:, None]
         tgt_first = tgt.gather(1, first)[:, 0]

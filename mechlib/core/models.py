@@ -28,6 +28,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 from transformers.utils import logging as hf_logging
 
 from . import shipped as shipped_models
+from .blocks import read_layout
 from .cache import SOURCE_FILE, finetuned_dir, is_finetune, source_record
 from .char_tokenizer import build_char_tokenizer
 from .families import CONTEXT_CAP, family_of_config, known_family
@@ -201,7 +202,9 @@ def hooked_from_hf(hf_model: PreTrainedModel, tokenizer, model_name: str, device
         center = family.center_writing_weights
         model.load_and_process_state_dict(state_dict, fold_ln=True, center_writing_weights=center, center_unembed=center,
                                           fold_value_biases=True)
-        return model.to(device).eval()
+        model = model.to(device).eval()
+        read_layout(model)
+        return model
 
 
 def _quiet():
@@ -222,6 +225,7 @@ def load_model(name_or_path: str | Path = ORGANISM_NAME, device: str | None = "a
     if not local:
         with _quiet():
             model = HookedTransformer.from_pretrained(source, device=device, dtype=dtype)
+        read_layout(model)
         return model.eval(), model.tokenizer
     hf_model, tokenizer, _ = load_hf(source, device="cpu")
     if known_family(hf_model.config.model_type) is not None:
@@ -229,6 +233,7 @@ def load_model(name_or_path: str | Path = ORGANISM_NAME, device: str | None = "a
         del hf_model
         with _quiet():
             model = model.to(getattr(torch, dtype))
+        _return_freed_memory()
         return model, model.tokenizer
     base = _source_base(Path(source))
     if base is None:
@@ -240,7 +245,22 @@ def load_model(name_or_path: str | Path = ORGANISM_NAME, device: str | None = "a
         )
     with _quiet():
         model = HookedTransformer.from_pretrained(base, hf_model=hf_model, tokenizer=tokenizer, device=device, dtype=dtype)
+    read_layout(model)
     return model.eval(), model.tokenizer
+
+
+def _return_freed_memory() -> None:
+    """Hand the memory freed by the conversion (the Hugging Face copy of the weights) back
+    to the operating system; glibc keeps it otherwise, and Gemma 3's resident memory stays
+    a gigabyte above what the model needs. A no-op where glibc is absent."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        ctypes.CDLL(name).malloc_trim(0)
+    except (OSError, AttributeError, TypeError):
+        pass
 
 
 def _source_base(path: Path) -> str | None:

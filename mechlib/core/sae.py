@@ -23,6 +23,7 @@ from jaxtyping import Float
 from torch import nn
 from transformer_lens.utils import get_act_name
 
+from .blocks import cache_activations
 from .evaluate import answer_scores, evaluate, teacher_forced_batches
 
 KINDS = ("sae", "transcoder")
@@ -122,7 +123,7 @@ def answer_activations(model, problems: pd.DataFrame, names: Sequence[str], batc
     the answer tokens, teacher-forced, for each hook name."""
     prompts, targets = problems["prompt"].tolist(), problems["target"].tolist()
     for _, tokens, plen, tlen in teacher_forced_batches(model, prompts, targets, batch_size):
-        _, cache = model.run_with_cache(tokens, names_filter=lambda n: n in names)
+        cache = cache_activations(model, tokens, names)
         yield {n: cache[n][:, plen - 1 : plen + tlen - 1].reshape(-1, cache[n].shape[-1]).float().cpu() for n in names}
 
 
@@ -136,7 +137,7 @@ def collect_rows(model, problems: pd.DataFrame, names: Sequence[str], batch_size
     out: dict[str, list] = {n: [] for n in names}
     meta = []
     for idx, tokens, plen, tlen in teacher_forced_batches(model, prompts, targets, batch_size):
-        _, cache = model.run_with_cache(tokens, names_filter=lambda n: n in names)
+        cache = cache_activations(model, tokens, names)
         for n in names:
             out[n].append(cache[n][:, plen - 1 : plen + tlen - 1].reshape(-1, cache[n].shape[-1]).float().cpu())
         meta.append(pd.DataFrame({"problem": np.repeat(idx, tlen), "pos": np.tile(np.arange(tlen), len(idx)),

@@ -6,6 +6,7 @@ import numpy as np
 import torch
 from transformer_lens.utils import get_act_name
 
+from ..blocks import cache_activations
 from .ablation import Task, source_outputs
 from .graph import graph_of, numpy
 
@@ -19,7 +20,7 @@ def residual_patching(model, task: Task) -> np.ndarray:
     batch, n_pos = task.tokens.shape
     rows = torch.arange(n_pos, device=model.cfg.device).repeat_interleave(batch)  # copy p patches position p
     with torch.no_grad():
-        _, cache = model.run_with_cache(task.corrupt, names_filter=lambda n: n in names)
+        cache = cache_activations(model, task.corrupt, names)
         out = np.zeros((len(names), n_pos, batch))
         for i, name in enumerate(names):
             def hook(x, hook):
@@ -37,7 +38,7 @@ def attention_to(model, tokens: torch.Tensor, queries: list[int]) -> np.ndarray:
     """Mean attention [n_layers, n_heads, len(queries), pos] from the query positions."""
     names = [get_act_name("pattern", layer) for layer in range(model.cfg.n_layers)]
     with torch.no_grad():
-        _, cache = model.run_with_cache(tokens, names_filter=lambda n: n in names)
+        cache = cache_activations(model, tokens, names)
     return np.stack([numpy(cache[n][:, :, queries].mean(0)) for n in names])
 
 
