@@ -140,7 +140,7 @@ def evaluate(
 ) -> pd.DataFrame:
     """One row per problem: the problem's columns plus output, pred, error, correct.
     Problems with a ``shots`` column (:func:`~mechlib.core.fewshot.with_examples`) are
-    batched by their worked examples, which are computed once per batch."""
+    batched by their worked examples, which are computed once per operator."""
     df = problems.to_pandas() if hasattr(problems, "to_pandas") else pd.DataFrame(problems)
     if max_new_tokens is None:
         max_new_tokens = max(len(t) for t in encode_targets(model, df["target"])) + 2
