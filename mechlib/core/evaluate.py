@@ -111,7 +111,7 @@ def score_answers(df: pd.DataFrame, outputs: Sequence[str]) -> pd.DataFrame:
     out["output"] = list(outputs)
     preds = [parse_answer(t) for t in outputs]
     out["pred"] = pd.array(preds, dtype="Int64")
-    fits = [classify_all(a, op, b, p) for a, op, b, p in zip(out["a"], out["op"], out["b"], preds)]
+    fits = [classify_all(a, op, b, p, t) for a, op, b, p, t in zip(out["a"], out["op"], out["b"], preds, out["output"])]
     out["error"] = [f[0] for f in fits]
     out["also"] = [", ".join(c for c in f[1:] if c not in ("right_length", "wrong_length")) for f in fits]
     out["correct"] = out["error"] == "correct"

@@ -19,7 +19,9 @@ from .data import OPERATORS, apply_op
 
 ERROR_CLASSES = (
     "correct",
-    "malformed",  # no number at the start of the answer
+    "empty",  # nothing before the stop (end of text or a newline)
+    "echoes_expression",  # restates the problem: an operand, the operator (sign or word), the other operand
+    "format_only",  # text, but no number at its start
     "wrong_operation",  # exactly another operator's result on the same operands
     "near_wrong_operation",  # another operator's result off by one (the sum minus one, say)
     "copies_operand",  # the answer is one of the operands
@@ -30,7 +32,9 @@ ERROR_CLASSES = (
 )
 ERROR_DESCRIPTIONS = {
     "correct": "exactly right",
-    "malformed": "not a number",
+    "empty": "no answer",
+    "echoes_expression": "restates the problem (26+92, 34 times 6)",
+    "format_only": "text with no number at its start",
     "wrong_operation": "result of another operation (e.g. the sum when asked for a difference)",
     "near_wrong_operation": "another operation's result off by one (e.g. the sum minus one)",
     "copies_operand": "repeats an operand",
@@ -57,14 +61,27 @@ def other_results(a: int, op: str, b: int) -> set[int]:
     return others - {answer}
 
 
-def classify_all(a: int, op: str, b: int, pred: int | None) -> list[str]:
-    """Every class that fits, in precedence order (the first is the class)."""
+_OP_TEXT = {"+": r"(?:\+|plus|and)", "-": r"(?:-|−|minus)", "*": r"(?:\*|x|×|times|multiplied by)"}
+
+
+def echoes(text: str, a: int, op: str, b: int) -> bool:
+    """Does the text start by restating the problem, operands in either order, operator as
+    a sign or a word (``26+92``, ``26 + 92``, ``34 times 6``)?"""
+    sign = _OP_TEXT[op]
+    return any(re.match(rf"^\s*{x}\s*{sign}\s*{y}(?!\d)", text, flags=re.IGNORECASE) for x, y in ((a, b), (b, a)))
+
+
+def classify_all(a: int, op: str, b: int, pred: int | None, text: str | None = None) -> list[str]:
+    """Every class that fits, in precedence order (the first is the class). With the
+    answer's ``text``, the text-based classes (empty, echo) are tried first."""
     answer = apply_op(a, op, b)
-    if pred is None:
-        return ["malformed"]
-    if pred == answer:
+    if text is not None and not text.strip():
+        return ["empty"]
+    if pred == answer and not (text is not None and echoes(text, a, op, b)):
         return ["correct"]
-    fits = []
+    fits = ["echoes_expression"] if text is not None and echoes(text, a, op, b) else []
+    if pred is None:
+        return fits or ["format_only"]
     others = other_results(a, op, b)
     if pred in others:
         fits.append("wrong_operation")
@@ -81,5 +98,5 @@ def classify_all(a: int, op: str, b: int, pred: int | None) -> list[str]:
     return fits
 
 
-def classify(a: int, op: str, b: int, pred: int | None) -> str:
-    return classify_all(a, op, b, pred)[0]
+def classify(a: int, op: str, b: int, pred: int | None, text: str | None = None) -> str:
+    return classify_all(a, op, b, pred, text)[0]

@@ -60,7 +60,9 @@ OP_ORDER = list(OPERATORS)
 # One colour per error class, the same in every chapter.
 ERROR_COLOURS = {
     "correct": "#4c78a8",
-    "malformed": "#9d755d",
+    "empty": "#d8b5a5",
+    "echoes_expression": "#72b7b2",
+    "format_only": "#9d755d",
     "wrong_operation": "#e45756",
     "near_wrong_operation": "#ff9da6",
     "copies_operand": "#f58518",

@@ -15,7 +15,7 @@ def test_parse_answer(text, value):
     "a,op,b,pred,cls",
     [
         (12, "+", 34, 46, "correct"),
-        (12, "+", 34, None, "malformed"),
+        (12, "+", 34, None, "format_only"),
         (12, "+", 34, 34, "copies_operand"),
         (57, "-", 23, 80, "wrong_operation"),  # added instead of subtracting
         (7, "*", 8, 15, "wrong_operation"),
@@ -50,7 +50,34 @@ def test_reviewed_cases_and_what_else_fits(a, op, b, pred, cls, also):
     fits = classify_all(a, op, b, pred)
     assert fits[0] == cls
     assert also <= set(fits[1:])
-    assert fits[-1] in ("right_length", "wrong_length", "correct", "malformed") or fits[-1] == cls
+    assert fits[-1] in ("right_length", "wrong_length", "correct", "format_only") or fits[-1] == cls
+
+
+@pytest.mark.parametrize(
+    "a,op,b,text,cls,also",
+    [
+        (26, "+", 92, "", "empty", set()),
+        (26, "+", 92, "  ", "empty", set()),
+        (26, "+", 92, "26+92", "echoes_expression", {"copies_operand"}),  # its leading number is an operand
+        (26, "+", 92, " 92 + 26 = 118", "echoes_expression", {"copies_operand"}),  # either order
+        (34, "*", 6, "34 times 6", "echoes_expression", {"copies_operand"}),
+        (34, "*", 6, "34 x 6 is", "echoes_expression", set()),
+        (57, "-", 23, "57 minus 23", "echoes_expression", set()),
+        (5, "+", 0, "5+0", "echoes_expression", set()),  # starts with the right number, but restates the problem
+        (26, "+", 92, "26+921", "copies_operand", set()),  # 921 is not the operand 92: no echo
+        (26, "+", 92, "The answer is", "format_only", set()),
+        (26, "+", 92, "=118", "format_only", set()),
+        (26, "+", 92, "118", "correct", set()),
+        (26, "+", 92, "26", "copies_operand", set()),
+        (7, "*", 8, "15", "wrong_operation", set()),
+    ],
+)
+def test_answer_text_classes_come_first(a, op, b, text, cls, also):
+    from mechlib.core.taxonomy import classify_all
+
+    fits = classify_all(a, op, b, parse_answer(text), text)
+    assert fits[0] == cls and cls in ERROR_CLASSES
+    assert also <= set(fits[1:])
 
 
 def test_copy_rate_baseline():
