@@ -62,9 +62,9 @@ _LAYOUTS = {  # parameter name -> the permutation the forward reads it through
 
 
 def read_layout(model) -> None:
-    """Re-store the attention and gated-MLP weights of ``model`` in the memory layout its
-    forward reads them in, and the unembedding too. Values are unchanged and so are the results (bit for bit: the
-    forward multiplied by the same contiguous copies before); only the copies go."""
+    """Re-store the attention, gated-MLP and unembedding weights of ``model`` in the memory
+    layout its forward reads them in. Values are unchanged and so are the results, bit for
+    bit (the forward multiplied by the same contiguous copies before); only the copies go."""
     for block in model.blocks:
         gated = hasattr(block.mlp, "W_gate")
         for module in (block.attn, block.mlp):

@@ -251,8 +251,8 @@ def load_model(name_or_path: str | Path = ORGANISM_NAME, device: str | None = "a
 
 def _return_freed_memory() -> None:
     """Hand the memory freed by the conversion (the Hugging Face copy of the weights) back
-    to the operating system; glibc keeps it otherwise, and Gemma 3's resident memory stays
-    a gigabyte above what the model needs. A no-op where glibc is absent."""
+    to the operating system, which glibc otherwise keeps (Gemma 3 resident after loading:
+    2.75 GB without this, 2.59 GB with it). A no-op where glibc is absent."""
     import ctypes
     import ctypes.util
 
