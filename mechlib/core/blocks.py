@@ -6,7 +6,7 @@ from collections.abc import Collection, Sequence
 
 import torch
 from jaxtyping import Float, Int
-from transformer_lens import TransformerLensKeyValueCache, TransformerLensKeyValueCacheEntry
+from transformer_lens import TransformerLensKeyValueCache
 from transformer_lens.utilities.activation_functions import apply_softcap
 
 
@@ -41,13 +41,6 @@ class BlockOrder:
                 attention_mask=mask,
             )
         return unembed_residual(self.model, residual if keep is None else residual[:, keep])
-
-    def new_cache(self, batch: int) -> TransformerLensKeyValueCache:
-        """A key/value cache with one entry per block run (a repeated block gets two)."""
-        cfg, device = self.model.cfg, self.model.cfg.device
-        cache = TransformerLensKeyValueCache.init_cache(cfg, device, batch)
-        cache.entries = [TransformerLensKeyValueCacheEntry.init_cache_entry(cfg, device, batch) for _ in self.order]
-        return cache
 
 
 # Each weight stored so that the view TransformerLens's forward takes of it is already

@@ -131,7 +131,7 @@ def group_index(groups: Sequence | None, n: int) -> list[int]:
 
 def prefill(forward, prefix: Sequence[int]) -> TransformerLensKeyValueCache:
     """Run the shared prefix once (batch 1) through a block order; its cache."""
-    cache = forward.new_cache(1)
+    cache = slab_cache(forward.model, len(forward.order), 1, len(prefix))
     forward(torch.tensor([list(prefix)], device=forward.model.cfg.device), cache=cache, keep=slice(0, 0))
     return cache
 
