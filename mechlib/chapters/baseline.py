@@ -15,19 +15,26 @@ import time
 import numpy as np
 import pandas as pd
 
+from ..core import format_summary
+from ..core.claims import RULES
 from ..core.data import count_cascades
 from ..core.evaluate import accuracy_cells, baseline_rates, evaluate
+from ..core.format_study import CLAIMS, FORMATS, FormatConfig, format_study, main_rows
 from ..core.models import load_model
 from ..core.organism import ORGANISM_NAME, OrganismRecipe, ensure_organism, organism_dir, training_info
 from ..core.problem_sets import heldout_addition_problems, last_positions, problem_set
 from ..core.shipped import shipped
 from ..core.stats import accuracy_by, fmt_interval, proportion, seed_spread
+from ..views.narrative import and_list
+from ..views.quiet import quiet
 from . import preflight
 from .base import (
     ModelParams,
     difficulties_field,
     is_int,
+    is_str,
     list_of,
+    one_of,
     operators_field,
     param,
     prompt_format_field,
@@ -56,6 +63,26 @@ class Params(ModelParams):
     organism_seeds: tuple[int, ...] = param((0, 1, 2), list_of(is_int(0, 2**31 - 1), min_len=0, max_len=10),
                                             "a list of up to 10 organism training seeds ([] for none)",
                                             "organisms trained with these seeds repeat the headline numbers (organism only)")
+    real_models: tuple[str, ...] = param(("smollm2-135m-instruct", "gemma-3-270m"), list_of(is_str, min_len=0, max_len=4),
+                                         "a list of up to 4 model names ([] for none)",
+                                         "pretrained models scored on the same problems in every prompt format")
+    real_formats: tuple[str, ...] = param(FORMATS, list_of(one_of(*FORMATS)), f"a non-empty list drawn from {list(FORMATS)}",
+                                          "prompt formats for the pretrained models (few-shot, when present, is the headline)")
+    real_n_per_cell: int = param(200, is_int(1, 10_000), "an integer in 1..10000",
+                                 "problems per cell in the headline format (1x1 cells hold at most 100)")
+    real_n_shared: int = param(100, is_int(1, 10_000), "an integer in 1..10000, at most real_n_per_cell",
+                               "problems per cell, the first of the headline ones, in the other formats and extra pools")
+    shots: int = param(3, is_int(1, 20), "an integer in 1..20", "worked examples per few-shot prompt")
+    pool_seeds: tuple[int, ...] = param((0, 1, 2), list_of(is_int(0, 2**31 - 1), min_len=1, max_len=5),
+                                        "a list of 1 to 5 distinct seeds",
+                                        "pools of worked examples: the first makes the main table, the others repeat 1x1 and 2x2")
+    real_workers: int = param(2, is_int(1, 8), "an integer in 1..8", "processes scoring the pretrained models, one model each")
+
+    def check(self) -> None:
+        if self.real_n_shared > self.real_n_per_cell:
+            self.fail("real_n_shared", f"must be at most real_n_per_cell ({self.real_n_per_cell})")
+        if len(set(self.pool_seeds)) != len(self.pool_seeds):
+            self.fail("pool_seeds", "must be distinct")
 
 
 @dataclasses.dataclass
@@ -67,6 +94,8 @@ class Result:
     positions: dict  # organism: last trained position, last position the longer operands need
     model_note: str
     timings: dict
+    real: pd.DataFrame  # pretrained models: one row per (model, format, pool, problem); empty when none ran
+    real_config: FormatConfig | None
 
 
 def kinds_table(results: pd.DataFrame) -> pd.DataFrame:
@@ -93,6 +122,22 @@ def check(params: Params) -> None:
     cache, and that every prompt plus its answer fits the model's context."""
     spec = preflight.model(params, "model")
     preflight.fits_context(spec, params.operators, params.difficulties, params.prompt_format, chapter=CHAPTER)
+    for name in params.real_models:
+        real = preflight.model(params, "real_models", name)
+        for fmt in ("bare", "qa"):
+            preflight.fits_context(real, params.operators, params.difficulties, fmt, field="real_models", chapter=CHAPTER)
+
+
+def real_config(params: Params) -> FormatConfig | None:
+    """The format study of the pretrained models, on the chapter's operators and difficulties."""
+    if not params.real_models:
+        return None
+    pool_cells = tuple(d for d in ("1x1", "2x2") if d in params.difficulties) or params.difficulties[:1]
+    return FormatConfig(models=params.real_models, formats=params.real_formats, operators=params.operators,
+                        difficulties=params.difficulties, n_per_cell=params.real_n_per_cell, n_shared=params.real_n_shared,
+                        headline="fewshot" if "fewshot" in params.real_formats else params.real_formats[0], shots=params.shots,
+                        pool_seeds=params.pool_seeds, pool_difficulties=pool_cells, seed=params.seed,
+                        batch_size=min(params.batch_size, 256), device=params.device, workers=params.real_workers)
 
 
 def run(params: Params) -> Result:
@@ -106,7 +151,14 @@ def run(params: Params) -> Result:
         seeds = seed_table(params, results, heldout)
         positions = last_positions(results, OrganismRecipe())
     note = model_note(params.model, model, heldout)
-    return Result(params, results, heldout, seeds, positions, note, {"run_seconds": round(time.perf_counter() - start, 2)})
+    timings = {"run_seconds": round(time.perf_counter() - start, 2)}
+    del model
+    config, real = real_config(params), pd.DataFrame()
+    if config is not None:
+        start = time.perf_counter()
+        real = format_study(config, setup=quiet)
+        timings["real_seconds"] = round(time.perf_counter() - start, 2)
+    return Result(params, results, heldout, seeds, positions, note, timings, real, config)
 
 
 def seed_table(params: Params, seed0_results: pd.DataFrame, seed0_heldout: pd.DataFrame) -> pd.DataFrame:
@@ -218,7 +270,54 @@ def findings(result: Result) -> dict:
         if len(result.seeds) > 1 else
         "Only one organism was run (parameter organism_seeds), so this run reports no seed-to-seed spread."
     )
+    out.update(real_findings(result))
     return out
+
+
+REAL_KEYS = ("real_models_text", "real_design_text", "real_headline_format", "real_headline_text", "real_bare_text", "real_qa_text",
+             "real_pool_text", "real_carry_text", "real_order_text", "real_first_error_text", "real_top_error_text")
+
+
+def real_findings(result: Result) -> dict:
+    """The pretrained models' numbers, each sentence naming its model and format."""
+    real, config = result.real, result.real_config
+    out = {f"claim_{k}": v for k, v in format_summary.verdicts(real).items()} if len(real) else {}
+    if config is None or not len(real):
+        none = "Not measured: this run scored no pretrained model (parameter real_models)."
+        return {**{key: none for key in REAL_KEYS}, "real_headline_format": "few-shot", **_no_claims()}
+    head, names = config.headline, format_summary.FORMAT_NAMES
+    n_cells = main_rows(real).groupby(["model", "format", "op", "difficulty"]).size()
+    provenance = [shipped(m).provenance if shipped(m) else f"{m} (not a shipped model)" for m in config.models]
+    others = [names[f] for f in config.formats if f != head]
+    out.update({
+        "real_models_text": "; ".join(provenance),
+        "real_design_text": (f"Every format asks the same problems. The {names[head]} format, the headline, has {config.n_per_cell} problems "
+                             f"per cell, or every pair where a cell has fewer (n from {n_cells.min()} to {n_cells.max()})"
+                             + (f"; {and_list(others)} ask the first {config.n_shared} of each cell" if others else "")
+                             + (f". The worked examples ({config.shots} per prompt) come from problems outside the test set, drawn with "
+                                f"seed {config.pool_seeds[0]}" if "fewshot" in config.formats else "") + "."),
+        "real_headline_format": names[head],
+        "real_headline_text": format_summary.headline(real, head),
+        "real_bare_text": _versus(real, config, "bare"),
+        "real_qa_text": _versus(real, config, "qa"),
+        "real_pool_text": format_summary.pool_spread(real),
+        "real_carry_text": format_summary.carries(real, head),
+        "real_order_text": format_summary.order(real, head),
+        "real_first_error_text": format_summary.first_error(real, head),
+        "real_top_error_text": format_summary.top_errors(real, head),
+    })
+    return out
+
+
+def _versus(real: pd.DataFrame, config: FormatConfig, other: str) -> str:
+    if other == config.headline or other not in config.formats:
+        return f"Not measured: the {format_summary.FORMAT_NAMES[other]} format was not run beside the headline format."
+    return format_summary.format_effect(real, config.headline, other)
+
+
+def _no_claims() -> dict:
+    out = {f"claim_{key}_{v}": "not measured" for key in CLAIMS for v in ("holds", "false", "unclear")}
+    return out | {f"claim_rule_{key}": RULES[key] for key in CLAIMS}
 
 
 def operand_order(held: pd.DataFrame) -> pd.DataFrame:

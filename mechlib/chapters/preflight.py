@@ -18,9 +18,10 @@ from ..core.organism import ORGANISM_NAME
 from .base import ParamError
 
 
-def model(params, field: str = "model") -> ModelSpec:
-    """The model's spec (no weights), with the device and cache checked on the way."""
-    name = getattr(params, field)
+def model(params, field: str = "model", name: str | None = None) -> ModelSpec:
+    """The model's spec (no weights), with the device and cache checked on the way;
+    ``name`` is one entry of a list-valued ``field``."""
+    name = getattr(params, field) if name is None else name
     chapter = params.chapter
     try:
         resolve_device(params.device)

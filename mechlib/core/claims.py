@@ -29,6 +29,16 @@ COPY_CLASSES = ("copies_operand", "echoes_expression")
 WELL_FORMED = 0.8
 RARELY_RIGHT = 0.2
 NOT_A_NUMBER = ("empty", "echoes_expression", "format_only")
+RULES = {
+    "no_multi_digit": (f"holds for an operator when every multi-digit cell ({', '.join(MULTI_DIGIT)}) has a 95% upper bound "
+                       f"below {NEAR_ZERO:.0%}; false when any has a lower bound above {NEAR_ZERO:.0%}; overall false if false "
+                       "for any operator"),
+    "copies_numbers": (f"holds when the share of wrong answers that copy an operand or restate the problem has a 95% lower "
+                       f"bound above {MOST:.0%}; false when its upper bound is below {MOST:.0%}"),
+    "formats_not_answers": (f"holds when the well-formed rate's 95% lower bound is above {WELL_FORMED:.0%} and the accuracy's "
+                            f"upper bound is below {RARELY_RIGHT:.0%}; false when the well-formed rate's upper bound is below "
+                            f"{WELL_FORMED:.0%} or the accuracy's lower bound is above {RARELY_RIGHT:.0%}"),
+}
 
 
 def _verdict(lo: float, hi: float, threshold: float, holds_below: bool) -> str:
@@ -55,9 +65,7 @@ def no_multi_digit(results: pd.DataFrame) -> dict:
                      **{f"hi_{d}": s["hi"] for d, s in cells}, **{f"n_{d}": s["n"] for d, s in cells}})
     table = pd.DataFrame(rows)
     overall = "false" if (table.verdict == "false").any() else "holds" if (table.verdict == "holds").all() else "unclear"
-    rule = (f"holds for an operator when every multi-digit cell ({', '.join(MULTI_DIGIT)}) has a 95% upper bound below "
-            f"{NEAR_ZERO:.0%}; false when any has a lower bound above {NEAR_ZERO:.0%}; overall false if false for any operator")
-    return {"verdict": overall, "by_op": table, "rule": rule}
+    return {"verdict": overall, "by_op": table, "rule": RULES["no_multi_digit"]}
 
 
 def copy_chance(a: int, b: int, pred: int) -> float:
@@ -78,10 +86,8 @@ def copies_numbers(results: pd.DataFrame) -> dict:
     numbered = wrong[wrong.pred.notna()]
     chance = float(np.mean([copy_chance(int(a), int(b), int(p)) for a, b, p in zip(numbered.a, numbered.b, numbered.pred)])) \
         if len(numbered) else float("nan")
-    rule = (f"holds when the share of wrong answers that copy an operand or restate the problem has a 95% lower bound "
-            f"above {MOST:.0%}; false when its upper bound is below {MOST:.0%}")
     return {"verdict": _verdict(stat["lo"], stat["hi"], MOST, holds_below=False) if stat["n"] else "unclear",
-            "share": stat["p"], "lo": stat["lo"], "hi": stat["hi"], "n_wrong": stat["n"], "chance": chance, "rule": rule}
+            "share": stat["p"], "lo": stat["lo"], "hi": stat["hi"], "n_wrong": stat["n"], "chance": chance, "rule": RULES["copies_numbers"]}
 
 
 def formats_not_answers(results: pd.DataFrame) -> dict:
@@ -96,8 +102,5 @@ def formats_not_answers(results: pd.DataFrame) -> dict:
         verdict = "false"
     else:
         verdict = "unclear"
-    rule = (f"holds when the well-formed rate's 95% lower bound is above {WELL_FORMED:.0%} and the accuracy's upper bound "
-            f"is below {RARELY_RIGHT:.0%}; false when the well-formed rate's upper bound is below {WELL_FORMED:.0%} or the "
-            f"accuracy's lower bound is above {RARELY_RIGHT:.0%}")
     return {"verdict": verdict, "well_formed": formed["p"], "formed_lo": formed["lo"], "formed_hi": formed["hi"],
-            "accuracy": right["p"], "acc_lo": right["lo"], "acc_hi": right["hi"], "n": right["n"], "rule": rule}
+            "accuracy": right["p"], "acc_lo": right["lo"], "acc_hi": right["hi"], "n": right["n"], "rule": RULES["formats_not_answers"]}

@@ -12,6 +12,9 @@ models compare paired, problem by problem:
 from __future__ import annotations
 
 import dataclasses
+import multiprocessing
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 
 import pandas as pd
 from datasets import Dataset
@@ -32,17 +35,27 @@ CLAIMS = {
 
 @dataclasses.dataclass(frozen=True)
 class FormatConfig:
-    """Which models, formats and problems; checked on construction."""
+    """Which models, formats and problems; checked on construction.
+
+    The headline format is scored on ``n_per_cell`` problems per cell; the other formats, and
+    the headline format again with each extra pool of worked examples (``pool_seeds[1:]``,
+    on ``pool_difficulties`` only), on the first ``n_shared`` of them, so every comparison
+    between formats or pools is on the same problems."""
 
     models: tuple[str, ...]
     formats: tuple[str, ...] = FORMATS
     operators: tuple[str, ...] = OPERATORS
     difficulties: tuple[str, ...] = ("1x1", "1x2", "2x2", "3x3")
     n_per_cell: int = 200
+    n_shared: int = 100
+    headline: str = "fewshot"
     shots: int = 3
+    pool_seeds: tuple[int, ...] = (0,)
+    pool_difficulties: tuple[str, ...] = ("1x1", "2x2")
     seed: int = 0
     batch_size: int = 256
     device: str = "cpu"
+    workers: int = 1
 
     def __post_init__(self):
         if not self.models:
@@ -50,10 +63,18 @@ class FormatConfig:
         bad = [f for f in self.formats if f not in FORMATS]
         if bad or not self.formats:
             raise ValueError(f"formats {list(self.formats)}: each must be one of {list(FORMATS)}")
-        for d in self.difficulties:
+        if self.headline not in self.formats:
+            raise ValueError(f"headline {self.headline!r} must be one of the formats {list(self.formats)}")
+        for d in (*self.difficulties, *self.pool_difficulties):
             parse_difficulty(d)
         if not isinstance(self.shots, int) or not 1 <= self.shots <= 20:
             raise ValueError(f"shots must be an integer in 1..20 (worked examples per prompt), got {self.shots!r}")
+        if not 1 <= self.n_shared <= self.n_per_cell:
+            raise ValueError(f"n_shared = {self.n_shared} must be in 1..n_per_cell ({self.n_per_cell})")
+        if not self.pool_seeds or len(set(self.pool_seeds)) != len(self.pool_seeds):
+            raise ValueError(f"pool_seeds {list(self.pool_seeds)} must be distinct and at least one")
+        if not isinstance(self.workers, int) or self.workers < 1:
+            raise ValueError(f"workers must be a positive integer (processes), got {self.workers!r}")
 
 
 def render(problems: pd.DataFrame, fmt: str, shots: int, seed: int) -> pd.DataFrame:
@@ -66,28 +87,93 @@ def render(problems: pd.DataFrame, fmt: str, shots: int, seed: int) -> pd.DataFr
     return out.assign(format=fmt)
 
 
-def format_study(config: FormatConfig) -> pd.DataFrame:
-    """One row per (model, format, problem): the problem, the answer and its class."""
+def problems_for(config: FormatConfig) -> pd.DataFrame:
+    """The problems, each with ``item`` (its number in the table) and ``shared`` (among the
+    first ``n_shared`` of its cell, which every format and pool scores)."""
     problems = make_problems(list(config.operators), list(config.difficulties), config.n_per_cell, "bare", config.seed).to_pandas()
-    parts = []
+    rank = problems.groupby(["op", "difficulty"], sort=False).cumcount()
+    return problems.assign(item=range(len(problems)), shared=rank < config.n_shared)
+
+
+def jobs(config: FormatConfig) -> list[tuple[str, str, int]]:
+    """(model, format, pool seed) to score; the pool is -1 for formats without examples."""
+    out = []
     for name in config.models:
-        model, _ = load_model(name, device=config.device)
         for fmt in config.formats:
-            scored = evaluate(model, render(problems, fmt, config.shots, config.seed), batch_size=config.batch_size)
-            parts.append(scored.assign(model=name))
-        del model
-    return pd.concat(parts, ignore_index=True)
+            pools = config.pool_seeds if fmt == "fewshot" else (-1,)
+            out += [(name, fmt, pool) for pool in pools]
+    return out
+
+
+def score_job(config: FormatConfig, job: tuple[str, str, int], problems: pd.DataFrame, model=None) -> pd.DataFrame:
+    """One model, format and pool: its problems scored, with ``main`` marking the rows of the
+    main table (the first pool, or a format without examples)."""
+    name, fmt, pool = job
+    main = pool in (-1, config.pool_seeds[0])
+    chosen = problems if fmt == config.headline and main else problems[problems.shared]
+    if not main:
+        chosen = chosen[chosen.difficulty.isin(config.pool_difficulties)]
+    if model is None:
+        model, _ = load_model(name, device=config.device)
+    scored = evaluate(model, render(chosen, fmt, config.shots, max(pool, 0)), batch_size=config.batch_size)
+    return scored.assign(model=name, pool=pool, main=main)
+
+
+def _score_model(config: FormatConfig, name: str, problems: pd.DataFrame, setup) -> list[pd.DataFrame]:
+    if setup is not None:
+        setup()
+    model, _ = load_model(name, device=config.device)
+    return [score_job(config, job, problems, model) for job in jobs(config) if job[0] == name]
+
+
+def format_study(config: FormatConfig, setup: Callable[[], None] | None = None) -> pd.DataFrame:
+    """One row per (model, format, pool, problem): the problem, the answer and its class.
+    With ``workers`` > 1 the models run in parallel spawned processes (one model each;
+    ``setup`` runs first in each); the rows are the same either way."""
+    problems = problems_for(config)
+    if config.workers > 1 and len(config.models) > 1:
+        with ProcessPoolExecutor(min(config.workers, len(config.models)), mp_context=multiprocessing.get_context("spawn")) as pool:
+            parts = pool.map(_score_model, *zip(*[(config, name, problems, setup) for name in config.models]))
+            frames = [frame for part in parts for frame in part]
+    else:
+        frames = [frame for name in config.models for frame in _score_model(config, name, problems, None)]
+    return pd.concat(frames, ignore_index=True)
+
+
+def main_rows(results: pd.DataFrame) -> pd.DataFrame:
+    """The main table: the headline format on all its problems, the others on theirs."""
+    return results[results["main"]]
+
+
+def shared_rows(results: pd.DataFrame) -> pd.DataFrame:
+    """The main table restricted to the problems every format scored (paired comparisons)."""
+    return results[results["main"] & results["shared"]]
+
+
+def pool_table(results: pd.DataFrame) -> pd.DataFrame:
+    """Accuracy per model, cell and pool of worked examples, on the problems every pool
+    scored, with n and the Wilson 95% interval."""
+    extra = results[~results["main"]]
+    if not len(extra):
+        return pd.DataFrame(columns=["model", "op", "difficulty", "pool", "n", "k", "accuracy", "lo", "hi"])
+    cells = set(zip(extra.model, extra.format, extra.op, extra.difficulty))
+    first = shared_rows(results)
+    first = first[[c in cells for c in zip(first.model, first.format, first.op, first.difficulty)]]
+    rows = pd.concat([first, extra], ignore_index=True)
+    return accuracy_cells(rows, ["model", "op", "difficulty", "pool"])
 
 
 def cell_table(results: pd.DataFrame) -> pd.DataFrame:
-    """Exact match with n and Wilson 95% interval per model, format, operator, difficulty."""
+    """Exact match with n and Wilson 95% interval per model, format, operator, difficulty
+    (pass :func:`main_rows` or :func:`shared_rows`)."""
     return accuracy_cells(results, ["model", "format", "op", "difficulty"], orders={"format": FORMATS})
 
 
 def claim_table(results: pd.DataFrame) -> pd.DataFrame:
-    """One row per (model, format, claim): the verdict, the numbers behind it, the rule."""
+    """One row per (model, format, claim) of the main table: the verdict, the numbers behind
+    it, the rule."""
     rows = []
-    for (name, fmt), group in results.groupby(["model", "format"], sort=False):
+    for (name, fmt), group in main_rows(results).groupby(["model", "format"], sort=False):
         multi = claims.no_multi_digit(group)
         copies = claims.copies_numbers(group)
         formats = claims.formats_not_answers(group[group.difficulty.isin(claims.MULTI_DIGIT)])

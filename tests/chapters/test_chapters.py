@@ -63,7 +63,7 @@ def test_every_chapter_executes_on_the_tiny_set_and_fills_its_glue(chapter, tiny
 # GPT-2 parameter sets with every size made tiny (the rest is params/gpt2-small.yaml). Chapter 4's
 # pretrained SAELens base needs the Hub, so it trains its base here.
 TINY_GPT2 = {
-    "01_baseline": {"n_per_cell": 4},
+    "01_baseline": {"n_per_cell": 4, "real_n_per_cell": 3, "real_n_shared": 2, "pool_seeds": [0, 1], "real_workers": 1},
     "02_layers": {"n_per_cell": 3, "difficulties": ["1x1", "2x2"], "max_new_tokens": 6},
     "03_finetune": {"steps": 4, "lora_batch_size": 8, "eval_every": 2, "finetuned_name": "tiny-gpt2-lora-mul"},
     "04_sae_delta": {"finetuned": "tiny-gpt2-lora-mul", "ranks": [], "base_source": "train", "base_width": 64, "base_k": 8,
@@ -86,7 +86,8 @@ def gpt2_results(gpt2_shaped_dir, tmp_path_factory):
     with cache_at(tmp_path_factory.mktemp("gpt2-cache")):
         for chapter in chapters.names():
             mod = chapters.module(chapter)
-            params = mod.Params.from_set("gpt2-small", {**TINY_GPT2[chapter], "model": str(gpt2_shaped_dir), "device": "cpu"})
+            shaped = {"model": str(gpt2_shaped_dir), "device": "cpu"} | ({"real_models": [str(gpt2_shaped_dir)]} if chapter == "01_baseline" else {})
+            params = mod.Params.from_set("gpt2-small", {**TINY_GPT2[chapter], **shaped})
             result = mod.run(params)
             out[chapter] = (params, result, mod.findings(result))
         yield out
@@ -122,7 +123,7 @@ def test_gpt2_baseline_scores_bpe_answers(gpt2_results):
 # random models of the same family with the real tokenizers: SmolLM2's and Gemma 3's code paths
 # (grouped-query attention, digit-split answers, BOS or none, Gemma's 262,144-token vocabulary).
 TINY_REAL = {
-    "01_baseline": {"n_per_cell": 4},
+    "01_baseline": {"n_per_cell": 4, "real_n_per_cell": 3, "real_n_shared": 2, "pool_seeds": [0, 1]},
     "02_layers": {"n_per_cell": 3, "difficulties": ["1x1"], "corruptions": ["none", "skip:*", "skip_first:2", "repeat:1x2", "ablate:mlp0:mean"],
                   "generation_corruptions": ["none", "skip:0"], "max_new_tokens": 4},
     "03_finetune": {"steps": 4, "lora_batch_size": 8, "eval_every": 2},
@@ -142,6 +143,7 @@ def real_set_results(request, llama_shaped_dir, gemma_shaped_dir, tmp_path_facto
         for chapter in covered if request.param == "smollm2" else covered[:2]:
             mod = chapters.module(chapter)
             extra = {"finetuned_name": f"tiny-{request.param}-lora-mul"} if chapter == "03_finetune" else {}
+            extra |= {"real_models": [str(shaped)]} if chapter == "01_baseline" else {}
             params = mod.Params.from_set(request.param, {**TINY_REAL[chapter], **extra, "model": str(shaped), "device": "cpu"})
             result = mod.run(params)
             out[chapter] = (params, result, mod.findings(result))
@@ -157,6 +159,8 @@ def test_real_model_sets_run_on_shaped_models_and_fill_their_glue(real_set_resul
         assert not missing, f"{name} {chapter}: findings lack {sorted(missing)}"
     res = out["01_baseline"][1].results
     assert (res["kind"] == "pretrained").all() and len(res) == out["01_baseline"][2]["n_problems"] > 0
+    real = out["01_baseline"][1].real
+    assert set(real.format) == {"bare", "fewshot", "qa"} and set(real.model) == {out["01_baseline"][0].real_models[0]}
     if "02_layers" in out:
         lens = out["02_layers"][1].lens
         assert len(lens) and lens["p_first"].between(0, 1).all()

@@ -45,6 +45,10 @@ def _valid_with(chapter, name, value):
         extra["base_k"] = 1
     if name == "alphas":
         value = [0, 1, *value]
+    if name == "real_n_per_cell":
+        extra["real_n_shared"] = 1
+    if name == "real_n_shared":
+        extra["real_n_per_cell"] = min(max(value, 1), 10_000)
     return {name: value, **extra}
 
 
@@ -92,6 +96,10 @@ def test_cross_field_rules():
         chapters.params("03_finetune", overrides={"operators": ["-"], "replay_operators": ["-"]})
     with pytest.raises(ParamError, match="'corruptions'.*skip:x"):
         chapters.params("02_layers", overrides={"corruptions": ["none", "skip:x"]})
+    with pytest.raises(ParamError, match="'real_n_shared' = 300: must be at most real_n_per_cell"):
+        chapters.params("01_baseline", overrides={"real_n_per_cell": 200, "real_n_shared": 300})
+    with pytest.raises(ParamError, match="'pool_seeds'.*distinct"):
+        chapters.params("01_baseline", overrides={"pool_seeds": [0, 0]})
 
 
 @pytest.mark.parametrize("param_set", known_param_sets())
