@@ -69,7 +69,8 @@ def first_wrong_place(answer: int, pred: int) -> str | None:
 
 def first_error_table(results: pd.DataFrame, by: Sequence[str] = ()) -> pd.DataFrame:
     """Among wrong answers that are a number of the answer's sign: the share whose first
-    (highest) wrong digit is at each place, per operator, with n = those answers."""
+    (highest) wrong digit is at each place, per group of ``by`` and operator, with n = those
+    answers (pass ``by=["difficulty"]`` to keep answer lengths apart)."""
     wrong = results[~results.correct & results.pred.notna()]
     places = [first_wrong_place(int(a), int(p)) for a, p in zip(wrong.answer, wrong.pred)]
     wrong = wrong.assign(place=places).dropna(subset=["place"])

@@ -53,7 +53,7 @@ def format_effect(results: pd.DataFrame, fmt: str, against: str) -> str:
             continue
         sa, sb, test = proportion(a.correct), proportion(b.correct), mcnemar(a.correct.values, b.correct.values)
         parts.append(f"{title(name)}: {FORMAT_NAMES[fmt]} {fmt_interval(sa['p'], sa['lo'], sa['hi'])} against {FORMAT_NAMES[against]} "
-                     f"{fmt_interval(sb['p'], sb['lo'], sb['hi'])} on the same {sa['n']} problems (right in {FORMAT_NAMES[fmt]} only: "
+                     f"{fmt_interval(sb['p'], sb['lo'], sb['hi'])} on the same {sa['n']:,} problems (right in {FORMAT_NAMES[fmt]} only: "
                      f"{test['a_only']}, in {FORMAT_NAMES[against]} only: {test['b_only']}; McNemar p = {test['p']:.2g})")
     return _join(parts, "Not measured: the two formats were not both run.")
 
@@ -62,13 +62,16 @@ def pool_spread(results: pd.DataFrame) -> str:
     """Per model, the cell whose accuracy moves most between pools of worked examples."""
     table = pool_table(results)
     parts = []
-    for name, group in table.groupby("model", sort=False):
-        ranges = group.groupby(["op", "difficulty"], sort=False)["accuracy"].agg(["min", "max", "size"])
-        op, difficulty = (ranges["max"] - ranges["min"]).idxmax()
+    for name in dict.fromkeys(results.model):
+        group = table[table.model == name]
+        if not len(group):
+            continue
+        ranges = group.groupby(["op", "difficulty"], sort=False).agg(lo=("accuracy", "min"), hi=("accuracy", "max"),
+                                                                     pools=("pool", "size"), n=("n", "first"))
+        op, difficulty = (ranges["hi"] - ranges["lo"]).idxmax()
         row = ranges.loc[(op, difficulty)]
-        n = int(group.n.iloc[0])
-        parts.append(f"{title(name)}: {OP_NAMES[op]} {difficulty} from {row['min']:.1%} to {row['max']:.1%} over {int(row['size'])} pools "
-                     f"(n = {n} problems each)")
+        parts.append(f"{title(name)}: {OP_NAMES[op]} {difficulty} from {row['lo']:.1%} to {row['hi']:.1%} over {int(row['pools'])} pools "
+                     f"(n = {int(row['n'])} problems each)")
     return _join(parts, "Only one pool of worked examples was run, so no spread between pools is measured.")
 
 
@@ -117,15 +120,16 @@ def order(results: pd.DataFrame, fmt: str) -> str:
     return _join(parts, "No 1x2 problems were run.")
 
 
-def first_error(results: pd.DataFrame, fmt: str) -> str:
-    """Per model, where the first wrong digit most often sits among wrong numeric answers."""
+def first_error(results: pd.DataFrame, fmt: str, difficulty: str = "2x2") -> str:
+    """Per model and operator, where the first wrong digit most often sits among wrong
+    numeric answers at ``difficulty``."""
     main = main_rows(results)
     parts = []
-    for name, group in main[main.format == fmt].groupby("model", sort=False):
+    for name, group in main[(main.format == fmt) & (main.difficulty == difficulty)].groupby("model", sort=False):
         table = failures.first_error_table(group)
         for op, by_op in table.groupby("op", sort=False):
             top = by_op.sort_values("share", ascending=False).iloc[0]
-            parts.append(f"{title(name)}, {OP_NAMES[op]}: {top.place} ({top.share:.0%} of {int(top.n)})")
+            parts.append(f"{title(name)}, {difficulty} {OP_NAMES[op]}: {top.place} ({top.share:.0%} of {int(top.n)})")
     return _join(parts, "No wrong numeric answers to place.")
 
 
