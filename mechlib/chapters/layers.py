@@ -10,6 +10,7 @@ from collections.abc import Sequence
 import pandas as pd
 from tqdm import tqdm
 
+from ..core import layer_study
 from ..core.evaluate import answer_scores, encode_targets, evaluate, first_digit_offsets, greedy_decode
 from ..core.interventions import DEPTH_UNKNOWN, SPEC_HELP, Corruption, activation_stats, corrupted, logit_lens, mean_activations, parse_corruptions
 from ..core.models import load_model
@@ -17,6 +18,7 @@ from ..core.organism import ORGANISM_NAME, OrganismRecipe, ensure_organism
 from ..core.problem_sets import problem_set
 from ..core.stats import accuracy_by, fmt_interval, mcnemar, seed_spread
 from ..views.plots import number_text
+from ..views.quiet import quiet
 from . import preflight
 from .base import (
     ModelParams,
@@ -54,6 +56,10 @@ DEFAULT_CORRUPTIONS = (
 )
 
 
+SPEAK_PROMPTS = ("The distance between Rome and Paris is approximately", "1 + 3 = 4\n4 + 5 = 9\n2 + 3 =",
+                 '{"name": "Alice", "age": 30, "city":', "Obama was elected in the year")
+
+
 @dataclasses.dataclass(frozen=True)
 class Params(ModelParams):
     chapter = CHAPTER
@@ -71,6 +77,18 @@ class Params(ModelParams):
     organism_seeds: tuple[int, ...] = param((0, 1, 2), list_of(is_int(0, 2**31 - 1), min_len=0, max_len=10),
                                             "a list of up to 10 organism training seeds ([] for none)",
                                             "organisms trained with these seeds repeat the sweep's headline numbers (organism only)")
+    real_models: tuple[str, ...] = param(("smollm2-135m-instruct", "gemma-3-270m"), list_of(is_str, min_len=0, max_len=4),
+                                         "a list of up to 4 model names ([] for none)",
+                                         "pretrained models broken layer by layer on the cells they do best")
+    real_operators: tuple[str, ...] = operators_field(("+", "*"))
+    real_difficulties: tuple[str, ...] = difficulties_field(("1x1",))
+    real_n_per_cell: int = param(50, is_int(1, 10_000), "an integer in 1..10000",
+                                 "problems per cell for the pretrained models (50 keeps both models' sweeps within minutes on 2 cores)")
+    shots: int = param(3, is_int(1, 20), "an integer in 1..20", "worked examples per few-shot prompt")
+    pool_seed: int = param(0, is_int(0, 2**31 - 1), "an integer in 0..2147483647", "the draw of worked examples")
+    speak_prompts: tuple[str, ...] = param(SPEAK_PROMPTS, list_of(is_str, min_len=0), "a list of prompt strings",
+                                           "prompts the pretrained models continue under corruptions")
+    real_workers: int = param(2, is_int(1, 8), "an integer in 1..8", "processes, one pretrained model each")
 
 
 @dataclasses.dataclass
@@ -86,6 +104,7 @@ class Result:
     seeds: pd.DataFrame  # organism: headline numbers per training seed
     base_rate: float  # top-1 accuracy of always predicting the most common first answer digit
     timings: dict
+    real: dict = dataclasses.field(default_factory=dict)  # pretrained models: layer_study tables, empty when none ran
 
 
 def check(params: Params) -> None:
@@ -104,6 +123,8 @@ def check(params: Params) -> None:
             if dupes:
                 params.fail(name, f"{dupes} are the same condition on a {spec.n_layers}-layer model; keep one of each")
     preflight.fits_context(spec, params.operators, params.difficulties, params.prompt_format, chapter=CHAPTER)
+    for name in params.real_models:
+        preflight.model(params, "real_models", name)
     if spec.n_ctx is not None:
         tok = spec.tokenizer()
         longest = max(params.generation_prompts, key=lambda p: len(tok(p, add_special_tokens=False)["input_ids"]))
@@ -124,6 +145,11 @@ def run(params: Params, progress: bool = False) -> Result:
     sweep_seconds = time.perf_counter() - start
     target_ids = encode_targets(lm, problems["target"].tolist())
     first = pd.Series([row[i] for row, i in zip(target_ids, first_digit_offsets(lm.tokenizer, target_ids))])  # the first answer digit
+    real = {}
+    if params.real_models:
+        start = time.perf_counter()
+        real = layer_study.layer_study(real_config(params), setup=quiet)
+        real_seconds = time.perf_counter() - start
     return Result(
         params=params,
         n_layers=lm.cfg.n_layers,
@@ -135,8 +161,17 @@ def run(params: Params, progress: bool = False) -> Result:
         generations=generations(lm, list(params.generation_prompts), speaking, params.max_new_tokens, problems["prompt"].tolist()),
         seeds=seed_table(params, conditions, results),
         base_rate=float(first.value_counts(normalize=True).iloc[0]),
-        timings={"sweep_seconds": round(sweep_seconds, 2)},
+        timings={"sweep_seconds": round(sweep_seconds, 2), **({"real_seconds": round(real_seconds, 2)} if real else {})},
+        real=real,
     )
+
+
+def real_config(params: Params) -> layer_study.LayerConfig:
+    """The pretrained models' part: few-shot prompts on the cells they do best."""
+    return layer_study.LayerConfig(models=params.real_models, operators=params.real_operators, difficulties=params.real_difficulties,
+                                   n_per_cell=params.real_n_per_cell, shots=params.shots, pool_seed=params.pool_seed, seed=params.seed,
+                                   speak_prompts=params.speak_prompts, max_new_tokens=params.max_new_tokens,
+                                   batch_size=min(params.batch_size, 256), device=params.device, workers=params.real_workers)
 
 
 def seed_table(params: Params, conditions, seed0: pd.DataFrame) -> pd.DataFrame:
@@ -203,6 +238,13 @@ def findings(result: Result) -> dict:
         "Only one organism was run (parameter organism_seeds), so this run reports no seed-to-seed spread."
     )
     out.update({f"stat_{k}_{int(r['layer'])}": v for r in result.stats.to_dict("records") for k, v in r.items() if k != "layer"})
+    if result.real:
+        out.update(layer_study.sentences(result.real))
+    else:
+        none = "not measured: this run broke no pretrained model (parameter real_models)"
+        out.update({k: none for k in ("layers_design_text", "layers_clean_text", "layers_needed_text", "layers_lens_text")})
+        out.update({f"layers_{key}_{v}": "not measured" for key in layer_study.CLAIMS for v in ("holds", "false", "unclear")})
+        out.update({f"layers_rule_{key}": rule for key, rule in layer_study.RULES.items()})
     return out
 
 

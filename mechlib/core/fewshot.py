@@ -9,6 +9,8 @@ examples, not the problems, move the accuracy.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 from datasets import Dataset
 
@@ -42,16 +44,18 @@ def draw_examples(op: str, difficulties, k: int, seed: int, exclude: set, prompt
     return [(int(r.a), op, int(r.b)) for r in picked[:k]]
 
 
-def with_examples(problems: Dataset, k: int, seed: int = 0) -> Dataset:
+def with_examples(problems: Dataset, k: int, seed: int = 0, difficulties: Sequence[str] | None = None) -> Dataset:
     """The problems with k worked examples of their operator before each prompt (column
     ``shots`` holds the block). Examples are drawn outside these problems, in the problems'
-    own prompt format."""
+    own prompt format, over ``difficulties`` (default: the problems' own; a cell whose every
+    pair is a test problem, as an exhaustive 1x1 cell, has none left to give)."""
     df = problems.to_pandas()
     exclude = {pair_key(a, op, b) for a, op, b in zip(df.a, df.op, df.b)}
     blocks = {}
     for op, group in df.groupby("op", sort=False):
         fmt = group.prompt_format.iloc[0]
-        blocks[op] = example_block(draw_examples(op, sorted(group.difficulty.unique()), k, seed, exclude, fmt), fmt)
+        cells = sorted(difficulties) if difficulties else sorted(group.difficulty.unique())
+        blocks[op] = example_block(draw_examples(op, cells, k, seed, exclude, fmt), fmt)
     df["shots"] = df.op.map(blocks)
     df["prompt"] = df.shots + df.prompt
     return Dataset.from_pandas(df, preserve_index=False)

@@ -77,13 +77,15 @@ class FormatConfig:
             raise ValueError(f"workers must be a positive integer (processes), got {self.workers!r}")
 
 
-def render(problems: pd.DataFrame, fmt: str, shots: int, seed: int) -> pd.DataFrame:
-    """The same problems in one format (``prompt``, ``target``, ``shots``, ``format``)."""
+def render(problems: pd.DataFrame, fmt: str, shots: int, seed: int, example_difficulties: tuple[str, ...] | None = None) -> pd.DataFrame:
+    """The same problems in one format (``prompt``, ``target``, ``shots``, ``format``); few-shot
+    examples are drawn outside all of ``problems``, over ``example_difficulties`` (default:
+    the problems' own)."""
     base = "qa" if fmt == "qa" else "bare"
     pairs = [format_prompt(a, op, b, base) for a, op, b in zip(problems.a, problems.op, problems.b)]
     out = problems.assign(prompt=[p for p, _ in pairs], target=[t for _, t in pairs], prompt_format=base)
     if fmt == "fewshot":
-        out = with_examples(Dataset.from_pandas(out, preserve_index=False), shots, seed).to_pandas()
+        out = with_examples(Dataset.from_pandas(out, preserve_index=False), shots, seed, example_difficulties).to_pandas()
     return out.assign(format=fmt)
 
 
@@ -110,12 +112,13 @@ def score_job(config: FormatConfig, job: tuple[str, str, int], problems: pd.Data
     main table (the first pool, or a format without examples)."""
     name, fmt, pool = job
     main = pool in (-1, config.pool_seeds[0])
-    chosen = problems if fmt == config.headline and main else problems[problems.shared]
+    rendered = render(problems, fmt, config.shots, max(pool, 0))  # examples drawn outside every test problem
+    chosen = rendered if fmt == config.headline and main else rendered[rendered.shared]
     if not main:
         chosen = chosen[chosen.difficulty.isin(config.pool_difficulties)]
     if model is None:
         model, _ = load_model(name, device=config.device)
-    scored = evaluate(model, render(chosen, fmt, config.shots, max(pool, 0)), batch_size=config.batch_size)
+    scored = evaluate(model, chosen.reset_index(drop=True), batch_size=config.batch_size)
     return scored.assign(model=name, pool=pool, main=main)
 
 

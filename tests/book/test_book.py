@@ -27,7 +27,8 @@ def test_vega_bundle_is_wrapped_and_sets_globals(tmp_path):
 
 def test_chapter_executes_glues_and_records(tiny_gpt2_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("MECHLIB_RUN_STORE", str(tmp_path / "runs"))
-    overrides = {"model": str(tiny_gpt2_dir), "device": "cpu", "operators": ["+"], "difficulties": ["1x1", "1x2"], "n_per_cell": 5}
+    overrides = {"model": str(tiny_gpt2_dir), "device": "cpu", "operators": ["+"], "difficulties": ["1x1", "1x2"], "n_per_cell": 5,
+                 "real_models": []}
     out = book.execute_chapter("01_baseline", "default", overrides, out_dir=tmp_path / "out")
     glued = book.glued_values(out)
     assert int(glued["n_problems"]) == 10

@@ -80,7 +80,7 @@ def test_bad_calls_are_tool_errors_and_the_server_keeps_serving(tmp_path, tiny_g
 
 @pytest.mark.slow
 def test_run_chapter_records_once_and_the_run_store_answers(tmp_path, tiny_gpt2_dir):
-    params = {"model": str(tiny_gpt2_dir), "device": "cpu", "operators": ["+"], "difficulties": ["1x1"], "n_per_cell": 3}
+    params = {"model": str(tiny_gpt2_dir), "device": "cpu", "operators": ["+"], "difficulties": ["1x1"], "n_per_cell": 3, "real_models": []}
 
     async def body(client):
         first = payload(await client.call_tool("run_chapter", {"chapter": "01_baseline", "params": params}))

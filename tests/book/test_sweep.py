@@ -18,7 +18,8 @@ def tiny_param_set(tmp_path, model_dir) -> Path:
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump({
         "common": {"model": str(model_dir), "device": "cpu", "seed": 0, "batch_size": 64},
-        "01_baseline": {"operators": ["+", "-"], "difficulties": ["1x1", "1x2"], "n_per_cell": 6, "prompt_format": "bare"},
+        "01_baseline": {"operators": ["+", "-"], "difficulties": ["1x1", "1x2"], "n_per_cell": 6, "prompt_format": "bare",
+                        "real_models": []},
     }))
     return path
 

@@ -10,6 +10,8 @@ import pytest
 
 from mechlib import chapters
 from mechlib.book import build, execute
+from mechlib.core import layer_study as layers_study
+from mechlib.core.interventions import parse_corruptions
 
 ROOT = Path(__file__).resolve().parents[2]
 GLUE = re.compile(r"\{glue:(?:text|md)\}`([^`:]+)")
@@ -64,7 +66,8 @@ def test_every_chapter_executes_on_the_tiny_set_and_fills_its_glue(chapter, tiny
 # pretrained SAELens base needs the Hub, so it trains its base here.
 TINY_GPT2 = {
     "01_baseline": {"n_per_cell": 4, "real_n_per_cell": 3, "real_n_shared": 2, "pool_seeds": [0, 1], "real_workers": 1},
-    "02_layers": {"n_per_cell": 3, "difficulties": ["1x1", "2x2"], "max_new_tokens": 6},
+    "02_layers": {"n_per_cell": 3, "difficulties": ["1x1", "2x2"], "max_new_tokens": 6, "real_n_per_cell": 2, "real_operators": ["+"],
+                  "speak_prompts": ["7+8="]},
     "03_finetune": {"steps": 4, "lora_batch_size": 8, "eval_every": 2, "finetuned_name": "tiny-gpt2-lora-mul"},
     "04_sae_delta": {"finetuned": "tiny-gpt2-lora-mul", "ranks": [], "base_source": "train", "base_width": 64, "base_k": 8,
                      "n_train_per_cell": 8, "n_val_per_cell": 4, "n_eval_per_cell": 4, "n_tokens": 200,
@@ -86,7 +89,8 @@ def gpt2_results(gpt2_shaped_dir, tmp_path_factory):
     with cache_at(tmp_path_factory.mktemp("gpt2-cache")):
         for chapter in chapters.names():
             mod = chapters.module(chapter)
-            shaped = {"model": str(gpt2_shaped_dir), "device": "cpu"} | ({"real_models": [str(gpt2_shaped_dir)]} if chapter == "01_baseline" else {})
+            real = chapter in ("01_baseline", "02_layers")
+            shaped = {"model": str(gpt2_shaped_dir), "device": "cpu"} | ({"real_models": [str(gpt2_shaped_dir)]} if real else {})
             params = mod.Params.from_set("gpt2-small", {**TINY_GPT2[chapter], **shaped})
             result = mod.run(params)
             out[chapter] = (params, result, mod.findings(result))
@@ -125,7 +129,8 @@ def test_gpt2_baseline_scores_bpe_answers(gpt2_results):
 TINY_REAL = {
     "01_baseline": {"n_per_cell": 4, "real_n_per_cell": 3, "real_n_shared": 2, "pool_seeds": [0, 1]},
     "02_layers": {"n_per_cell": 3, "difficulties": ["1x1"], "corruptions": ["none", "skip:*", "skip_first:2", "repeat:1x2", "ablate:mlp0:mean"],
-                  "generation_corruptions": ["none", "skip:0"], "max_new_tokens": 4},
+                  "generation_corruptions": ["none", "skip:0"], "max_new_tokens": 4, "real_n_per_cell": 2, "real_operators": ["+"],
+                  "speak_prompts": ["7+8="]},
     "03_finetune": {"steps": 4, "lora_batch_size": 8, "eval_every": 2},
 }
 
@@ -143,7 +148,7 @@ def real_set_results(request, llama_shaped_dir, gemma_shaped_dir, tmp_path_facto
         for chapter in covered if request.param == "smollm2" else covered[:2]:
             mod = chapters.module(chapter)
             extra = {"finetuned_name": f"tiny-{request.param}-lora-mul"} if chapter == "03_finetune" else {}
-            extra |= {"real_models": [str(shaped)]} if chapter == "01_baseline" else {}
+            extra |= {"real_models": [str(shaped)]} if chapter in ("01_baseline", "02_layers") else {}
             params = mod.Params.from_set(request.param, {**TINY_REAL[chapter], **extra, "model": str(shaped), "device": "cpu"})
             result = mod.run(params)
             out[chapter] = (params, result, mod.findings(result))
@@ -164,3 +169,6 @@ def test_real_model_sets_run_on_shaped_models_and_fill_their_glue(real_set_resul
     if "02_layers" in out:
         lens = out["02_layers"][1].lens
         assert len(lens) and lens["p_first"].between(0, 1).all()
+        real = out["02_layers"][1].real
+        depth = int(real["scores"].n_layers.iloc[0])
+        assert set(real["scores"].corruption) == {c.spec for c in parse_corruptions(layers_study.depth_specs(depth), depth)}

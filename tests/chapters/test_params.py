@@ -45,7 +45,7 @@ def _valid_with(chapter, name, value):
         extra["base_k"] = 1
     if name == "alphas":
         value = [0, 1, *value]
-    if name == "real_n_per_cell":
+    if name == "real_n_per_cell" and chapter == "01_baseline":
         extra["real_n_shared"] = 1
     if name == "real_n_shared":
         extra["real_n_per_cell"] = min(max(value, 1), 10_000)

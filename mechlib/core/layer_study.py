@@ -1,0 +1,268 @@
+"""Pretrained models broken layer by layer, on the cells they do best (few-shot prompts):
+teacher-forced scores under each corruption, the logit lens, what the model says with only
+its first layer, and the sources' three claims about layers as verdicts.
+
+Every corruption is scored teacher-forced on the same problems: ``tf_correct`` (every answer
+token is the argmax), the answer loss and p(first answer digit). That is one forward pass
+per batch, so a 30-layer model's per-layer sweep fits a CPU budget; greedy decoding would
+add the stop token's choice, which is not what a layer corruption is about.
+"""
+from __future__ import annotations
+
+import dataclasses
+import multiprocessing
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+
+import pandas as pd
+
+from .data import make_problems, parse_difficulty
+from .decode import greedy_decode
+from .evaluate import answer_scores, encode
+from .evaluate import greedy_decode as greedy_text
+from .format_study import render
+from .interventions import corrupted, logit_lens, mean_activations, parse_corruptions
+from .models import load_model
+from .stats import proportion
+
+# Claim thresholds (the page prints the rules).
+MOST = 0.5  # "layer 0 alone repeats the last token": most first tokens repeat it
+BROKEN = 0.05  # "removing the first layer breaks the model": accuracy credibly below this
+READABLE = 0.5  # the lens reads the answer at a layer whose top-1 lower bound exceeds this share of the last layer's
+RULES = {
+    "layer0_repeats": (f"holds when the share of problems whose first token, with layer 0 alone, is the prompt's last token has a "
+                       f"95% lower bound above {MOST:.0%}; false when its upper bound is below {MOST:.0%}"),
+    "first_layer_breaks": (f"holds when accuracy with layer 0 skipped has a 95% upper bound below {BROKEN:.0%}; false when its "
+                           f"lower bound is above {BROKEN:.0%}"),
+    "last_layer": (f"the logit lens reads the first answer digit of addition at the first layer whose top-1 accuracy has a 95% "
+                   f"lower bound above {READABLE:.0%} of the last layer's accuracy; the claim holds when that is the last layer, "
+                   "and is false when it is an earlier one"),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerConfig:
+    """Which models and problems; checked on construction."""
+
+    models: tuple[str, ...]
+    operators: tuple[str, ...] = ("+", "*")
+    difficulties: tuple[str, ...] = ("1x1",)
+    n_per_cell: int = 100
+    shots: int = 3
+    pool_seed: int = 0
+    seed: int = 0
+    speak_prompts: tuple[str, ...] = ()
+    max_new_tokens: int = 8
+    batch_size: int = 256
+    device: str = "cpu"
+    workers: int = 1
+
+    def __post_init__(self):
+        if not self.models:
+            raise ValueError("models must name at least one model")
+        for d in self.difficulties:
+            parse_difficulty(d)
+        if not isinstance(self.workers, int) or self.workers < 1:
+            raise ValueError(f"workers must be a positive integer (processes), got {self.workers!r}")
+
+
+def depth_specs(n_layers: int) -> list[str]:
+    """The corruptions for a model of this depth: each layer skipped, its attention and its
+    MLP mean-ablated; the first and last 2 and 4 layers skipped, the middle third skipped,
+    the middle layer repeated, the two middle layers swapped, and layer 0 alone."""
+    mid, third = n_layers // 2, n_layers // 3
+    swap = list(range(n_layers))
+    swap[mid - 1], swap[mid] = swap[mid], swap[mid - 1]
+    specs = ["none", "skip:*", "ablate:attn*:mean", "ablate:mlp*:mean"]
+    specs += [f"skip_first:{k}" for k in (2, 4) if k < n_layers] + [f"skip_last:{k}" for k in (2, 4) if k < n_layers]
+    if third >= 1 and 2 * third - 1 >= third:
+        specs.append(f"skip_range:{third}-{2 * third - 1}")
+    specs += [f"repeat:{mid}x2", "permute:" + ",".join(map(str, swap))]
+    if n_layers > 2:
+        specs.append(f"skip_range:1-{n_layers - 1}")
+    return specs
+
+
+def problems_for(config: LayerConfig) -> pd.DataFrame:
+    """The few-shot problems every corruption scores; the worked examples come from the
+    cells' difficulties and 1x2 and 2x2, outside the problems."""
+    problems = make_problems(list(config.operators), list(config.difficulties), config.n_per_cell, "bare", config.seed).to_pandas()
+    cells = tuple(dict.fromkeys((*config.difficulties, "1x2", "2x2")))  # an exhaustive 1x1 cell leaves no examples of its own
+    return render(problems, "fewshot", config.shots, config.pool_seed, cells).reset_index(drop=True)
+
+
+def study_model(config: LayerConfig, name: str, setup: Callable[[], None] | None = None) -> dict[str, pd.DataFrame]:
+    """One model: ``scores`` (one row per corruption and problem), ``lens`` (per problem and
+    layer), ``repeats`` (first token with layer 0 alone) and ``speech`` (generations)."""
+    if setup is not None:
+        setup()
+    model, _ = load_model(name, device=config.device)
+    n_layers = model.cfg.n_layers
+    problems = problems_for(config)
+    prompts, targets, groups = problems.prompt.tolist(), problems.target.tolist(), problems.shots.tolist()
+    conditions = parse_corruptions(depth_specs(n_layers), n_layers)
+    sites = sorted({(s, l) for c in conditions for s, l, mode in c.ablations if mode == "mean"})
+    means = mean_activations(model, prompts, sites, config.batch_size) if sites else {}
+    frames = []
+    for c in conditions:
+        with corrupted(model, c, means) as forward:
+            scores = answer_scores(model, prompts, targets, config.batch_size, forward=forward, groups=groups)
+        frames.append(scores.assign(corruption=c.spec, family=c.family, layer=c.layer, problem=range(len(problems)),
+                                    op=problems.op.values, difficulty=problems.difficulty.values))
+    lens = logit_lens(model, prompts, targets, config.batch_size)
+    lens = lens.assign(op=problems.op.values[lens.problem.values])
+    only0 = parse_corruptions([f"skip_range:1-{n_layers - 1}"], n_layers)[0] if n_layers > 2 else None
+    repeats = pd.DataFrame()
+    if only0 is not None:
+        ids = encode(model, prompts)
+        with corrupted(model, only0) as forward:
+            first = greedy_decode(model, ids, 1, frozenset(), config.batch_size, forward, groups=groups)
+        repeats = pd.DataFrame({"problem": range(len(ids)), "repeats": [len(f) > 0 and f[0] == p[-1] for f, p in zip(first, ids)]})
+    speech = speak(model, config, conditions, means)
+    out = {"scores": pd.concat(frames, ignore_index=True), "lens": lens, "repeats": repeats, "speech": speech}
+    return {key: frame.assign(model=name, n_layers=n_layers) for key, frame in out.items()}
+
+
+def speak(model, config: LayerConfig, conditions, means: dict) -> pd.DataFrame:
+    """Greedy continuations of the source prompts with the model intact, layer 0 alone,
+    layer 0 skipped, the last 2 layers skipped and the middle layer repeated."""
+    n_layers = model.cfg.n_layers
+    wanted = {"none", "skip:0", "skip_last:2", f"repeat:{n_layers // 2}x2", f"skip_range:1-{n_layers - 1}"}
+    rows = []
+    for c in conditions:
+        if c.spec in wanted and config.speak_prompts:
+            with corrupted(model, c, means) as forward:
+                texts = greedy_text(model, list(config.speak_prompts), config.max_new_tokens, forward=forward, stop_at_newline=False)
+            rows += [{"prompt": p, "corruption": c.spec, "continuation": t} for p, t in zip(config.speak_prompts, texts)]
+    return pd.DataFrame(rows, columns=["prompt", "corruption", "continuation"])
+
+
+def layer_study(config: LayerConfig, setup: Callable[[], None] | None = None) -> dict[str, pd.DataFrame]:
+    """Every model's tables, concatenated (a ``model`` column); with ``workers`` > 1 the
+    models run in parallel spawned processes, with the same rows."""
+    if config.workers > 1 and len(config.models) > 1:
+        with ProcessPoolExecutor(min(config.workers, len(config.models)), mp_context=multiprocessing.get_context("spawn")) as pool:
+            parts = list(pool.map(study_model, *zip(*[(config, name, setup) for name in config.models])))
+    else:
+        parts = [study_model(config, name) for name in config.models]
+    return {key: pd.concat([p[key] for p in parts], ignore_index=True) for key in parts[0]}
+
+
+def summary(scores: pd.DataFrame) -> pd.DataFrame:
+    """Per model and corruption: n, teacher-forced accuracy with its Wilson interval, mean
+    answer loss and p(first answer digit)."""
+    rows = []
+    for (name, spec), group in scores.groupby(["model", "corruption"], sort=False):
+        st = proportion(group.tf_correct)
+        rows.append({"model": name, "corruption": spec, "family": group.family.iloc[0], "layer": group.layer.iloc[0],
+                     "n_layers": int(group.n_layers.iloc[0]), "n": st["n"], "accuracy": st["p"], "lo": st["lo"], "hi": st["hi"],
+                     "answer_loss": float(group.answer_loss.mean()), "p_first": float(group.p_first.mean())})
+    return pd.DataFrame(rows)
+
+
+def lens_curve(lens: pd.DataFrame, op: str | None = None) -> pd.DataFrame:
+    """Per model and layer: the lens's top-1 accuracy on the first answer digit (Wilson
+    interval) and mean p(first digit); ``op`` keeps one operator."""
+    rows = lens if op is None else lens[lens.op == op]
+    out = []
+    for (name, layer), group in rows.groupby(["model", "layer"], sort=False):
+        st = proportion(group.top1_first)
+        out.append({"model": name, "layer": int(layer), "n": st["n"], "top1": st["p"], "lo": st["lo"], "hi": st["hi"],
+                    "p_first": float(group.p_first.mean())})
+    return pd.DataFrame(out)
+
+
+def _verdict(lo: float, hi: float, threshold: float, holds_below: bool) -> str:
+    if holds_below:
+        return "holds" if hi < threshold else "false" if lo > threshold else "unclear"
+    return "holds" if lo > threshold else "false" if hi < threshold else "unclear"
+
+
+def verdicts(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """Per model: the three claims' verdicts and the numbers behind them."""
+    rows = []
+    table = summary(tables["scores"])
+    for name in dict.fromkeys(tables["scores"].model):
+        repeats = tables["repeats"]
+        rep = repeats[repeats.model == name] if len(repeats) else repeats
+        if len(rep):
+            st = proportion(rep.repeats)
+            rows.append({"model": name, "claim": "layer0_repeats", "verdict": _verdict(st["lo"], st["hi"], MOST, holds_below=False),
+                         "evidence": f"{st['p']:.0%} [{st['lo']:.0%}, {st['hi']:.0%}] of {st['n']} first tokens repeat the last one"})
+        skip0 = table[(table.model == name) & (table.corruption == "skip:0")]
+        clean = table[(table.model == name) & (table.corruption == "none")]
+        if len(skip0) and len(clean):
+            s, c = skip0.iloc[0], clean.iloc[0]
+            rows.append({"model": name, "claim": "first_layer_breaks", "verdict": _verdict(s.lo, s.hi, BROKEN, holds_below=True),
+                         "evidence": f"layer 0 skipped: {s.accuracy:.1%} [{s.lo:.1%}, {s.hi:.1%}] (intact {c.accuracy:.1%}), "
+                                     f"answer loss {s.answer_loss:.2f} nats (intact {c.answer_loss:.2f}), n = {int(s.n)}"})
+        curve = lens_curve(tables["lens"][tables["lens"].model == name], "+")
+        if len(curve):
+            layer, n_layers = readable_layer(curve), int(tables["scores"][tables["scores"].model == name].n_layers.iloc[0])
+            verdict = "unclear" if layer is None else "holds" if layer == n_layers - 1 else "false"
+            where = "at no layer" if layer is None else f"from layer {layer} of {n_layers} (0-based)"
+            rows.append({"model": name, "claim": "last_layer", "verdict": verdict,
+                         "evidence": f"the lens reads the first digit of addition {where}; last layer top-1 {curve.top1.iloc[-1]:.0%}, "
+                                     f"n = {int(curve.n.iloc[-1])}"})
+    return pd.DataFrame(rows, columns=["model", "claim", "verdict", "evidence"])
+
+
+def readable_layer(curve: pd.DataFrame) -> int | None:
+    """The first layer whose top-1 lower bound exceeds READABLE x the last layer's top-1."""
+    last = curve.sort_values("layer").iloc[-1]
+    target = READABLE * last.top1
+    if target <= 0:
+        return None
+    hits = curve[(curve.layer >= 0) & (curve.lo > target)].sort_values("layer")
+    return int(hits.layer.iloc[0]) if len(hits) else None
+
+
+
+CLAIMS = {
+    "layer0_repeats": "layer 0 only repeats the last token",
+    "first_layer_breaks": "removing the first layer breaks the model completely",
+    "last_layer": "addition gets correct in the last layer",
+}
+
+
+def sentences(tables: dict[str, pd.DataFrame]) -> dict[str, str]:
+    """The glued text: per model the intact accuracy, the layers and blocks it needs most, the
+    lens's readable layer, and for each claim where it holds, is false or unclear."""
+    from .format_summary import title
+
+    table = summary(tables["scores"])
+    models = list(dict.fromkeys(table.model))
+    clean, needed, lens = [], [], []
+    for name in models:
+        rows = table[table.model == name]
+        c = rows[rows.corruption == "none"].iloc[0]
+        clean.append(f"{title(name)} {c.accuracy:.1%} [{c.lo:.1%}, {c.hi:.1%}] (answer loss {c.answer_loss:.2f} nats, n = {int(c.n)})")
+        worst = []
+        for family, what in (("skip", "skipping layer"), ("mean-ablate attn", "ablating the attention of layer"),
+                             ("mean-ablate mlp", "ablating the MLP of layer")):
+            per = rows[(rows.family == family) & rows.layer.notna()]
+            if len(per):
+                w = per.sort_values(["accuracy", "answer_loss"], ascending=[True, False]).iloc[0]
+                worst.append(f"{what} {int(w.layer)} ({w.accuracy:.1%} [{w.lo:.1%}, {w.hi:.1%}])")
+        needed.append(f"{title(name)}: " + ", ".join(worst))
+        for op, word in (("+", "addition"), ("*", "multiplication")):
+            curve = lens_curve(tables["lens"][tables["lens"].model == name], op)
+            if len(curve):
+                layer = readable_layer(curve)
+                where = "at no layer" if layer is None else f"from layer {layer} of {int(rows.n_layers.iloc[0])}"
+                lens.append(f"{title(name)}, {word}: {where} (last layer top-1 {curve.top1.iloc[-1]:.0%}, n = {int(curve.n.iloc[-1])})")
+    verdict_table = verdicts(tables)
+    scores = tables["scores"]
+    first = scores[scores.corruption == "none"]
+    cells = first.groupby(["model", "op", "difficulty"]).size()
+    out = {"layers_design_text": (f"{int(cells.min())} to {int(cells.max())} problems per cell" if cells.min() != cells.max() else
+                                  f"{int(cells.min())} problems per cell") + f" ({len(first) // len(models)} per model)",
+           "layers_clean_text": "; ".join(clean) + ".", "layers_needed_text": "; ".join(needed) + ".",
+           "layers_lens_text": "; ".join(lens) + "." if lens else "Not measured."}
+    for key in CLAIMS:
+        rows = verdict_table[verdict_table.claim == key]
+        for verdict in ("holds", "false", "unclear"):
+            hit = rows[rows.verdict == verdict]
+            out[f"layers_{key}_{verdict}"] = ", ".join(title(m) for m in hit.model) or "no model"
+        out[f"layers_rule_{key}"] = RULES[key]
+    return out

@@ -1,0 +1,63 @@
+"""The real-model layer study on a small random Llama-shaped model with SmolLM2's tokenizer:
+every corruption scores the same few-shot problems, the clean row matches an uncorrupted
+scoring, and each claim gets a verdict by its rule."""
+import pandas as pd
+import pytest
+
+from mechlib.core import layer_study
+from mechlib.core.evaluate import answer_scores
+from mechlib.core.interventions import parse_corruptions
+from mechlib.core.models import load_model
+
+
+def test_depth_specs_parse_and_name_the_conditions_for_any_depth():
+    for depth in (3, 18, 30):
+        specs = layer_study.depth_specs(depth)
+        parsed = parse_corruptions(specs, depth)
+        assert specs[0] == "none" and f"skip_range:1-{depth - 1}" in specs and "skip:0" in [c.spec for c in parsed]
+        assert sum(c.family == "skip" and c.layer is not None for c in parsed) == depth
+
+
+@pytest.fixture(scope="module")
+def tables(llama_shaped_dir):
+    config = layer_study.LayerConfig(models=(str(llama_shaped_dir),), n_per_cell=5, speak_prompts=("1 + 3 = 4\n4 + 5 = 9\n2 + 3 =",),
+                                     max_new_tokens=3, batch_size=8)
+    return config, layer_study.layer_study(config)
+
+
+def test_every_corruption_scores_the_same_problems_and_the_clean_row_is_the_intact_model(tables, llama_shaped_dir):
+    config, out = tables
+    scores = out["scores"]
+    assert scores.groupby("corruption").size().nunique() == 1 and scores.groupby("corruption").size().iloc[0] == 10
+    problems = layer_study.problems_for(config)
+    model, _ = load_model(str(llama_shaped_dir), device="cpu")
+    intact = answer_scores(model, problems.prompt.tolist(), problems.target.tolist(), batch_size=8, share_prefix=False)
+    clean = scores[scores.corruption == "none"].sort_values("problem")
+    assert (clean.tf_correct.values == intact.tf_correct.values).all()
+    assert clean.answer_loss.values == pytest.approx(intact.answer_loss.values, abs=1e-4)
+    summary = layer_study.summary(scores)
+    expanded = [c.spec for c in parse_corruptions(layer_study.depth_specs(3), 3)]
+    assert list(summary.corruption) == expanded and summary.accuracy.between(0, 1).all()
+    assert len(out["repeats"]) == 10 and set(out["speech"].corruption) >= {"none", "skip:0"}
+    curve = layer_study.lens_curve(out["lens"], "+")
+    assert list(curve.layer) == [-1, 0, 1, 2] and (curve.n == 5).all()
+
+
+def test_each_claim_gets_a_verdict_by_its_rule(tables):
+    _, out = tables
+    verdicts = layer_study.verdicts(out)
+    assert set(verdicts.claim) == set(layer_study.RULES) and set(verdicts.verdict) <= {"holds", "false", "unclear"}
+    fake = {k: v.copy() for k, v in out.items()}
+    verdict = lambda: layer_study.verdicts(fake).set_index("claim").loc["layer0_repeats", "verdict"]  # noqa: E731
+    fake["repeats"]["repeats"] = [i < 6 for i in range(10)]  # 60% [31, 83]: spans 50%
+    assert verdict() == "unclear"
+    fake["repeats"]["repeats"] = True  # 100% [72, 100]
+    assert verdict() == "holds"
+    fake["repeats"]["repeats"] = False
+    assert verdict() == "false"
+
+
+def test_the_readable_layer_is_the_first_whose_lower_bound_clears_the_bar():
+    curve = pd.DataFrame({"layer": [-1, 0, 1, 2], "top1": [0.0, 0.2, 0.9, 0.9], "lo": [0.0, 0.1, 0.8, 0.8], "n": [50] * 4})
+    assert layer_study.readable_layer(curve) == 1
+    assert layer_study.readable_layer(curve.assign(top1=0.0, lo=0.0)) is None
