@@ -30,8 +30,9 @@ MOST = 0.5  # "layer 0 alone repeats the last token": most first tokens repeat i
 BROKEN = 0.05  # "removing the first layer breaks the model": accuracy credibly below this
 READABLE = 0.5  # the lens reads the answer at a layer whose top-1 lower bound exceeds this share of the last layer's
 RULES = {
-    "layer0_repeats": (f"holds when the share of problems whose first token, with layer 0 alone, is the prompt's last token has a "
-                       f"95% lower bound above {MOST:.0%}; false when its upper bound is below {MOST:.0%}"),
+    "layer0_repeats": (f"holds when the share of problems whose first token, with layer 0 alone, repeats the prompt's last token "
+                       f"(the same text, spaces aside) has a 95% lower bound above {MOST:.0%}; false when its upper bound is below "
+                       f"{MOST:.0%}"),
     "first_layer_breaks": (f"holds when accuracy with layer 0 skipped has a 95% upper bound below {BROKEN:.0%}; false when its "
                            f"lower bound is above {BROKEN:.0%}"),
     "last_layer": (f"the logit lens reads the first answer digit of addition at the first layer whose top-1 accuracy has a 95% "
@@ -117,7 +118,9 @@ def study_model(config: LayerConfig, name: str, setup: Callable[[], None] | None
         ids = encode(model, prompts)
         with corrupted(model, only0) as forward:
             first = greedy_decode(model, ids, 1, frozenset(), config.batch_size, forward, groups=groups)
-        repeats = pd.DataFrame({"problem": range(len(ids)), "repeats": [len(f) > 0 and f[0] == p[-1] for f, p in zip(first, ids)]})
+        text = model.tokenizer.decode  # " =" repeats "=": tokens compare by their text, spaces stripped
+        repeats = pd.DataFrame({"problem": range(len(ids)),
+                                "repeats": [len(f) > 0 and text([f[0]]).strip() == text([p[-1]]).strip() != "" for f, p in zip(first, ids)]})
     speech = speak(model, config, conditions, means)
     out = {"scores": pd.concat(frames, ignore_index=True), "lens": lens, "repeats": repeats, "speech": speech}
     return {key: frame.assign(model=name, n_layers=n_layers) for key, frame in out.items()}
