@@ -41,7 +41,7 @@ RULES = {
 }
 
 
-def _verdict(lo: float, hi: float, threshold: float, holds_below: bool) -> str:
+def interval_verdict(lo: float, hi: float, threshold: float, holds_below: bool) -> str:
     """holds / false / unclear from an interval against a threshold."""
     below, above = hi < threshold, lo > threshold
     if holds_below:
@@ -58,7 +58,7 @@ def no_multi_digit(results: pd.DataFrame) -> dict:
         cells = [(d, proportion(group.loc[group.difficulty == d, "correct"])) for d in MULTI_DIGIT if (group.difficulty == d).any()]
         if not cells:
             continue
-        verdicts = [_verdict(s["lo"], s["hi"], NEAR_ZERO, holds_below=True) for _, s in cells]
+        verdicts = [interval_verdict(s["lo"], s["hi"], NEAR_ZERO, holds_below=True) for _, s in cells]
         verdict = "false" if "false" in verdicts else "holds" if all(v == "holds" for v in verdicts) else "unclear"
         rows.append({"op": op, "verdict": verdict, "one_digit": one["p"], "one_digit_n": one["n"],
                      **{f"acc_{d}": s["p"] for d, s in cells}, **{f"lo_{d}": s["lo"] for d, s in cells},
@@ -86,7 +86,7 @@ def copies_numbers(results: pd.DataFrame) -> dict:
     numbered = wrong[wrong.pred.notna()]
     chance = float(np.mean([copy_chance(int(a), int(b), int(p)) for a, b, p in zip(numbered.a, numbered.b, numbered.pred)])) \
         if len(numbered) else float("nan")
-    return {"verdict": _verdict(stat["lo"], stat["hi"], MOST, holds_below=False) if stat["n"] else "unclear",
+    return {"verdict": interval_verdict(stat["lo"], stat["hi"], MOST, holds_below=False) if stat["n"] else "unclear",
             "share": stat["p"], "lo": stat["lo"], "hi": stat["hi"], "n_wrong": stat["n"], "chance": chance, "rule": RULES["copies_numbers"]}
 
 

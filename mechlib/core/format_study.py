@@ -12,9 +12,7 @@ models compare paired, problem by problem:
 from __future__ import annotations
 
 import dataclasses
-import multiprocessing
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
 
 import pandas as pd
 from datasets import Dataset
@@ -23,6 +21,7 @@ from . import claims
 from .data import OPERATORS, format_prompt, make_problems, parse_difficulty
 from .evaluate import accuracy_cells, evaluate
 from .fewshot import with_examples
+from .model_jobs import ModelsConfig, per_model
 from .models import load_model
 
 FORMATS = ("bare", "fewshot", "qa")
@@ -34,7 +33,7 @@ CLAIMS = {
 
 
 @dataclasses.dataclass(frozen=True)
-class FormatConfig:
+class FormatConfig(ModelsConfig):
     """Which models, formats and problems; checked on construction.
 
     The headline format is scored on ``n_per_cell`` problems per cell; the other formats, and
@@ -42,7 +41,6 @@ class FormatConfig:
     on ``pool_difficulties`` only), on the first ``n_shared`` of them, so every comparison
     between formats or pools is on the same problems."""
 
-    models: tuple[str, ...]
     formats: tuple[str, ...] = FORMATS
     operators: tuple[str, ...] = OPERATORS
     difficulties: tuple[str, ...] = ("1x1", "1x2", "2x2", "3x3")
@@ -53,13 +51,9 @@ class FormatConfig:
     pool_seeds: tuple[int, ...] = (0,)
     pool_difficulties: tuple[str, ...] = ("1x1", "2x2")
     seed: int = 0
-    batch_size: int = 256
-    device: str = "cpu"
-    workers: int = 1
 
     def __post_init__(self):
-        if not self.models:
-            raise ValueError("models must name at least one model")
+        super().__post_init__()
         bad = [f for f in self.formats if f not in FORMATS]
         if bad or not self.formats:
             raise ValueError(f"formats {list(self.formats)}: each must be one of {list(FORMATS)}")
@@ -73,8 +67,6 @@ class FormatConfig:
             raise ValueError(f"n_shared = {self.n_shared} must be in 1..n_per_cell ({self.n_per_cell})")
         if not self.pool_seeds or len(set(self.pool_seeds)) != len(self.pool_seeds):
             raise ValueError(f"pool_seeds {list(self.pool_seeds)} must be distinct and at least one")
-        if not isinstance(self.workers, int) or self.workers < 1:
-            raise ValueError(f"workers must be a positive integer (processes), got {self.workers!r}")
 
 
 def render(problems: pd.DataFrame, fmt: str, shots: int, seed: int, example_difficulties: tuple[str, ...] | None = None) -> pd.DataFrame:
@@ -122,7 +114,7 @@ def score_job(config: FormatConfig, job: tuple[str, str, int], problems: pd.Data
     return scored.assign(model=name, pool=pool, main=main)
 
 
-def _score_model(config: FormatConfig, name: str, problems: pd.DataFrame, setup) -> list[pd.DataFrame]:
+def _score_model(config: FormatConfig, name: str, problems: pd.DataFrame, setup=None) -> list[pd.DataFrame]:
     if setup is not None:
         setup()
     model, _ = load_model(name, device=config.device)
@@ -131,16 +123,9 @@ def _score_model(config: FormatConfig, name: str, problems: pd.DataFrame, setup)
 
 def format_study(config: FormatConfig, setup: Callable[[], None] | None = None) -> pd.DataFrame:
     """One row per (model, format, pool, problem): the problem, the answer and its class.
-    With ``workers`` > 1 the models run in parallel spawned processes (one model each;
-    ``setup`` runs first in each); the rows are the same either way."""
-    problems = problems_for(config)
-    if config.workers > 1 and len(config.models) > 1:
-        with ProcessPoolExecutor(min(config.workers, len(config.models)), mp_context=multiprocessing.get_context("spawn")) as pool:
-            parts = pool.map(_score_model, *zip(*[(config, name, problems, setup) for name in config.models]))
-            frames = [frame for part in parts for frame in part]
-    else:
-        frames = [frame for name in config.models for frame in _score_model(config, name, problems, None)]
-    return pd.concat(frames, ignore_index=True)
+    With ``workers`` > 1 the models run in parallel processes (:func:`~mechlib.core.model_jobs.per_model`)."""
+    parts = per_model(_score_model, config, problems_for(config), setup=setup)
+    return pd.concat([frame for part in parts for frame in part], ignore_index=True)
 
 
 def main_rows(results: pd.DataFrame) -> pd.DataFrame:

@@ -10,18 +10,18 @@ add the stop token's choice, which is not what a layer corruption is about.
 from __future__ import annotations
 
 import dataclasses
-import multiprocessing
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
 
 import pandas as pd
 
+from .claims import interval_verdict
 from .data import make_problems, parse_difficulty
 from .decode import greedy_decode
 from .evaluate import answer_scores, encode
 from .evaluate import greedy_decode as greedy_text
 from .format_study import render
 from .interventions import corrupted, logit_lens, mean_activations, parse_corruptions
+from .model_jobs import ModelsConfig, per_model
 from .models import load_model
 from .stats import proportion
 
@@ -42,10 +42,9 @@ RULES = {
 
 
 @dataclasses.dataclass(frozen=True)
-class LayerConfig:
+class LayerConfig(ModelsConfig):
     """Which models and problems; checked on construction."""
 
-    models: tuple[str, ...]
     operators: tuple[str, ...] = ("+", "*")
     difficulties: tuple[str, ...] = ("1x1",)
     n_per_cell: int = 100
@@ -54,17 +53,11 @@ class LayerConfig:
     seed: int = 0
     speak_prompts: tuple[str, ...] = ()
     max_new_tokens: int = 8
-    batch_size: int = 256
-    device: str = "cpu"
-    workers: int = 1
 
     def __post_init__(self):
-        if not self.models:
-            raise ValueError("models must name at least one model")
+        super().__post_init__()
         for d in self.difficulties:
             parse_difficulty(d)
-        if not isinstance(self.workers, int) or self.workers < 1:
-            raise ValueError(f"workers must be a positive integer (processes), got {self.workers!r}")
 
 
 def depth_specs(n_layers: int) -> list[str]:
@@ -142,12 +135,8 @@ def speak(model, config: LayerConfig, conditions, means: dict) -> pd.DataFrame:
 
 def layer_study(config: LayerConfig, setup: Callable[[], None] | None = None) -> dict[str, pd.DataFrame]:
     """Every model's tables, concatenated (a ``model`` column); with ``workers`` > 1 the
-    models run in parallel spawned processes, with the same rows."""
-    if config.workers > 1 and len(config.models) > 1:
-        with ProcessPoolExecutor(min(config.workers, len(config.models)), mp_context=multiprocessing.get_context("spawn")) as pool:
-            parts = list(pool.map(study_model, *zip(*[(config, name, setup) for name in config.models])))
-    else:
-        parts = [study_model(config, name) for name in config.models]
+    models run in parallel processes (:func:`~mechlib.core.model_jobs.per_model`)."""
+    parts = per_model(study_model, config, setup=setup)
     return {key: pd.concat([p[key] for p in parts], ignore_index=True) for key in parts[0]}
 
 
@@ -175,12 +164,6 @@ def lens_curve(lens: pd.DataFrame, op: str | None = None) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
-def _verdict(lo: float, hi: float, threshold: float, holds_below: bool) -> str:
-    if holds_below:
-        return "holds" if hi < threshold else "false" if lo > threshold else "unclear"
-    return "holds" if lo > threshold else "false" if hi < threshold else "unclear"
-
-
 def verdicts(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
     """Per model: the three claims' verdicts and the numbers behind them."""
     rows = []
@@ -190,13 +173,13 @@ def verdicts(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
         rep = repeats[repeats.model == name] if len(repeats) else repeats
         if len(rep):
             st = proportion(rep.repeats)
-            rows.append({"model": name, "claim": "layer0_repeats", "verdict": _verdict(st["lo"], st["hi"], MOST, holds_below=False),
+            rows.append({"model": name, "claim": "layer0_repeats", "verdict": interval_verdict(st["lo"], st["hi"], MOST, holds_below=False),
                          "evidence": f"{st['p']:.0%} [{st['lo']:.0%}, {st['hi']:.0%}] of {st['n']} first tokens repeat the last one"})
         skip0 = table[(table.model == name) & (table.corruption == "skip:0")]
         clean = table[(table.model == name) & (table.corruption == "none")]
         if len(skip0) and len(clean):
             s, c = skip0.iloc[0], clean.iloc[0]
-            rows.append({"model": name, "claim": "first_layer_breaks", "verdict": _verdict(s.lo, s.hi, BROKEN, holds_below=True),
+            rows.append({"model": name, "claim": "first_layer_breaks", "verdict": interval_verdict(s.lo, s.hi, BROKEN, holds_below=True),
                          "evidence": f"layer 0 skipped: {s.accuracy:.1%} [{s.lo:.1%}, {s.hi:.1%}] (intact {c.accuracy:.1%}), "
                                      f"answer loss {s.answer_loss:.2f} nats (intact {c.answer_loss:.2f}), n = {int(s.n)}"})
         curve = lens_curve(tables["lens"][tables["lens"].model == name], "+")

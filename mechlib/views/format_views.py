@@ -47,7 +47,7 @@ def format_chart(results: pd.DataFrame, caption: str | None = None) -> alt.Chart
     points = base.mark_point(filled=True, size=40).encode(y=alt.Y("accuracy:Q", scale=alt.Scale(domain=[0, 1]), axis=alt.Axis(format="%"),
                                                                   title="exact match"))
     bars = base.mark_errorbar(ticks=False).encode(y=alt.Y("lo:Q", title="exact match"), y2="hi:Q")
-    width = max(150, (plots.COLUMN_WIDTH - 140) // max(1, len(models)) - 20)
+    width = max(150, (plots.COLUMN_WIDTH - 200) // max(1, len(models)) - 20)
     return (bars + points).properties(width=width, height=110).facet(
         column=alt.Column("model:N", title=None, sort=models),
         row=alt.Row("op:N", title=None, sort=plots.OP_ORDER, header=alt.Header(labelAngle=0, labelFontSize=14)),

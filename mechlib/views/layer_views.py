@@ -56,7 +56,7 @@ def multi_layer(real: dict):
     if not real:
         return plots.interval_table(pd.DataFrame(), [])
     table = layer_study.summary(real["scores"])
-    rows = table[table.layer.isna()].copy()
+    rows = table[~(table.family.isin(FAMILY_NAMES) & table.layer.notna())].copy()  # what the strips do not show
     rows["corruption"] = [describe(s, n) for s, n in zip(rows.corruption, rows.n_layers)]
     rows["model"] = rows.model.map(title)
     rows["answer loss (nats)"] = rows.answer_loss.map(plots.number_text)

@@ -61,3 +61,17 @@ def test_the_readable_layer_is_the_first_whose_lower_bound_clears_the_bar():
     curve = pd.DataFrame({"layer": [-1, 0, 1, 2], "top1": [0.0, 0.2, 0.9, 0.9], "lo": [0.0, 0.1, 0.8, 0.8], "n": [50] * 4})
     assert layer_study.readable_layer(curve) == 1
     assert layer_study.readable_layer(curve.assign(top1=0.0, lo=0.0)) is None
+
+
+def test_every_view_of_the_study_renders(tables):
+    from mechlib.views import layer_views
+
+    _, out = tables
+    for chart in (layer_views.strips(out), layer_views.lens_chart(out)):
+        assert chart.to_dict()
+    multi = layer_views.multi_layer(out).to_html()
+    assert "layer 1 run twice" in multi and "intact model" in multi and "layer 0 skipped" not in multi  # per-layer rows are in the strips
+    for table in (layer_views.claims(out), layer_views.speech(out)):
+        assert "<table" in table.to_html()
+    assert "not measured" in layer_views.multi_layer({}).to_html()
+    assert layer_views.describe("permute:1,0,2", 3) == "layers 0 and 1 swapped" and layer_views.describe("skip_last:2", 3) == "last 2 layers skipped"
