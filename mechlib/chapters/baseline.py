@@ -20,6 +20,7 @@ from ..core.claims import RULES
 from ..core.data import count_cascades
 from ..core.evaluate import accuracy_cells, baseline_rates, evaluate
 from ..core.format_study import CLAIMS, FORMATS, FormatConfig, format_study, main_rows
+from ..core.model_jobs import MAX_BATCH
 from ..core.models import load_model
 from ..core.organism import ORGANISM_NAME, OrganismRecipe, ensure_organism, organism_dir, training_info
 from ..core.problem_sets import heldout_addition_problems, last_positions, problem_set
@@ -137,7 +138,7 @@ def real_config(params: Params) -> FormatConfig | None:
                         difficulties=params.difficulties, n_per_cell=params.real_n_per_cell, n_shared=params.real_n_shared,
                         headline="fewshot" if "fewshot" in params.real_formats else params.real_formats[0], shots=params.shots,
                         pool_seeds=params.pool_seeds, pool_difficulties=pool_cells, seed=params.seed,
-                        batch_size=min(params.batch_size, 256), device=params.device, workers=params.real_workers)
+                        batch_size=min(params.batch_size, MAX_BATCH), device=params.device, workers=params.real_workers)
 
 
 def run(params: Params) -> Result:

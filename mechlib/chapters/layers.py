@@ -13,6 +13,7 @@ from tqdm import tqdm
 from ..core import layer_study
 from ..core.evaluate import answer_scores, encode_targets, evaluate, first_digit_offsets, greedy_decode
 from ..core.interventions import DEPTH_UNKNOWN, SPEC_HELP, Corruption, activation_stats, corrupted, logit_lens, mean_activations, parse_corruptions
+from ..core.model_jobs import MAX_BATCH
 from ..core.models import load_model
 from ..core.organism import ORGANISM_NAME, OrganismRecipe, ensure_organism
 from ..core.problem_sets import problem_set
@@ -171,7 +172,7 @@ def real_config(params: Params) -> layer_study.LayerConfig:
     return layer_study.LayerConfig(models=params.real_models, operators=params.real_operators, difficulties=params.real_difficulties,
                                    n_per_cell=params.real_n_per_cell, shots=params.shots, pool_seed=params.pool_seed, seed=params.seed,
                                    speak_prompts=params.speak_prompts, max_new_tokens=params.max_new_tokens,
-                                   batch_size=min(params.batch_size, 256), device=params.device, workers=params.real_workers)
+                                   batch_size=min(params.batch_size, MAX_BATCH), device=params.device, workers=params.real_workers)
 
 
 def seed_table(params: Params, conditions, seed0: pd.DataFrame) -> pd.DataFrame:

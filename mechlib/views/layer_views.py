@@ -10,9 +10,9 @@ import pandas as pd
 from ..core import layer_study
 from ..core.format_summary import title
 from . import plots
+from .format_views import VERDICT_NAMES
 
 FAMILY_NAMES = {"skip": "layer skipped", "mean-ablate attn": "attention mean-ablated", "mean-ablate mlp": "MLP mean-ablated"}
-VERDICT_NAMES = {"holds": "holds", "false": "false: the data go against it", "unclear": "unclear: the interval spans the threshold"}
 
 
 def describe(spec: str, n_layers: int) -> str:
