@@ -90,6 +90,8 @@ class Params(ModelParams):
     speak_prompts: tuple[str, ...] = param(SPEAK_PROMPTS, list_of(is_str, min_len=0), "a list of prompt strings",
                                            "prompts the pretrained models continue under corruptions")
     real_workers: int = param(2, is_int(1, 8), "an integer in 1..8", "processes, one pretrained model each")
+    lens_tokens: int = param(4096, is_int(320, 1_000_000), "an integer in 320..1000000",
+                             "tokens the tuned lens is fitted on per model, half arithmetic outside the test problems, half prose")
 
 
 @dataclasses.dataclass
@@ -172,7 +174,8 @@ def real_config(params: Params) -> layer_study.LayerConfig:
     return layer_study.LayerConfig(models=params.real_models, operators=params.real_operators, difficulties=params.real_difficulties,
                                    n_per_cell=params.real_n_per_cell, shots=params.shots, pool_seed=params.pool_seed, seed=params.seed,
                                    speak_prompts=params.speak_prompts, max_new_tokens=params.max_new_tokens,
-                                   batch_size=min(params.batch_size, MAX_BATCH), device=params.device, workers=params.real_workers)
+                                   batch_size=min(params.batch_size, MAX_BATCH), device=params.device, workers=params.real_workers,
+                                   lens_tokens=params.lens_tokens)
 
 
 def seed_table(params: Params, conditions, seed0: pd.DataFrame) -> pd.DataFrame:
@@ -243,7 +246,9 @@ def findings(result: Result) -> dict:
         out.update(layer_study.sentences(result.real))
     else:
         none = "not measured: this run broke no pretrained model (parameter real_models)"
-        out.update({k: none for k in ("layers_design_text", "layers_clean_text", "layers_needed_text", "layers_lens_text")})
+        out.update({k: none for k in ("layers_design_text", "layers_clean_text", "layers_needed_text", "layers_lens_text", "layers_fit_text")})
+        out.update({"layers_lens_source": layer_study.tuned_lens.PROSE_SOURCE, "layers_rule_readable": layer_study.LENS_RULES["readable"],
+                    "layers_rule_disagree": layer_study.LENS_RULES["disagree"]})
         out.update({f"layers_{key}_{v}": "not measured" for key in layer_study.CLAIMS for v in ("holds", "false", "unclear")})
         out.update({f"layers_rule_{key}": rule for key, rule in layer_study.RULES.items()})
     return out

@@ -35,6 +35,7 @@ from transformer_lens.utils import get_act_name
 from .blocks import BlockOrder, cache_activations, unembed_residual
 from .decode import buckets
 from .evaluate import encode, encode_targets, first_digit_offsets, teacher_forced_batches
+from .tuned_lens import translate
 
 KINDS = ("none", "skip", "skip_first", "skip_last", "skip_range", "repeat", "permute", "ablate")
 SPEC_HELP = "none, skip:0,2 (or skip:* for each layer), skip_first:N, skip_last:N, skip_range:A-B, repeat:LxK, permute:i,j,..., ablate:mlpL|attnL:zero|mean"
@@ -214,41 +215,61 @@ def corrupted(model, corruption: Corruption, means: dict | None = None):
 
 
 @torch.inference_mode()
-def logit_lens(model, prompts: Sequence[str], targets: Sequence[str], batch_size: int = 512) -> pd.DataFrame:
+def logit_lens(model, prompts: Sequence[str], targets: Sequence[str], batch_size: int = 512,
+               translators: dict | None = None, all_positions: bool = True) -> pd.DataFrame:
     """Read the residual stream after the embedding (layer -1) and after each block through
-    the final norm and unembedding. One row per (problem, layer): ``p_first`` (probability
-    of the first answer digit, :func:`~mechlib.core.evaluate.first_digit_offsets`),
-    ``top1_first`` (that digit is the lens's argmax) and ``tf_correct`` (every answer token
-    is the lens's argmax, teacher-forced)."""
+    the final norm and unembedding; with ``translators`` (:mod:`~mechlib.core.tuned_lens`)
+    each layer is first mapped by its own, which makes a tuned lens. One row per (problem,
+    layer): ``p_first`` (probability of the first answer digit,
+    :func:`~mechlib.core.evaluate.first_digit_offsets`), ``top1_first`` (that digit is the
+    lens's argmax), ``rank_first`` (its rank, 1 = top), ``kl_final`` (KL from the model's
+    own output to the lens at that position, nats) and ``tf_correct`` (every answer token is
+    the lens's argmax, teacher-forced; only with ``all_positions``, else the first answer
+    digit's position alone is unembedded, a third of the cost at Gemma's vocabulary)."""
     n_layers = model.cfg.n_layers
     names = [get_act_name("resid_pre", 0)] + [get_act_name("resid_post", l) for l in range(n_layers)]
     p_first = np.zeros((len(prompts), n_layers + 1))
     top1 = np.zeros_like(p_first, dtype=bool)
     tf = np.zeros_like(p_first, dtype=bool)
+    rank, kl = np.zeros_like(p_first, dtype=np.int64), np.zeros_like(p_first)
     digit = first_digit_offsets(model.tokenizer, encode_targets(model, targets))
     for idx, tokens, plen, tlen in teacher_forced_batches(model, prompts, targets, batch_size):
         cache = cache_activations(model, tokens, names)
         tgt = tokens[:, plen:]
         first = torch.as_tensor(digit[idx], device=tgt.device)[:, None]
         tgt_first = tgt.gather(1, first)[:, 0]
-        for j, name in enumerate(names):
-            resid = cache[name][:, plen - 1 : plen + tlen - 1]
+        final = None
+        for j in reversed(range(len(names))):  # the last layer first: the others' KL is to it
+            resid = cache[names[j]][:, plen - 1 : plen + tlen - 1]
+            if not all_positions:
+                resid = resid.gather(1, first[..., None].expand(-1, 1, resid.shape[-1]))
+            if translators is not None:
+                resid = translate(translators, j - 1, resid)
             logp = unembed_residual(model, resid).float().log_softmax(-1)
             pred = logp.argmax(-1)
-            at_first = logp.gather(1, first[..., None].expand(-1, 1, logp.shape[-1]))[:, 0]
-            p_first[idx, j] = at_first.gather(-1, tgt_first[:, None])[:, 0].exp().cpu().numpy()
-            top1[idx, j] = (pred.gather(1, first)[:, 0] == tgt_first).cpu().numpy()
-            tf[idx, j] = (pred == tgt).all(1).cpu().numpy()
+            at_first = logp[:, 0] if not all_positions else logp.gather(1, first[..., None].expand(-1, 1, logp.shape[-1]))[:, 0]
+            if final is None:
+                final = at_first
+            right = at_first.gather(-1, tgt_first[:, None])
+            p_first[idx, j] = right[:, 0].exp().cpu().numpy()
+            rank[idx, j] = ((at_first > right).sum(-1) + 1).cpu().numpy()
+            kl[idx, j] = (final.exp() * (final - at_first)).sum(-1).clamp_min(0).cpu().numpy()
+            top1[idx, j] = (at_first.argmax(-1) == tgt_first).cpu().numpy()
+            if all_positions:
+                tf[idx, j] = (pred == tgt).all(1).cpu().numpy()
     layers = np.arange(-1, n_layers)
-    return pd.DataFrame(
+    out = pd.DataFrame(
         {
             "problem": np.repeat(np.arange(len(prompts)), n_layers + 1),
             "layer": np.tile(layers, len(prompts)),
             "p_first": p_first.ravel(),
             "top1_first": top1.ravel(),
+            "rank_first": rank.ravel(),
+            "kl_final": kl.ravel(),
             "tf_correct": tf.ravel(),
         }
     )
+    return out if all_positions else out.drop(columns="tf_correct")
 
 
 @torch.inference_mode()

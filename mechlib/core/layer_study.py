@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 import pandas as pd
 
+from . import tuned_lens
 from .claims import interval_verdict
 from .data import make_problems, parse_difficulty
 from .decode import greedy_decode
@@ -28,16 +29,24 @@ from .stats import proportion
 # Claim thresholds (the page prints the rules).
 MOST = 0.5  # "layer 0 alone repeats the last token": most first tokens repeat it
 BROKEN = 0.05  # "removing the first layer breaks the model": accuracy credibly below this
-READABLE = 0.5  # the lens reads the answer at a layer whose top-1 lower bound exceeds this share of the last layer's
+READABLE = 0.5  # a lens reads the answer at a layer whose top-1 lower bound exceeds this share of the last layer's
+DISAGREE = 1  # the two lenses disagree when their readable layers differ by more than this many layers
 RULES = {
     "layer0_repeats": (f"holds when the share of problems whose first token, with layer 0 alone, repeats the prompt's last token "
                        f"(the same text, spaces aside) has a 95% lower bound above {MOST:.0%}; false when its upper bound is below "
                        f"{MOST:.0%}"),
     "first_layer_breaks": (f"holds when accuracy with layer 0 skipped has a 95% upper bound below {BROKEN:.0%}; false when its "
                            f"lower bound is above {BROKEN:.0%}"),
-    "last_layer": (f"the logit lens reads the first answer digit of addition at the first layer whose top-1 accuracy has a 95% "
-                   f"lower bound above {READABLE:.0%} of the last layer's accuracy; the claim holds when that is the last layer, "
-                   "and is false when it is an earlier one"),
+    "last_layer": ("each lens reads the first answer digit of addition from its readable layer (below); the claim holds when "
+                   "that is the last layer under both the logit and the tuned lens, is false when it is an earlier one under both, "
+                   "and is unclear otherwise"),
+}
+LENS_RULES = {
+    "readable": (f"a lens reads the first answer digit from the first layer whose top-1 accuracy has a 95% lower bound above "
+                 f"both {READABLE:.0%} of the last layer's top-1 and the share of the most common first digit among the problems "
+                 "(what always naming that digit would score)"),
+    "disagree": (f"the two lenses disagree when their readable layers differ by more than {DISAGREE} layer, or when only one "
+                 "of them reads the answer at all"),
 }
 
 
@@ -53,11 +62,15 @@ class LayerConfig(ModelsConfig):
     seed: int = 0
     speak_prompts: tuple[str, ...] = ()
     max_new_tokens: int = 8
+    lens_tokens: int = 4096
 
     def __post_init__(self):
         super().__post_init__()
         for d in self.difficulties:
             parse_difficulty(d)
+        least = tuned_lens.HELD_OUT * tuned_lens.WINDOW
+        if not isinstance(self.lens_tokens, int) or self.lens_tokens < least:
+            raise ValueError(f"lens_tokens must be an integer of at least {least} (tokens to fit the tuned lens on), got {self.lens_tokens!r}")
 
 
 def depth_specs(n_layers: int) -> list[str]:
@@ -86,7 +99,8 @@ def problems_for(config: LayerConfig) -> pd.DataFrame:
 
 
 def study_model(config: LayerConfig, name: str, setup: Callable[[], None] | None = None) -> dict[str, pd.DataFrame]:
-    """One model: ``scores`` (one row per corruption and problem), ``lens`` (per problem and
+    """One model: ``scores`` (one row per corruption and problem), ``lens`` (per problem,
+    layer and lens: the logit lens and a tuned lens), ``lens_fit`` (the tuned lens's fit per
     layer), ``repeats`` (first token with layer 0 alone) and ``speech`` (generations)."""
     if setup is not None:
         setup()
@@ -103,8 +117,13 @@ def study_model(config: LayerConfig, name: str, setup: Callable[[], None] | None
             scores = answer_scores(model, prompts, targets, config.batch_size, forward=forward, groups=groups)
         frames.append(scores.assign(corruption=c.spec, family=c.family, layer=c.layer, problem=range(len(problems)),
                                     op=problems.op.values, difficulty=problems.difficulty.values))
-    lens = logit_lens(model, prompts, targets, config.batch_size)
-    lens = lens.assign(op=problems.op.values[lens.problem.values])
+    text = tuned_lens.train_text(model, config.operators, (*config.difficulties, "1x2", "2x2"), problems, config.lens_tokens, config.seed)
+    translators, fit = tuned_lens.fit(model, text, min(config.batch_size, 32))
+    lens = pd.concat([logit_lens(model, prompts, targets, config.batch_size).assign(lens="logit"),
+                      logit_lens(model, prompts, targets, config.batch_size, translators, all_positions=False).assign(lens="tuned")],
+                     ignore_index=True)
+    first_digit = [t.strip()[:1] for t in targets]
+    lens = lens.assign(op=problems.op.values[lens.problem.values], first_digit=[first_digit[i] for i in lens.problem])
     only0 = parse_corruptions([f"skip_range:1-{n_layers - 1}"], n_layers)[0] if n_layers > 2 else None
     repeats = pd.DataFrame()
     if only0 is not None:
@@ -115,7 +134,7 @@ def study_model(config: LayerConfig, name: str, setup: Callable[[], None] | None
         repeats = pd.DataFrame({"problem": range(len(ids)),
                                 "repeats": [len(f) > 0 and text([f[0]]).strip() == text([p[-1]]).strip() != "" for f, p in zip(first, ids)]})
     speech = speak(model, config, conditions, means)
-    out = {"scores": pd.concat(frames, ignore_index=True), "lens": lens, "repeats": repeats, "speech": speech}
+    out = {"scores": pd.concat(frames, ignore_index=True), "lens": lens, "lens_fit": fit, "repeats": repeats, "speech": speech}
     return {key: frame.assign(model=name, n_layers=n_layers) for key, frame in out.items()}
 
 
@@ -152,22 +171,46 @@ def summary(scores: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def lens_curve(lens: pd.DataFrame, op: str | None = None) -> pd.DataFrame:
-    """Per model and layer: the lens's top-1 accuracy on the first answer digit (Wilson
-    interval) and mean p(first digit); ``op`` keeps one operator."""
-    rows = lens if op is None else lens[lens.op == op]
+def lens_curve(lens: pd.DataFrame, op: str | None = None, which: str = "logit") -> pd.DataFrame:
+    """Per model and layer, for one lens (``logit`` or ``tuned``): top-1 accuracy on the first
+    answer digit (Wilson interval), mean p(first digit), median rank of the right digit, mean
+    KL to the model's output, and ``majority`` (the share of the most common first digit:
+    what always naming it would score); ``op`` keeps one operator."""
+    rows = lens[lens.lens == which] if "lens" in lens else lens
+    rows = rows if op is None else rows[rows.op == op]
     out = []
     for (name, layer), group in rows.groupby(["model", "layer"], sort=False):
         st = proportion(group.top1_first)
+        majority = group.first_digit.value_counts(normalize=True).iloc[0] if "first_digit" in group else 0.0
         out.append({"model": name, "layer": int(layer), "n": st["n"], "top1": st["p"], "lo": st["lo"], "hi": st["hi"],
-                    "p_first": float(group.p_first.mean())})
+                    "p_first": float(group.p_first.mean()), "rank": float(group.rank_first.median()) if "rank_first" in group else float("nan"),
+                    "kl": float(group.kl_final.mean()) if "kl_final" in group else float("nan"), "majority": float(majority)})
     return pd.DataFrame(out)
+
+
+def lens_table(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """Per model and operator: the layer each lens first reads the answer from
+    (:func:`readable_layer`), whether the lenses disagree (LENS_RULES), and the numbers."""
+    lens, rows = tables["lens"], []
+    for name in dict.fromkeys(lens.model):
+        n_layers = int(tables["scores"][tables["scores"].model == name].n_layers.iloc[0])
+        for op in dict.fromkeys(lens[lens.model == name].op):
+            found = {}
+            for which in ("logit", "tuned"):
+                curve = lens_curve(lens[lens.model == name], op, which)
+                found[which] = (readable_layer(curve), curve)
+            (a, curve), (b, _) = found["logit"], found["tuned"]
+            differ = (a is None) != (b is None) or (a is not None and abs(a - b) > DISAGREE)
+            rows.append({"model": name, "op": op, "n_layers": n_layers, "logit": a, "tuned": b,
+                         "verdict": "disagree" if differ else "agree", "last_top1": float(curve.top1.iloc[-1]),
+                         "majority": float(curve.majority.iloc[-1]), "n": int(curve.n.iloc[-1])})
+    return pd.DataFrame(rows, columns=["model", "op", "n_layers", "logit", "tuned", "verdict", "last_top1", "majority", "n"])
 
 
 def verdicts(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
     """Per model: the three claims' verdicts and the numbers behind them."""
     rows = []
-    table = summary(tables["scores"])
+    table, lenses = summary(tables["scores"]), lens_table(tables)
     for name in dict.fromkeys(tables["scores"].model):
         repeats = tables["repeats"]
         rep = repeats[repeats.model == name] if len(repeats) else repeats
@@ -182,26 +225,33 @@ def verdicts(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
             rows.append({"model": name, "claim": "first_layer_breaks", "verdict": interval_verdict(s.lo, s.hi, BROKEN, holds_below=True),
                          "evidence": f"layer 0 skipped: {s.accuracy:.1%} [{s.lo:.1%}, {s.hi:.1%}] (intact {c.accuracy:.1%}), "
                                      f"answer loss {s.answer_loss:.2f} nats (intact {c.answer_loss:.2f}), n = {int(s.n)}"})
-        curve = lens_curve(tables["lens"][tables["lens"].model == name], "+")
-        if len(curve):
-            layer, n_layers = readable_layer(curve), int(tables["scores"][tables["scores"].model == name].n_layers.iloc[0])
-            verdict = "unclear" if layer is None else "holds" if layer == n_layers - 1 else "false"
-            where = "at no layer" if layer is None else f"from layer {layer} of {n_layers} (0-based)"
+        plus = lenses[(lenses.model == name) & (lenses.op == "+")]
+        if len(plus):
+            r = plus.iloc[0]
+            last = [r[w] == r.n_layers - 1 for w in ("logit", "tuned")]
+            earlier = [r[w] is not None and not pd.isna(r[w]) and r[w] < r.n_layers - 1 for w in ("logit", "tuned")]
+            verdict = "holds" if all(last) else "false" if all(earlier) else "unclear"
             rows.append({"model": name, "claim": "last_layer", "verdict": verdict,
-                         "evidence": f"the lens reads the first digit of addition {where}; last layer top-1 {curve.top1.iloc[-1]:.0%}, "
-                                     f"n = {int(curve.n.iloc[-1])}"})
+                         "evidence": f"addition's first digit is read from layer {layer_text(r.logit)} by the logit lens and "
+                                     f"{layer_text(r.tuned)} by the tuned lens, of layers 0 to {r.n_layers - 1}; last layer top-1 "
+                                     f"{r.last_top1:.0%}, n = {r.n}"})
     return pd.DataFrame(rows, columns=["model", "claim", "verdict", "evidence"])
 
 
 def readable_layer(curve: pd.DataFrame) -> int | None:
-    """The first layer whose top-1 lower bound exceeds READABLE x the last layer's top-1."""
+    """The first layer whose top-1 lower bound exceeds both READABLE x the last layer's top-1
+    and the majority digit's share (LENS_RULES['readable'])."""
     last = curve.sort_values("layer").iloc[-1]
-    target = READABLE * last.top1
-    if target <= 0:
+    target = max(READABLE * last.top1, float(last.get("majority", 0.0)))
+    if READABLE * last.top1 <= 0:
         return None
     hits = curve[(curve.layer >= 0) & (curve.lo > target)].sort_values("layer")
     return int(hits.layer.iloc[0]) if len(hits) else None
 
+
+def layer_text(layer) -> str:
+    """A readable layer for the page: its number, or 'no layer'."""
+    return "no layer" if layer is None or pd.isna(layer) else str(int(layer))
 
 
 CLAIMS = {
@@ -212,8 +262,9 @@ CLAIMS = {
 
 
 def sentences(tables: dict[str, pd.DataFrame]) -> dict[str, str]:
-    """The glued text: per model the intact accuracy, the layers and blocks it needs most, the
-    lens's readable layer, and for each claim where it holds, is false or unclear."""
+    """The glued text: per model the intact accuracy, the layers and blocks it needs most, each
+    lens's readable layer and the tuned lens's fit, and for each claim where it holds, is
+    false or unclear."""
     from .format_summary import title
 
     table = summary(tables["scores"])
@@ -231,12 +282,15 @@ def sentences(tables: dict[str, pd.DataFrame]) -> dict[str, str]:
                 w = per.sort_values(["accuracy", "answer_loss"], ascending=[True, False]).iloc[0]
                 worst.append(f"{what} {int(w.layer)} ({w.accuracy:.1%} [{w.lo:.1%}, {w.hi:.1%}])")
         needed.append(f"{title(name)}: " + ", ".join(worst))
-        for op, word in (("+", "addition"), ("*", "multiplication")):
-            curve = lens_curve(tables["lens"][tables["lens"].model == name], op)
-            if len(curve):
-                layer = readable_layer(curve)
-                where = "at no layer" if layer is None else f"from layer {layer} of {int(rows.n_layers.iloc[0])}"
-                lens.append(f"{title(name)}, {word}: {where} (last layer top-1 {curve.top1.iloc[-1]:.0%}, n = {int(curve.n.iloc[-1])})")
+    words = {"+": "addition", "-": "subtraction", "*": "multiplication"}
+    for r in lens_table(tables).itertuples():
+        lens.append(f"{title(r.model)}, {words[r.op]}: the logit lens from layer {layer_text(r.logit)}, the tuned lens from layer "
+                    f"{layer_text(r.tuned)}, of layers 0 to {r.n_layers - 1}; they {r.verdict} (last layer top-1 {r.last_top1:.0%}, "
+                    f"most common first digit {r.majority:.0%}, n = {r.n})")
+    fits = []
+    if "lens_fit" in tables and len(tables["lens_fit"]):
+        for name, fit in tables["lens_fit"].groupby("model", sort=False):
+            fits.append(f"{title(name)} {fit.held_out_r2.min():.2f} to {fit.held_out_r2.max():.2f} over {int(fit.positions.iloc[0]):,} positions")
     verdict_table = verdicts(tables)
     scores = tables["scores"]
     first = scores[scores.corruption == "none"]
@@ -244,7 +298,10 @@ def sentences(tables: dict[str, pd.DataFrame]) -> dict[str, str]:
     out = {"layers_design_text": (f"{int(cells.min())} to {int(cells.max())} problems per cell" if cells.min() != cells.max() else
                                   f"{int(cells.min())} problems per cell") + f" ({len(first) // len(models)} per model)",
            "layers_clean_text": "; ".join(clean) + ".", "layers_needed_text": "; ".join(needed) + ".",
-           "layers_lens_text": "; ".join(lens) + "." if lens else "Not measured."}
+           "layers_lens_text": "; ".join(lens) + "." if lens else "Not measured.",
+           "layers_fit_text": "; ".join(fits) + "." if fits else "Not measured.",
+           "layers_lens_source": tuned_lens.PROSE_SOURCE,
+           "layers_rule_readable": LENS_RULES["readable"], "layers_rule_disagree": LENS_RULES["disagree"]}
     for key in CLAIMS:
         rows = verdict_table[verdict_table.claim == key]
         for verdict in ("holds", "false", "unclear"):

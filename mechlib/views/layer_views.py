@@ -9,6 +9,7 @@ import pandas as pd
 
 from ..core import layer_study
 from ..core.format_summary import title
+from ..core.stats import bootstrap_mean
 from . import plots
 from .format_views import VERDICT_NAMES
 
@@ -64,22 +65,74 @@ def multi_layer(real: dict):
     return plots.interval_table(rows, ["model", "corruption", "answer loss (nats)", "p(first digit)"])
 
 
+OPERATOR_NAMES = {"+": "addition", "-": "subtraction", "*": "multiplication"}
+LENS_NAMES = {"logit": "logit lens", "tuned": "tuned lens"}
+
+
+def _facet_rows(real: dict):
+    return alt.Row("model:N", title=None, sort=[title(m) for m in dict.fromkeys(real["lens"].model)],
+                   header=alt.Header(labelAngle=0, labelAlign="left", labelOrient="top"))
+
+
 def lens_chart(real: dict) -> alt.Chart:
-    """The logit lens per model: top-1 accuracy on the first answer digit by layer, per operator."""
+    """Both lenses per model: top-1 accuracy on the first answer digit by layer, per operator
+    (colour) and lens (solid: logit, dashed: tuned)."""
     if not real:
         return plots.not_measured("No pretrained model was read")
-    curves = pd.concat([layer_study.lens_curve(real["lens"], op).assign(operator=name)
-                        for op, name in (("+", "addition"), ("-", "subtraction"), ("*", "multiplication")) if (real["lens"].op == op).any()])
+    lens = real["lens"]
+    curves = pd.concat([layer_study.lens_curve(lens, op, which).assign(operator=OPERATOR_NAMES[op], lens=LENS_NAMES[which])
+                        for op in OPERATOR_NAMES if (lens.op == op).any() for which in LENS_NAMES])
     curves["model"] = curves.model.map(title)
     curves["interval"] = [f"{a:.1%} [{lo:.1%}, {hi:.1%}], n = {n}" for a, lo, hi, n in zip(curves.top1, curves.lo, curves.hi, curves.n)]
     base = alt.Chart(curves).encode(x=alt.X("layer:Q", title="layer (−1: the embedding)", axis=alt.Axis(tickMinStep=1)),
-                                    color=alt.Color("operator:N", title="operator"), tooltip=["model", "operator", "layer", "interval"])
-    band = base.mark_area(opacity=0.2).encode(y=alt.Y("lo:Q", title="first answer digit is top-1"), y2="hi:Q")
+                                    color=alt.Color("operator:N", title="operator"),
+                                    strokeDash=alt.StrokeDash("lens:N", sort=list(LENS_NAMES.values()), legend=None),  # the caption says which is dashed
+                                    tooltip=["model", "lens", "operator", "layer", "interval"])
+    band = base.mark_area(opacity=0.12).encode(y=alt.Y("lo:Q", title="first answer digit is top-1"), y2="hi:Q", detail="lens:N")
     line = base.mark_line(point=True).encode(y=alt.Y("top1:Q", axis=alt.Axis(format="%"), scale=alt.Scale(domain=[0, 1])))
-    return (band + line).properties(width=plots.COLUMN_WIDTH - 200, height=140).facet(
-        row=alt.Row("model:N", title=None, sort=[title(m) for m in dict.fromkeys(real["lens"].model)],
-                    header=alt.Header(labelAngle=0, labelAlign="left", labelOrient="top")),
-        title=plots._title("Logit lens on the pretrained models", "Shaded: Wilson 95% intervals."))
+    return (band + line).properties(width=plots.COLUMN_WIDTH - 220, height=140).facet(
+        row=_facet_rows(real), title=plots._title("Logit lens and tuned lens on the pretrained models",
+                                                  "Solid: logit lens; dashed: tuned lens. Shaded: Wilson 95% intervals.")
+    ).resolve_scale(x="independent")
+
+
+def kl_chart(real: dict) -> alt.Chart:
+    """Mean KL from the model's output to each lens at the first answer digit, by layer, with a
+    bootstrap 95% interval (all problems; the last layer, zero by definition, left out)."""
+    if not real:
+        return plots.not_measured("No pretrained model was read")
+    rows = []
+    for (name, which, layer), group in real["lens"].groupby(["model", "lens", "layer"], sort=False):
+        if layer < real["scores"][real["scores"].model == name].n_layers.iloc[0] - 1:
+            mean, lo, hi = bootstrap_mean(group.kl_final.values)
+            rows.append({"model": title(name), "lens": LENS_NAMES[which], "layer": int(layer), "kl": mean, "lo": lo, "hi": hi,
+                         "interval": f"{mean:.2f} [{lo:.2f}, {hi:.2f}] nats, n = {len(group)}"})
+    table = pd.DataFrame(rows)
+    scale = alt.Scale(type="log")
+    base = alt.Chart(table).encode(x=alt.X("layer:Q", title="layer (−1: the embedding)", axis=alt.Axis(tickMinStep=1)),
+                                   color=alt.Color("lens:N", title="lens", sort=list(LENS_NAMES.values())),
+                                   tooltip=["model", "lens", "layer", "interval"])
+    band = base.mark_area(opacity=0.2).encode(y=alt.Y("lo:Q", title="KL to the output (nats)", scale=scale), y2="hi:Q")
+    line = base.mark_line(point=True).encode(y=alt.Y("kl:Q", scale=scale))
+    return (band + line).properties(width=plots.COLUMN_WIDTH - 220, height=140).facet(
+        row=_facet_rows(real), title=plots._title("How far each lens is from the model's own output",
+                                                  "At the first answer digit; log axis; shaded: bootstrap 95% intervals.")
+    ).resolve_scale(x="independent")
+
+
+def lens_table(real: dict):
+    """Per model and operator: the layer each lens first reads the answer from, and whether
+    the lenses disagree."""
+    if not real:
+        return plots.interval_table(pd.DataFrame(), [])
+    table = layer_study.lens_table(real)
+    out = pd.DataFrame({"model": table.model.map(title), "operator": table.op.map(OPERATOR_NAMES),
+                        "logit lens reads from layer": [layer_study.layer_text(x) for x in table.logit],
+                        "tuned lens reads from layer": [layer_study.layer_text(x) for x in table.tuned],
+                        "lenses": table.verdict, "last layer top-1": table.last_top1.map("{:.0%}".format),
+                        "most common first digit": table.majority.map("{:.0%}".format), "n": table.n,
+                        "layers": [f"0 to {n - 1}" for n in table.n_layers]})
+    return plots.text_table(out, wrap=[])
 
 
 def claims(real: dict):
@@ -87,8 +140,9 @@ def claims(real: dict):
     if not real:
         return plots.interval_table(pd.DataFrame(), [])
     table = layer_study.verdicts(real)
+    lenses_split = (table.claim == "last_layer") & (table.verdict == "unclear")  # its rule's "unclear" is not an interval's
     table["model"], table["claim"] = table.model.map(title), table.claim.map(layer_study.CLAIMS)
-    table["verdict"] = table.verdict.map(VERDICT_NAMES)
+    table["verdict"] = table.verdict.map(VERDICT_NAMES).where(~lenses_split, "unclear: the two lenses place it differently")
     return plots.text_table(table, wrap=["claim", "verdict", "evidence"])
 
 

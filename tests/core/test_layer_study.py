@@ -21,7 +21,7 @@ def test_depth_specs_parse_and_name_the_conditions_for_any_depth():
 @pytest.fixture(scope="module")
 def tables(llama_shaped_dir):
     config = layer_study.LayerConfig(models=(str(llama_shaped_dir),), n_per_cell=5, speak_prompts=("1 + 3 = 4\n4 + 5 = 9\n2 + 3 =",),
-                                     max_new_tokens=3, batch_size=8)
+                                     max_new_tokens=3, batch_size=8, lens_tokens=320)
     return config, layer_study.layer_study(config)
 
 
@@ -39,8 +39,10 @@ def test_every_corruption_scores_the_same_problems_and_the_clean_row_is_the_inta
     expanded = [c.spec for c in parse_corruptions(layer_study.depth_specs(3), 3)]
     assert list(summary.corruption) == expanded and summary.accuracy.between(0, 1).all()
     assert len(out["repeats"]) == 10 and set(out["speech"].corruption) >= {"none", "skip:0"}
-    curve = layer_study.lens_curve(out["lens"], "+")
-    assert list(curve.layer) == [-1, 0, 1, 2] and (curve.n == 5).all()
+    for which in ("logit", "tuned"):
+        curve = layer_study.lens_curve(out["lens"], "+", which)
+        assert list(curve.layer) == [-1, 0, 1, 2] and (curve.n == 5).all() and curve.kl.iloc[-1] == pytest.approx(0, abs=1e-5)
+    assert set(out["lens_fit"].layer) == {-1, 0, 1}
 
 
 def test_each_claim_gets_a_verdict_by_its_rule(tables):
@@ -57,18 +59,37 @@ def test_each_claim_gets_a_verdict_by_its_rule(tables):
     assert verdict() == "false"
 
 
-def test_the_readable_layer_is_the_first_whose_lower_bound_clears_the_bar():
-    curve = pd.DataFrame({"layer": [-1, 0, 1, 2], "top1": [0.0, 0.2, 0.9, 0.9], "lo": [0.0, 0.1, 0.8, 0.8], "n": [50] * 4})
-    assert layer_study.readable_layer(curve) == 1
+def test_the_readable_layer_is_the_first_whose_lower_bound_clears_both_bars():
+    curve = pd.DataFrame({"layer": [-1, 0, 1, 2], "top1": [0.0, 0.6, 0.9, 0.9], "lo": [0.0, 0.5, 0.8, 0.8], "n": [50] * 4, "majority": 0.3})
+    assert layer_study.readable_layer(curve) == 0
+    assert layer_study.readable_layer(curve.assign(majority=0.55)) == 1  # naming the commonest digit is not reading
     assert layer_study.readable_layer(curve.assign(top1=0.0, lo=0.0)) is None
+
+
+def test_the_lenses_disagree_by_the_stated_rule(tables):
+    _, out = tables
+    lens = out["lens"].copy()
+
+    def verdict(logit_first, tuned_first):
+        """Make each lens right on every problem from the given layer on (None: never)."""
+        fake = lens.copy()
+        fake["top1_first"] = [f is not None and layer >= f for f, layer in
+                              zip([logit_first if w == "logit" else tuned_first for w in fake.lens], fake.layer)]
+        fake["first_digit"] = [str(i % 5) for i in fake.problem]  # the commonest digit is 20%
+        table = layer_study.lens_table({**out, "lens": fake})
+        return table.set_index("op").loc["+", ["logit", "tuned", "verdict"]].tolist()
+
+    assert verdict(0, 1) == [0, 1, "agree"] and verdict(0, 2) == [0, 2, "disagree"]
+    assert verdict(0, 9)[2] == "disagree" and verdict(9, 9)[2] == "agree"
 
 
 def test_every_view_of_the_study_renders(tables):
     from mechlib.views import layer_views
 
     _, out = tables
-    for chart in (layer_views.strips(out), layer_views.lens_chart(out)):
+    for chart in (layer_views.strips(out), layer_views.lens_chart(out), layer_views.kl_chart(out)):
         assert chart.to_dict()
+    assert "tuned lens reads from layer" in layer_views.lens_table(out).to_html()
     multi = layer_views.multi_layer(out).to_html()
     assert "layer 1 run twice" in multi and "intact model" in multi and "layer 0 skipped" not in multi  # per-layer rows are in the strips
     for table in (layer_views.claims(out), layer_views.speech(out)):
