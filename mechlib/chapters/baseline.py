@@ -15,7 +15,7 @@ import time
 import numpy as np
 import pandas as pd
 
-from ..core import format_summary
+from ..core import chat, format_summary
 from ..core.claims import RULES
 from ..core.data import count_cascades
 from ..core.evaluate import accuracy_cells, baseline_rates, evaluate
@@ -135,10 +135,11 @@ def real_config(params: Params) -> FormatConfig | None:
     if not params.real_models:
         return None
     pool_cells = tuple(d for d in ("1x1", "2x2") if d in params.difficulties) or params.difficulties[:1]
+    chat_cells = tuple(d for d in ("1x1",) if d in params.difficulties) or params.difficulties[:1]  # replies are long: 1x1 only
     return FormatConfig(models=params.real_models, formats=params.real_formats, operators=params.operators,
                         difficulties=params.difficulties, n_per_cell=params.real_n_per_cell, n_shared=params.real_n_shared,
                         headline="fewshot" if "fewshot" in params.real_formats else params.real_formats[0], shots=params.shots,
-                        pool_seeds=params.pool_seeds, pool_difficulties=pool_cells, seed=params.seed,
+                        pool_seeds=params.pool_seeds, pool_difficulties=pool_cells, chat_difficulties=chat_cells, seed=params.seed,
                         batch_size=min(params.batch_size, MAX_BATCH), device=params.device, workers=params.real_workers)
 
 
@@ -277,7 +278,7 @@ def findings(result: Result) -> dict:
 
 
 REAL_KEYS = ("real_models_text", "real_design_text", "real_headline_format", "real_headline_text", "real_bare_text", "real_qa_text",
-             "real_pool_text", "real_carry_text", "real_order_text", "real_first_error_text", "real_top_error_text")
+             "real_chat_text", "real_pool_text", "real_carry_text", "real_order_text", "real_first_error_text", "real_top_error_text")
 
 
 def real_findings(result: Result) -> dict:
@@ -286,11 +287,12 @@ def real_findings(result: Result) -> dict:
     out = {f"claim_{k}": v for k, v in format_summary.verdicts(real).items()} if len(real) else {}
     if config is None or not len(real):
         none = "Not measured: this run scored no pretrained model (parameter real_models)."
-        return {**{key: none for key in REAL_KEYS}, "real_headline_format": "few-shot", **_no_claims()}
+        return {**{key: none for key in REAL_KEYS}, "real_headline_format": "few-shot", **_no_claims(),
+                "real_chat_rule": chat.RULE, "real_chat_request": chat.REQUEST.format(a=12, word="plus", b=34)}
     head, names = config.headline, format_summary.FORMAT_NAMES
     n_cells = main_rows(real).groupby(["model", "format", "op", "difficulty"]).size()
     provenance = [shipped(m).provenance if shipped(m) else f"{m} (not a shipped model)" for m in config.models]
-    others = [names[f] for f in config.formats if f != head]
+    others = [names[f] for f in config.formats if f not in (head, "chat")]
     out.update({
         "real_models_text": "; ".join(provenance),
         "real_design_text": (f"Every format asks the same problems. The {names[head]} format, the headline, has {config.n_per_cell} problems "
@@ -300,6 +302,9 @@ def real_findings(result: Result) -> dict:
                                 f"seed {config.pool_seeds[0]}" if "fewshot" in config.formats else "") + "."),
         "real_headline_format": names[head],
         "real_headline_text": format_summary.headline(real, head),
+        "real_chat_text": _chat_text(real, config),
+        "real_chat_rule": chat.RULE,
+        "real_chat_request": chat.REQUEST.format(a=12, word="plus", b=34),
         "real_bare_text": _versus(real, config, "bare"),
         "real_qa_text": _versus(real, config, "qa"),
         "real_pool_text": format_summary.pool_spread(real),
@@ -315,6 +320,23 @@ def _versus(real: pd.DataFrame, config: FormatConfig, other: str) -> str:
     if other == config.headline or other not in config.formats:
         return f"Not measured: the {format_summary.FORMAT_NAMES[other]} format was not run beside the headline format."
     return format_summary.format_effect(real, config.headline, other)
+
+
+def _chat_text(real: pd.DataFrame, config: FormatConfig) -> str:
+    """Which models were asked in their chat template, on what, and how they did against the
+    headline format on the same problems."""
+    if "chat" not in config.formats:
+        return "Not measured: the chat format was not run."
+    asked = set(real[real.format == "chat"].model)
+    without = [format_summary.title(m) for m in config.models if m not in asked]
+    text = (f"Asked on the first {config.n_shared} problems of the {and_list(list(config.chat_difficulties))} cells, "
+            f"with up to {config.chat_tokens} tokens per reply. ")
+    if asked and config.headline != "chat":
+        text += format_summary.format_effect(real, "chat", config.headline) + " "
+    if without:
+        one = len(without) == 1
+        text += f"{and_list(without)} {'ships' if one else 'ship'} no chat template, so {'it is' if one else 'they are'} not asked in one."
+    return text.strip()
 
 
 def _no_claims() -> dict:

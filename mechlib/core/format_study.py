@@ -7,7 +7,10 @@ models compare paired, problem by problem:
 * ``bare``: ``12+34=``;
 * ``fewshot``: k worked examples of the operator in the bare format, drawn with the seed
   from problems outside the test set (:mod:`mechlib.core.fewshot`), then the bare prompt;
-* ``qa``: ``Q: What is 12 plus 34? A:``.
+* ``qa``: ``Q: What is 12 plus 34? A:``;
+* ``chat``: the request in the model's own chat template, for models that ship one
+  (:mod:`mechlib.core.chat`), on the ``chat_difficulties`` cells, the answer read from the
+  reply by a stated rule.
 """
 from __future__ import annotations
 
@@ -17,14 +20,14 @@ from collections.abc import Callable
 import pandas as pd
 from datasets import Dataset
 
-from . import claims
+from . import chat, claims
 from .data import OPERATORS, format_prompt, make_problems, parse_difficulty
-from .evaluate import accuracy_cells, evaluate
+from .evaluate import accuracy_cells, evaluate, greedy_decode
 from .fewshot import with_examples
 from .model_jobs import ModelsConfig, per_model
 from .models import load_model
 
-FORMATS = ("bare", "fewshot", "qa")
+FORMATS = ("bare", "fewshot", "qa", "chat")
 CLAIMS = {
     "no_multi_digit": "does not perform multi-digit arithmetic",
     "copies_numbers": "copies the numbers",
@@ -39,7 +42,8 @@ class FormatConfig(ModelsConfig):
     The headline format is scored on ``n_per_cell`` problems per cell; the other formats, and
     the headline format again with each extra pool of worked examples (``pool_seeds[1:]``,
     on ``pool_difficulties`` only), on the first ``n_shared`` of them, so every comparison
-    between formats or pools is on the same problems."""
+    between formats or pools is on the same problems. ``chat`` asks the first ``n_shared``
+    of the ``chat_difficulties`` cells, with ``chat_tokens`` tokens for each reply."""
 
     formats: tuple[str, ...] = FORMATS
     operators: tuple[str, ...] = OPERATORS
@@ -50,6 +54,8 @@ class FormatConfig(ModelsConfig):
     shots: int = 3
     pool_seeds: tuple[int, ...] = (0,)
     pool_difficulties: tuple[str, ...] = ("1x1", "2x2")
+    chat_difficulties: tuple[str, ...] = ("1x1",)
+    chat_tokens: int = 40
     seed: int = 0
 
     def __post_init__(self):
@@ -59,8 +65,12 @@ class FormatConfig(ModelsConfig):
             raise ValueError(f"formats {list(self.formats)}: each must be one of {list(FORMATS)}")
         if self.headline not in self.formats:
             raise ValueError(f"headline {self.headline!r} must be one of the formats {list(self.formats)}")
-        for d in (*self.difficulties, *self.pool_difficulties):
+        for d in (*self.difficulties, *self.pool_difficulties, *self.chat_difficulties):
             parse_difficulty(d)
+        if self.headline == "chat":
+            raise ValueError("headline 'chat' is not allowed: only models with a chat template are asked in it")
+        if not isinstance(self.chat_tokens, int) or not 1 <= self.chat_tokens <= 256:
+            raise ValueError(f"chat_tokens must be an integer in 1..256 (tokens per chat reply), got {self.chat_tokens!r}")
         if not isinstance(self.shots, int) or not 1 <= self.shots <= 20:
             raise ValueError(f"shots must be an integer in 1..20 (worked examples per prompt), got {self.shots!r}")
         if not 1 <= self.n_shared <= self.n_per_cell:
@@ -76,6 +86,8 @@ def render(problems: pd.DataFrame, fmt: str, shots: int, seed: int, example_diff
     base = "qa" if fmt == "qa" else "bare"
     pairs = [format_prompt(a, op, b, base) for a, op, b in zip(problems.a, problems.op, problems.b)]
     out = problems.assign(prompt=[p for p, _ in pairs], target=[t for _, t in pairs], prompt_format=base)
+    if fmt == "chat":  # the user's message; the template is the model's (score_job)
+        out = out.assign(prompt=[chat.request(a, op, b) for a, op, b in zip(out.a, out.op, out.b)], prompt_format="chat")
     if fmt == "fewshot":
         out = with_examples(Dataset.from_pandas(out, preserve_index=False), shots, seed, example_difficulties).to_pandas()
     return out.assign(format=fmt)
@@ -99,9 +111,10 @@ def jobs(config: FormatConfig) -> list[tuple[str, str, int]]:
     return out
 
 
-def score_job(config: FormatConfig, job: tuple[str, str, int], problems: pd.DataFrame, model=None) -> pd.DataFrame:
+def score_job(config: FormatConfig, job: tuple[str, str, int], problems: pd.DataFrame, model=None) -> pd.DataFrame | None:
     """One model, format and pool: its problems scored, with ``main`` marking the rows of the
-    main table (the first pool, or a format without examples)."""
+    main table (the first pool, or a format without examples); None for ``chat`` when the
+    model ships no chat template."""
     name, fmt, pool = job
     main = pool in (-1, config.pool_seeds[0])
     rendered = render(problems, fmt, config.shots, max(pool, 0))  # examples drawn outside every test problem
@@ -110,6 +123,13 @@ def score_job(config: FormatConfig, job: tuple[str, str, int], problems: pd.Data
         chosen = chosen[chosen.difficulty.isin(config.pool_difficulties)]
     if model is None:
         model, _ = load_model(name, device=config.device)
+    if fmt == "chat":
+        if not chat.has_chat(model.tokenizer):
+            return None
+        chosen = chosen[chosen.difficulty.isin(config.chat_difficulties)].reset_index(drop=True)
+        prompts = chat.chat_prompts(model.tokenizer, chosen.prompt.tolist())
+        replies = greedy_decode(model, prompts, config.chat_tokens, config.batch_size, stop_at_newline=False)
+        return chat.score_replies(chosen.assign(prompt=prompts), replies).assign(model=name, pool=pool, main=main)
     scored = evaluate(model, chosen.reset_index(drop=True), batch_size=config.batch_size)
     return scored.assign(model=name, pool=pool, main=main)
 
@@ -118,7 +138,8 @@ def _score_model(config: FormatConfig, name: str, problems: pd.DataFrame, setup=
     if setup is not None:
         setup()
     model, _ = load_model(name, device=config.device)
-    return [score_job(config, job, problems, model) for job in jobs(config) if job[0] == name]
+    frames = [score_job(config, job, problems, model) for job in jobs(config) if job[0] == name]
+    return [f for f in frames if f is not None]
 
 
 def format_study(config: FormatConfig, setup: Callable[[], None] | None = None) -> pd.DataFrame:
@@ -162,6 +183,8 @@ def claim_table(results: pd.DataFrame) -> pd.DataFrame:
     it, the rule."""
     rows = []
     for (name, fmt), group in main_rows(results).groupby(["model", "format"], sort=False):
+        if not group.difficulty.isin(claims.MULTI_DIGIT).any():
+            continue  # the claims are about multi-digit problems (the chat format asks 1x1 only by default)
         multi = claims.no_multi_digit(group)
         copies = claims.copies_numbers(group)
         formats = claims.formats_not_answers(group[group.difficulty.isin(claims.MULTI_DIGIT)])

@@ -13,7 +13,7 @@ from .shipped import shipped
 from .stats import fmt_interval, mcnemar, proportion
 from .taxonomy import ERROR_DESCRIPTIONS
 
-FORMAT_NAMES = {"bare": "bare", "fewshot": "few-shot", "qa": "Q/A"}
+FORMAT_NAMES = {"bare": "bare", "fewshot": "few-shot", "qa": "Q/A", "chat": "chat template"}
 OP_NAMES = {"+": "addition", "-": "subtraction", "*": "multiplication"}
 
 
@@ -43,13 +43,14 @@ def headline(results: pd.DataFrame, fmt: str, difficulties: tuple[str, ...] = ("
 
 
 def format_effect(results: pd.DataFrame, fmt: str, against: str) -> str:
-    """Per model, ``fmt`` against ``against`` on the same problems, with McNemar's exact test."""
+    """Per model, ``fmt`` against ``against`` on the problems both asked, with McNemar's exact test."""
     shared = shared_rows(results)
     parts = []
     for name, group in shared.groupby("model", sort=False):
-        a = group[group.format == fmt].sort_values("item")
-        b = group[group.format == against].sort_values("item")
-        if not len(a) or len(a) != len(b):
+        a = group[group.format == fmt]
+        b = group[group.format == against]
+        a, b = a[a.item.isin(b.item)].sort_values("item"), b[b.item.isin(a.item)].sort_values("item")
+        if not len(a):
             continue
         sa, sb, test = proportion(a.correct), proportion(b.correct), mcnemar(a.correct.values, b.correct.values)
         parts.append(f"{title(name)}: {FORMAT_NAMES[fmt]} {fmt_interval(sa['p'], sa['lo'], sa['hi'])} against {FORMAT_NAMES[against]} "

@@ -10,6 +10,7 @@ add the stop token's choice, which is not what a layer corruption is about.
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Callable
 
 import pandas as pd
@@ -118,7 +119,9 @@ def study_model(config: LayerConfig, name: str, setup: Callable[[], None] | None
         frames.append(scores.assign(corruption=c.spec, family=c.family, layer=c.layer, problem=range(len(problems)),
                                     op=problems.op.values, difficulty=problems.difficulty.values))
     text = tuned_lens.train_text(model, config.operators, (*config.difficulties, "1x2", "2x2"), problems, config.lens_tokens, config.seed)
+    start = time.perf_counter()
     translators, fit = tuned_lens.fit(model, text, min(config.batch_size, 32))
+    fit = fit.assign(seconds=round(time.perf_counter() - start, 1))  # what fitting costs (not part of any verdict)
     lens = pd.concat([logit_lens(model, prompts, targets, config.batch_size).assign(lens="logit"),
                       logit_lens(model, prompts, targets, config.batch_size, translators, all_positions=False).assign(lens="tuned")],
                      ignore_index=True)
@@ -290,7 +293,8 @@ def sentences(tables: dict[str, pd.DataFrame]) -> dict[str, str]:
     fits = []
     if "lens_fit" in tables and len(tables["lens_fit"]):
         for name, fit in tables["lens_fit"].groupby("model", sort=False):
-            fits.append(f"{title(name)} {fit.held_out_r2.min():.2f} to {fit.held_out_r2.max():.2f} over {int(fit.positions.iloc[0]):,} positions")
+            fits.append(f"{title(name)} {fit.held_out_r2.min():.2f} to {fit.held_out_r2.max():.2f} (fitted on {int(fit.positions.iloc[0]):,} "
+                        f"positions in {fit.seconds.iloc[0]:.0f} s, {len(fit)} translators of {fit.parameters.iloc[0]:,} parameters each)")
     verdict_table = verdicts(tables)
     scores = tables["scores"]
     first = scores[scores.corruption == "none"]

@@ -120,7 +120,7 @@ def fit(model, tokens: torch.Tensor, batch_size: int = 16) -> tuple[Translators,
         var = float((held[2] - held[3].pow(2) / max(held[4], 1)).sum()) if held[4] else float("nan")
         translators[j - 1] = (w[:d].float().to(model.cfg.device), w[d].float().to(model.cfg.device))
         rows.append({"layer": j - 1, "ridge": best[0], "held_out_r2": 1 - best[1] / var if var > 0 else float("nan"),
-                     "positions": int(total[4])})
+                     "positions": int(total[4]), "parameters": d * d + d})
     return translators, pd.DataFrame(rows)
 
 

@@ -11,7 +11,7 @@ from ..core.format_study import FORMATS, cell_table, claim_table, main_rows, poo
 from ..core.format_summary import FORMAT_NAMES, title
 from . import plots
 
-FORMAT_COLOURS = {"bare": "#bab0ac", "fewshot": "#4c78a8", "qa": "#f58518"}
+FORMAT_COLOURS = {"bare": "#bab0ac", "fewshot": "#4c78a8", "qa": "#f58518", "chat": "#54a24b"}
 VERDICT_NAMES = {"holds": "holds", "false": "false: the data go against it", "unclear": "unclear: the interval spans the threshold"}
 
 

@@ -84,10 +84,11 @@ def lens_chart(real: dict) -> alt.Chart:
                         for op in OPERATOR_NAMES if (lens.op == op).any() for which in LENS_NAMES])
     curves["model"] = curves.model.map(title)
     curves["interval"] = [f"{a:.1%} [{lo:.1%}, {hi:.1%}], n = {n}" for a, lo, hi, n in zip(curves.top1, curves.lo, curves.hi, curves.n)]
+    curves["median rank"] = curves["rank"].map("{:g}".format)  # of the right digit among all tokens; 1 = top
     base = alt.Chart(curves).encode(x=alt.X("layer:Q", title="layer (−1: the embedding)", axis=alt.Axis(tickMinStep=1)),
                                     color=alt.Color("operator:N", title="operator"),
                                     strokeDash=alt.StrokeDash("lens:N", sort=list(LENS_NAMES.values()), legend=None),  # the caption says which is dashed
-                                    tooltip=["model", "lens", "operator", "layer", "interval"])
+                                    tooltip=["model", "lens", "operator", "layer", "interval", "median rank"])
     band = base.mark_area(opacity=0.12).encode(y=alt.Y("lo:Q", title="first answer digit is top-1"), y2="hi:Q", detail="lens:N")
     line = base.mark_line(point=True).encode(y=alt.Y("top1:Q", axis=alt.Axis(format="%"), scale=alt.Scale(domain=[0, 1])))
     return (band + line).properties(width=plots.COLUMN_WIDTH - 220, height=140).facet(

@@ -46,7 +46,9 @@ def test_every_format_and_pool_scores_the_same_problems_and_every_claim_gets_a_v
     assert list(zip(other.a, other.b)) == list(zip(first.a, first.b))  # same problems, other examples
     assert not (other.prompt.values == first.prompt.values).all()
     verdicts = claim_table(results)
-    assert len(verdicts) == len(FORMATS) * len(CLAIMS)
+    assert len(verdicts) == (len(FORMATS) - 1) * len(CLAIMS) and "chat" not in set(verdicts.format)  # chat asks 1x1 only
+    asked = main[main.format == "chat"]
+    assert len(asked) and set(asked.difficulty) == {"1x1"} and asked.prompt.str.contains("<|im_start|>assistant", regex=False).all()
     assert set(verdicts.verdict) <= {"holds", "false", "unclear"} and verdicts.rule.str.contains("%").all()
 
 

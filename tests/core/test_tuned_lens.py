@@ -61,3 +61,4 @@ def test_the_fit_covers_every_layer_but_the_last_and_repeats(llama_shaped_dir):
     assert all(torch.equal(translators[k][0], again[k][0]) for k in translators)
     assert fit.ridge.isin(tuned_lens.RIDGE_GRID).all() and (fit.held_out_r2 <= 1).all()
     assert (fit.positions == 10 * (tuned_lens.WINDOW - int(model.cfg.default_prepend_bos))).all()
+    assert (fit.parameters == model.cfg.d_model ** 2 + model.cfg.d_model).all()
