@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 
 import pandas as pd
+import torch
 
 from . import tuned_lens
 from .claims import interval_verdict
@@ -25,17 +26,22 @@ from .format_study import render
 from .interventions import corrupted, logit_lens, mean_activations, parse_corruptions
 from .model_jobs import ModelsConfig, per_model
 from .models import load_model
-from .stats import proportion
+from .stats import bootstrap_mean, proportion
 
 # Claim thresholds (the page prints the rules).
 MOST = 0.5  # "layer 0 alone repeats the last token": most first tokens repeat it
 BROKEN = 0.05  # "removing the first layer breaks the model": accuracy credibly below this
+PROSE_TOKENS = 1024  # prose read with layer 0 alone: 16 windows of 64 tokens
 READABLE = 0.5  # a lens reads the answer at a layer whose top-1 lower bound exceeds this share of the last layer's
 DISAGREE = 1  # the two lenses disagree when their readable layers differ by more than this many layers
 RULES = {
     "layer0_repeats": (f"holds when the share of problems whose first token, with layer 0 alone, repeats the prompt's last token "
                        f"(the same text, spaces aside) has a 95% lower bound above {MOST:.0%}; false when its upper bound is below "
                        f"{MOST:.0%}"),
+    "layer0_repeats_prose": (f"holds when the share of prose positions where the model with layer 0 alone predicts the token it has "
+                             f"just read (the same text, spaces aside) has a 95% lower bound above {MOST:.0%}; false when its upper "
+                             f"bound is below {MOST:.0%}; the interval is a bootstrap over the text's {PROSE_TOKENS // tuned_lens.WINDOW} "
+                             "windows, since positions in one window are not independent"),
     "first_layer_breaks": (f"holds when accuracy with layer 0 skipped has a 95% upper bound below {BROKEN:.0%}; false when its "
                            f"lower bound is above {BROKEN:.0%}"),
     "last_layer": ("each lens reads the first answer digit of addition from its readable layer (below); the claim holds when "
@@ -136,9 +142,39 @@ def study_model(config: LayerConfig, name: str, setup: Callable[[], None] | None
         text = model.tokenizer.decode  # " =" repeats "=": tokens compare by their text, spaces stripped
         repeats = pd.DataFrame({"problem": range(len(ids)),
                                 "repeats": [len(f) > 0 and text([f[0]]).strip() == text([p[-1]]).strip() != "" for f, p in zip(first, ids)]})
+    prose = prose_repeats(model, config, only0) if only0 is not None else pd.DataFrame()
     speech = speak(model, config, conditions, means)
-    out = {"scores": pd.concat(frames, ignore_index=True), "lens": lens, "lens_fit": fit, "repeats": repeats, "speech": speech}
+    out = {"scores": pd.concat(frames, ignore_index=True), "lens": lens, "lens_fit": fit, "repeats": repeats, "prose": prose, "speech": speech}
     return {key: frame.assign(model=name, n_layers=n_layers) for key, frame in out.items()}
+
+
+@torch.inference_mode()
+def prose_repeats(model, config: LayerConfig, only0, batch: int = 2) -> pd.DataFrame:
+    """Prose never used to fit the tuned lens (paragraphs from the other end of the shuffled
+    list), read in windows by the model intact and with layer 0 alone: at each position (BOS
+    aside), does the predicted next token repeat the token just read? One row per condition,
+    window and position. Two windows per pass: Gemma's logits are 262,144 floats a position."""
+    paragraphs = tuned_lens.prose_paragraphs(config.seed)[::-1]
+    tokens = tuned_lens.windows(model, paragraphs, PROSE_TOKENS, sep="\n\n").to(model.cfg.device)
+    skip = int(model.cfg.default_prepend_bos)
+    texts: dict[int, str] = {}
+
+    def text(i: int) -> str:
+        if i not in texts:
+            texts[i] = model.tokenizer.decode([i]).strip()
+        return texts[i]
+
+    none = parse_corruptions(["none"], model.cfg.n_layers)[0]
+    rows = []
+    for label, c in (("intact", none), ("layer 0 alone", only0)):
+        with corrupted(model, c) as forward:
+            for start in range(0, len(tokens), batch):
+                chunk = tokens[start:start + batch]
+                pred = (forward or model)(chunk).argmax(-1).cpu().tolist()
+                for w, (row, guess) in enumerate(zip(chunk.cpu().tolist(), pred)):
+                    rows += [{"condition": label, "window": start + w, "position": p, "repeats": text(g) == text(t) != ""}
+                             for p, (t, g) in enumerate(zip(row, guess)) if p >= skip]
+    return pd.DataFrame(rows)
 
 
 def speak(model, config: LayerConfig, conditions, means: dict) -> pd.DataFrame:
@@ -221,6 +257,13 @@ def verdicts(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
             st = proportion(rep.repeats)
             rows.append({"model": name, "claim": "layer0_repeats", "verdict": interval_verdict(st["lo"], st["hi"], MOST, holds_below=False),
                          "evidence": f"{st['p']:.0%} [{st['lo']:.0%}, {st['hi']:.0%}] of {st['n']} first tokens repeat the last one"})
+        prose = tables["prose"][tables["prose"].model == name] if "prose" in tables and len(tables["prose"]) else pd.DataFrame()
+        if len(prose):
+            alone, intact = prose[prose.condition == "layer 0 alone"], prose[prose.condition == "intact"]
+            share, lo, hi = bootstrap_mean(alone.groupby("window").repeats.mean().values)
+            rows.append({"model": name, "claim": "layer0_repeats_prose", "verdict": interval_verdict(lo, hi, MOST, holds_below=False),
+                         "evidence": f"{share:.0%} [{lo:.0%}, {hi:.0%}] of {len(alone):,} prose positions in "
+                                     f"{alone.window.nunique()} windows repeat the token just read (intact model: {intact.repeats.mean():.0%})"})
         skip0 = table[(table.model == name) & (table.corruption == "skip:0")]
         clean = table[(table.model == name) & (table.corruption == "none")]
         if len(skip0) and len(clean):
@@ -258,7 +301,8 @@ def layer_text(layer) -> str:
 
 
 CLAIMS = {
-    "layer0_repeats": "layer 0 only repeats the last token",
+    "layer0_repeats": "layer 0 only repeats the last token (problem prompts)",
+    "layer0_repeats_prose": "layer 0 only repeats the last token (prose, every position)",
     "first_layer_breaks": "removing the first layer breaks the model completely",
     "last_layer": "addition gets correct in the last layer",
 }

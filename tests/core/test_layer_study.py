@@ -59,6 +59,21 @@ def test_each_claim_gets_a_verdict_by_its_rule(tables):
     assert verdict() == "holds"
     fake["repeats"]["repeats"] = False
     assert verdict() == "false"
+    prose = lambda: layer_study.verdicts(fake).set_index("claim").loc["layer0_repeats_prose", "verdict"]  # noqa: E731
+    alone = fake["prose"].condition == "layer 0 alone"
+    fake["prose"]["repeats"] = alone  # every position with layer 0 alone, none intact
+    assert prose() == "holds"
+    fake["prose"]["repeats"] = ~alone
+    assert prose() == "false"
+
+
+def test_prose_is_read_at_every_position_but_bos_by_both_conditions(tables):
+    _, out = tables
+    prose = out["prose"]
+    counts = prose.groupby("condition").size()
+    assert set(counts.index) == {"intact", "layer 0 alone"} and counts.nunique() == 1
+    per_window = prose.groupby(["condition", "window"]).position.agg(["min", "max", "size"])
+    assert (per_window["size"] == per_window["max"] - per_window["min"] + 1).all() and prose.repeats.dtype == bool
 
 
 def test_the_readable_layer_is_the_first_whose_lower_bound_clears_both_bars():
