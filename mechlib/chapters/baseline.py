@@ -85,6 +85,8 @@ class Params(ModelParams):
             self.fail("real_n_shared", f"must be at most real_n_per_cell ({self.real_n_per_cell})")
         if len(set(self.pool_seeds)) != len(self.pool_seeds):
             self.fail("pool_seeds", "must be distinct")
+        if set(self.real_formats) <= {"chat"}:
+            self.fail("real_formats", "needs bare, fewshot or qa besides chat (only models with a chat template are asked in it)")
 
 
 @dataclasses.dataclass
@@ -138,7 +140,8 @@ def real_config(params: Params) -> FormatConfig | None:
     chat_cells = tuple(d for d in ("1x1",) if d in params.difficulties) or params.difficulties[:1]  # replies are long: 1x1 only
     return FormatConfig(models=params.real_models, formats=params.real_formats, operators=params.operators,
                         difficulties=params.difficulties, n_per_cell=params.real_n_per_cell, n_shared=params.real_n_shared,
-                        headline="fewshot" if "fewshot" in params.real_formats else params.real_formats[0], shots=params.shots,
+                        headline="fewshot" if "fewshot" in params.real_formats else next(f for f in params.real_formats if f != "chat"),
+                        shots=params.shots,
                         pool_seeds=params.pool_seeds, pool_difficulties=pool_cells, chat_difficulties=chat_cells, seed=params.seed,
                         batch_size=min(params.batch_size, MAX_BATCH), device=params.device, workers=params.real_workers)
 

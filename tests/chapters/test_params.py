@@ -96,6 +96,8 @@ def test_cross_field_rules():
         chapters.params("03_finetune", overrides={"operators": ["-"], "replay_operators": ["-"]})
     with pytest.raises(ParamError, match="'corruptions'.*skip:x"):
         chapters.params("02_layers", overrides={"corruptions": ["none", "skip:x"]})
+    with pytest.raises(ParamError, match="'real_formats'.*needs bare, fewshot or qa besides chat"):
+        chapters.params("01_baseline", overrides={"real_formats": ["chat"]})
     with pytest.raises(ParamError, match="'real_n_shared' = 300: must be at most real_n_per_cell"):
         chapters.params("01_baseline", overrides={"real_n_per_cell": 200, "real_n_shared": 300})
     with pytest.raises(ParamError, match="'pool_seeds'.*distinct"):
