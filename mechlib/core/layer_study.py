@@ -278,8 +278,8 @@ def verdicts(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
             earlier = [r[w] is not None and not pd.isna(r[w]) and r[w] < r.n_layers - 1 for w in ("logit", "tuned")]
             verdict = "holds" if all(last) else "false" if all(earlier) else "unclear"
             rows.append({"model": name, "claim": "last_layer", "verdict": verdict,
-                         "evidence": f"addition's first digit is read from layer {layer_text(r.logit)} by the logit lens and "
-                                     f"{layer_text(r.tuned)} by the tuned lens, of layers 0 to {r.n_layers - 1}; last layer top-1 "
+                         "evidence": f"the logit lens reads addition's first digit {_from(r.logit)} and the tuned lens "
+                                     f"{_from(r.tuned)}, of layers 0 to {r.n_layers - 1}; last layer top-1 "
                                      f"{r.last_top1:.0%}, n = {r.n}"})
     return pd.DataFrame(rows, columns=["model", "claim", "verdict", "evidence"])
 
@@ -293,6 +293,10 @@ def readable_layer(curve: pd.DataFrame) -> int | None:
         return None
     hits = curve[(curve.layer >= 0) & (curve.lo > target)].sort_values("layer")
     return int(hits.layer.iloc[0]) if len(hits) else None
+
+
+def _from(layer) -> str:
+    return "at no layer" if layer is None or pd.isna(layer) else f"from layer {int(layer)}"
 
 
 def layer_text(layer) -> str:
@@ -331,8 +335,8 @@ def sentences(tables: dict[str, pd.DataFrame]) -> dict[str, str]:
         needed.append(f"{title(name)}: " + ", ".join(worst))
     words = {"+": "addition", "-": "subtraction", "*": "multiplication"}
     for r in lens_table(tables).itertuples():
-        lens.append(f"{title(r.model)}, {words[r.op]}: the logit lens from layer {layer_text(r.logit)}, the tuned lens from layer "
-                    f"{layer_text(r.tuned)}, of layers 0 to {r.n_layers - 1}; they {r.verdict} (last layer top-1 {r.last_top1:.0%}, "
+        lens.append(f"{title(r.model)}, {words[r.op]}: the logit lens reads it {_from(r.logit)}, the tuned lens {_from(r.tuned)}, "
+                    f"of layers 0 to {r.n_layers - 1}; they {r.verdict} (last layer top-1 {r.last_top1:.0%}, "
                     f"most common first digit {r.majority:.0%}, n = {r.n})")
     fits = []
     if "lens_fit" in tables and len(tables["lens_fit"]):

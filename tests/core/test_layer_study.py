@@ -1,6 +1,8 @@
 """The real-model layer study on a small random Llama-shaped model with SmolLM2's tokenizer:
 every corruption scores the same few-shot problems, the clean row matches an uncorrupted
 scoring, and each claim gets a verdict by its rule."""
+import re
+
 import pandas as pd
 import pytest
 
@@ -44,7 +46,7 @@ def test_every_corruption_scores_the_same_problems_and_the_clean_row_is_the_inta
         assert list(curve.layer) == [-1, 0, 1, 2] and (curve.n == 5).all() and curve.kl.iloc[-1] == pytest.approx(0, abs=1e-5)
     assert set(out["lens_fit"].layer) == {-1, 0, 1}
     text = layer_study.sentences(out)
-    assert "3 translators" in text["layers_fit_text"] and "the tuned lens from layer" in text["layers_lens_text"]
+    assert "3 translators" in text["layers_fit_text"] and re.search(r"the tuned lens (from layer \d|at no layer)", text["layers_lens_text"])
 
 
 def test_each_claim_gets_a_verdict_by_its_rule(tables):
