@@ -71,9 +71,9 @@ class Params(ModelParams):
                                           "prompt formats for the pretrained models (few-shot, when present, is the headline)")
     real_n_per_cell: int = param(200, is_int(1, 10_000), "an integer in 1..10000",
                                  "problems per cell in the headline format (1x1 cells hold at most 100)")
-    real_n_shared: int = param(70, is_int(1, 10_000), "an integer in 1..10000, at most real_n_per_cell",
+    real_n_shared: int = param(50, is_int(1, 10_000), "an integer in 1..10000, at most real_n_per_cell",
                                "problems per cell, the first of the headline ones, in the other formats and extra pools "
-                               "(70 keeps chapters 1 and 2 within 12 minutes on 2 cores)")
+                               "(50 keeps chapters 1 and 2 within 12 minutes on 2 cores)")
     shots: int = param(3, is_int(1, 20), "an integer in 1..20", "worked examples per few-shot prompt")
     pool_seeds: tuple[int, ...] = param((0, 1, 2), list_of(is_int(0, 2**31 - 1), min_len=1, max_len=5),
                                         "a list of 1 to 5 distinct seeds",

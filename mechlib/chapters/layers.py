@@ -83,8 +83,8 @@ class Params(ModelParams):
                                          "pretrained models broken layer by layer on the cells they do best")
     real_operators: tuple[str, ...] = operators_field(("+", "*"))
     real_difficulties: tuple[str, ...] = difficulties_field(("1x1",))
-    real_n_per_cell: int = param(50, is_int(1, 10_000), "an integer in 1..10000",
-                                 "problems per cell for the pretrained models (50 keeps both models' sweeps within minutes on 2 cores; "
+    real_n_per_cell: int = param(40, is_int(1, 10_000), "an integer in 1..10000",
+                                 "problems per cell for the pretrained models (40 keeps both models' sweeps within minutes on 2 cores; "
                                  "chapter 1 finds 1x1 the cells where both do best)")
     shots: int = param(3, is_int(1, 20), "an integer in 1..20", "worked examples per few-shot prompt")
     pool_seed: int = param(0, is_int(0, 2**31 - 1), "an integer in 0..2147483647", "the draw of worked examples")

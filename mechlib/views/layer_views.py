@@ -127,13 +127,13 @@ def lens_table(real: dict):
     if not real:
         return plots.interval_table(pd.DataFrame(), [])
     table = layer_study.lens_table(real)
-    out = pd.DataFrame({"model": table.model.map(title), "operator": table.op.map(OPERATOR_NAMES),
+    out = pd.DataFrame({"model": table.model.map(title), "operator": table.op.map({"+": "+", "-": "−", "*": "×"}),
                         "logit lens reads from layer": [layer_study.layer_text(x) for x in table.logit],
                         "tuned lens reads from layer": [layer_study.layer_text(x) for x in table.tuned],
-                        "lenses": table.verdict, "last layer top-1": table.last_top1.map("{:.0%}".format),
-                        "most common first digit": table.majority.map("{:.0%}".format), "n": table.n,
-                        "layers": [f"0 to {n - 1}" for n in table.n_layers]})
-    return plots.text_table(out, wrap=[])
+                        "lenses": table.verdict,
+                        "last layer top-1 (commonest digit)": [f"{a:.0%} ({m:.0%})" for a, m in zip(table.last_top1, table.majority)],
+                        "n": table.n})
+    return plots.text_table(out, wrap=[])  # the layers' range is in the text above
 
 
 def claims(real: dict):
