@@ -143,7 +143,7 @@ def claims(real: dict):
     table = layer_study.verdicts(real)
     lenses_split = (table.claim == "last_layer") & (table.verdict == "unclear")  # its rule's "unclear" is not an interval's
     table["model"], table["claim"] = table.model.map(title), table.claim.map(layer_study.CLAIMS)
-    table["verdict"] = table.verdict.map(VERDICT_NAMES).where(~lenses_split, "unclear: the two lenses place it differently")
+    table["verdict"] = table.verdict.map(VERDICT_NAMES).where(~lenses_split, "unclear: the lenses do not agree on a layer, or do not read it")
     return plots.text_table(table, wrap=["claim", "verdict", "evidence"])
 
 
