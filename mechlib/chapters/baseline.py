@@ -291,7 +291,7 @@ def real_findings(result: Result) -> dict:
     if config is None or not len(real):
         none = "Not measured: this run scored no pretrained model (parameter real_models)."
         return {**{key: none for key in REAL_KEYS}, "real_headline_format": "few-shot", **_no_claims(),
-                "real_chat_rule": chat.RULE, "real_chat_request": chat.REQUEST.format(a=12, word="plus", b=34)}
+                "real_chat_rule": chat.RULE, "real_chat_request": chat.request(12, "+", 34)}
     head, names = config.headline, format_summary.FORMAT_NAMES
     n_cells = main_rows(real).groupby(["model", "format", "op", "difficulty"]).size()
     provenance = [shipped(m).provenance if shipped(m) else f"{m} (not a shipped model)" for m in config.models]
@@ -307,7 +307,7 @@ def real_findings(result: Result) -> dict:
         "real_headline_text": format_summary.headline(real, head),
         "real_chat_text": _chat_text(real, config),
         "real_chat_rule": chat.RULE,
-        "real_chat_request": chat.REQUEST.format(a=12, word="plus", b=34),
+        "real_chat_request": chat.request(12, "+", 34),
         "real_bare_text": _versus(real, config, "bare"),
         "real_qa_text": _versus(real, config, "qa"),
         "real_pool_text": format_summary.pool_spread(real),

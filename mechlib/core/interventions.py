@@ -246,7 +246,6 @@ def logit_lens(model, prompts: Sequence[str], targets: Sequence[str], batch_size
             if translators is not None:
                 resid = translate(translators, j - 1, resid)
             logp = unembed_residual(model, resid).float().log_softmax(-1)
-            pred = logp.argmax(-1)
             at_first = logp[:, 0] if not all_positions else logp.gather(1, first[..., None].expand(-1, 1, logp.shape[-1]))[:, 0]
             if final is None:
                 final = at_first
@@ -256,7 +255,7 @@ def logit_lens(model, prompts: Sequence[str], targets: Sequence[str], batch_size
             kl[idx, j] = (final.exp() * (final - at_first)).sum(-1).clamp_min(0).cpu().numpy()
             top1[idx, j] = (at_first.argmax(-1) == tgt_first).cpu().numpy()
             if all_positions:
-                tf[idx, j] = (pred == tgt).all(1).cpu().numpy()
+                tf[idx, j] = (logp.argmax(-1) == tgt).all(1).cpu().numpy()
     layers = np.arange(-1, n_layers)
     out = pd.DataFrame(
         {
