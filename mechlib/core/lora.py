@@ -70,6 +70,9 @@ class FinetuneRecipe:
     task: str = "answer"
     call_style: str = "short"
     train_positions: bool = False  # also train the learned position embeddings (GPT-2's wpe), fully
+    # Held-out problems per (operator, difficulty) cell in the training curve (0: all of them).
+    # A real model's teacher-forced pass over thousands of held-out problems costs minutes.
+    curve_per_cell: int = 0
 
     def key(self) -> str:
         """Hash of the recipe, the training code's version and the base's tokenizer. Fields
@@ -78,7 +81,7 @@ class FinetuneRecipe:
 
         recipe = dataclasses.asdict(self)
         recipe["target_modules"] = list(self.targets())  # () and the family's own list are one recipe
-        for name, default in (("task", "answer"), ("call_style", "short"), ("train_positions", False)):
+        for name, default in (("task", "answer"), ("call_style", "short"), ("train_positions", False), ("curve_per_cell", 0)):
             if recipe[name] == default:
                 del recipe[name]
         return content_key(recipe=recipe, code=TRAINING_CODE_VERSION, tokenizer=tokenizer_fingerprint(self.base))
@@ -105,6 +108,8 @@ class FinetuneRecipe:
         bad = [k for k, (lo, hi) in BOUNDS.items() if not lo <= getattr(self, k) <= hi]
         if bad:
             raise ValueError(f"fine-tuning parameter(s) {bad} out of range: {[(k, getattr(self, k)) for k in bad]}")
+        if not isinstance(self.curve_per_cell, int) or self.curve_per_cell < 0:
+            raise ValueError(f"curve_per_cell must be a non-negative integer (0: every held-out problem), got {self.curve_per_cell!r}")
         if self.task not in ("answer", "tool") or self.call_style not in ("short", "long"):
             raise ValueError(f"task {self.task!r} must be 'answer' or 'tool', call_style {self.call_style!r} 'short' or 'long'")
         return self
@@ -234,7 +239,7 @@ def train(recipe: FinetuneRecipe, progress: bool = True, device: str = "cpu"):
     old = all_problems(recipe.replay_operators, recipe.difficulties, recipe.prompt_format) if recipe.replay_operators else new.iloc[:0]
     train_old, held_old = split_heldout(old, recipe.heldout_fraction, recipe.seed, fixed=base_heldout(recipe.base))
 
-    parts = [train_new, train_old, held_new, held_old]
+    parts = [train_new, train_old, curve_rows(held_new, recipe.curve_per_cell), curve_rows(held_old, recipe.curve_per_cell)]
     everything = pd.concat(parts, ignore_index=True)  # one encoding, so every part has one width
     bos = family_of_config(hf_model.config).starts_with_bos(tokenizer)
     ids, mask, labels = (t.to(device) for t in encode_supervised(tokenizer, everything.prompt.tolist(), everything.target.tolist(), bos))
@@ -286,6 +291,7 @@ def train(recipe: FinetuneRecipe, progress: bool = True, device: str = "cpu"):
     split = {"train_new": train_new, "heldout_new": held_new, "train_old": train_old, "heldout_old": held_old}
     hist = pd.DataFrame(history)
     hist.attrs["train_seconds"] = train_seconds
+    hist.attrs["where"] = {"device": str(device), "threads": torch.get_num_threads()}
     return merged, tokenizer, hist, split
 
 
@@ -298,6 +304,16 @@ def base_heldout(base: str) -> dict:
         return {}
     _, held = split_pairs(OrganismRecipe())
     return {"+": {data.pair_key(int(a), "+", int(b)) for a, b in held.tolist()}}
+
+
+def curve_rows(problems: pd.DataFrame, per_cell: int) -> pd.DataFrame:
+    """The held-out problems the training curve scores: ``per_cell`` of each (operator,
+    difficulty) cell drawn at random (seed 0; the cells are in operand order), or all of them
+    when ``per_cell`` is 0."""
+    if not per_cell:
+        return problems
+    drawn = problems.sample(frac=1.0, random_state=0)
+    return drawn.groupby(["op", "difficulty"], sort=False).head(per_cell).reset_index(drop=True)
 
 
 def cell_weights(problems: pd.DataFrame) -> np.ndarray:
@@ -323,7 +339,7 @@ def save_finetuned(merged, tokenizer, history: pd.DataFrame, split: dict, recipe
     try:
         merged.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        write_source(tmp, recipe.base, recipe=dataclasses.asdict(recipe), recipe_key=recipe.key())
+        write_source(tmp, recipe.base, recipe=dataclasses.asdict(recipe), recipe_key=recipe.key(), trained_on=history.attrs.get("where"))
         history.to_json(tmp / "history.json", orient="records")
         (tmp / "train_seconds.txt").write_text(f"{history.attrs.get('train_seconds', 0):.1f}\n")
         for part in ("heldout_new", "heldout_old"):

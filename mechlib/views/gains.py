@@ -79,3 +79,17 @@ def gain_cost_findings(results: pd.DataFrame, new_ops: Sequence[str], before: st
             old_acc_after=float(results[(results.model == after) & ~results.op.isin(new_ops)].correct.mean()),
         )
     return out
+
+
+def source_table(placed: pd.DataFrame):
+    """The cells set against the source's ranges (:func:`mechlib.core.lora_study.against_source`),
+    narrow: accuracy and its interval in one column."""
+    from .plots import TABLE_STYLE
+
+    if not len(placed):
+        return pd.DataFrame({"note": ["not measured in this run"]}).style.hide(axis="index")
+    out = placed[["difficulty", "stage", "n"]].copy()
+    out["accuracy [95% interval]"] = [fmt_interval(p, lo, hi) for p, lo, hi in zip(placed.accuracy, placed.lo, placed.hi)]
+    out["source range"] = placed["source range"]
+    out["placement"] = [f"{p}; interval {'overlaps' if o == 'yes' else 'outside'}" for p, o in zip(placed.placement, placed["interval overlaps"])]
+    return out.style.hide(axis="index").set_table_styles(TABLE_STYLE)

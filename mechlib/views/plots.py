@@ -256,9 +256,11 @@ def line_chart(df: pd.DataFrame, x: str, y: str, color: str | None = None, title
     return chart.properties(width=width, height=220, title=_title(title, caption)).resolve_scale(color="independent", shape="independent")
 
 
-def before_after_bars(results: pd.DataFrame, title: str = "Accuracy before and after fine-tuning", caption: str | None = None) -> alt.Chart:
-    """Grouped bars with Wilson 95% error bars: accuracy per difficulty, one bar per model,
-    one panel per operator."""
+def before_after_bars(results: pd.DataFrame, title: str = "Accuracy before and after fine-tuning", caption: str | None = None,
+                      legend: str = "model") -> alt.Chart:
+    """Grouped bars with Wilson 95% error bars: accuracy per difficulty, one bar per model
+    (``legend`` names them; the legend sits below, so long labels fit the column), one panel
+    per operator."""
     from ..core.stats import accuracy_by
 
     acc = accuracy_by(results, ["op", "difficulty", "model"])
@@ -266,8 +268,8 @@ def before_after_bars(results: pd.DataFrame, title: str = "Accuracy before and a
     base = alt.Chart(acc).encode(
         x=alt.X("difficulty:N", title="difficulty", axis=alt.Axis(labelAngle=0)),
         xOffset=alt.XOffset("model:N", sort=order),
-        color=alt.Color("model:N", sort=order, title="model"),
-        tooltip=["op", "difficulty", "model", "n", alt.Tooltip("accuracy:Q", format=".1%"), alt.Tooltip("lo:Q", format=".1%"),
+        color=alt.Color("model:N", sort=order, title=legend, legend=alt.Legend(orient="bottom")),
+        tooltip=["op", "difficulty", alt.Tooltip("model:N", title=legend), "n", alt.Tooltip("accuracy:Q", format=".1%"), alt.Tooltip("lo:Q", format=".1%"),
                  alt.Tooltip("hi:Q", format=".1%")],
     )
     bars = base.mark_bar().encode(y=alt.Y("accuracy:Q", title="exact-match accuracy", axis=alt.Axis(format="%"), scale=alt.Scale(domain=[0, 1])))

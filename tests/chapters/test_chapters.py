@@ -147,7 +147,8 @@ def real_set_results(request, llama_shaped_dir, gemma_shaped_dir, tmp_path_facto
         covered = load_param_set(request.param)["covers"]
         for chapter in covered if request.param == "smollm2" else covered[:2]:
             mod = chapters.module(chapter)
-            extra = {"finetuned_name": f"tiny-{request.param}-lora-mul"} if chapter == "03_finetune" else {}
+            extra = {"finetuned_name": f"tiny-{request.param}-lora-mul", "real_model": str(shaped), "real_steps": 2,
+                     "real_lora_batch_size": 4, "real_n_per_cell": 2, "real_workers": 1} if chapter == "03_finetune" else {}
             extra |= {"real_models": [str(shaped)]} if chapter in ("01_baseline", "02_layers") else {}
             params = mod.Params.from_set(request.param, {**TINY_REAL[chapter], **extra, "model": str(shaped), "device": "cpu"})
             result = mod.run(params)
@@ -167,6 +168,10 @@ def test_real_model_sets_run_on_shaped_models_and_fill_their_glue(real_set_resul
     real = out["01_baseline"][1].real
     chat = {"chat"} if name == "smollm2" else set()  # SmolLM2's tokenizer ships a chat template, Gemma 3 270M's does not
     assert set(real.format) == {"bare", "fewshot", "qa"} | chat and set(real.model) == {out["01_baseline"][0].real_models[0]}
+    if "03_finetune" in out:  # the pretrained-model part, on the same shaped model
+        _, result, found = out["03_finetune"]
+        assert set(result.real["results"].model) == {"before, few-shot", "before, bare", "after, bare"}
+        assert "Not measured" not in found["real_new_text"] and found["real_source_text"]
     if "02_layers" in out:
         lens = out["02_layers"][1].lens
         assert len(lens) and lens["p_first"].between(0, 1).all()

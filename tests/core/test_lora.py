@@ -205,3 +205,28 @@ def test_a_name_holding_another_recipe_is_refused_not_overwritten(tmp_path, monk
     assert json.loads((folder / "mechlib_source.json").read_text())["recipe"]["steps"] == 1600  # untouched
     with pytest.raises(ParamError, match="'finetuned_name'.*already holds a fine-tune of another recipe"):
         chapter3.check(chapter3.Params(finetuned_name="shared-name", steps=20, device="cpu"))
+
+
+def test_a_shipped_bases_cache_key_is_its_gguf_hash(monkeypatch):
+    """A fine-tune of a shipped GGUF model is keyed on the file's hash: a new release never
+    reuses weights trained on the old one."""
+    import dataclasses
+
+    from mechlib.core import shipped
+
+    recipe = finetune.FinetuneRecipe(base="smollm2-135m-instruct", operators=("*",), replay_operators=("+",))
+    key = recipe.key()
+    real = shipped.SHIPPED["smollm2-135m-instruct"]
+    monkeypatch.setitem(shipped.SHIPPED, real.name, dataclasses.replace(real, sha256="0" * 64))
+    assert recipe.key() != key
+
+
+def test_the_curve_scores_a_fixed_random_sample_of_each_cell():
+    problems = finetune.all_problems(["*"], ["1x1", "2x2"], "bare")
+    drawn = finetune.curve_rows(problems, 5)
+    assert drawn.groupby("difficulty").size().to_dict() == {"1x1": 5, "2x2": 5}
+    assert drawn.equals(finetune.curve_rows(problems, 5))
+    assert drawn[drawn.difficulty == "2x2"].a.nunique() > 1  # not the first rows of an operand-ordered cell
+    assert finetune.curve_rows(problems, 0) is problems
+    with pytest.raises(ValueError, match="curve_per_cell"):
+        finetune.FinetuneRecipe(curve_per_cell=-1).validate()
