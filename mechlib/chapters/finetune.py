@@ -176,7 +176,21 @@ def real_cells(result: Result) -> pd.DataFrame:
     from ..core.evaluate import accuracy_cells
 
     res = real_results(result)
-    return accuracy_cells(res, ["op", "difficulty", "model"], {"model": lora_study.CONDITIONS}) if len(res) else res
+    if not len(res):
+        return res
+    return accuracy_cells(res, ["op", "difficulty", "model"], {"model": lora_study.CONDITIONS}).rename(columns={"model": "condition"})
+
+
+def real_errors(result: Result) -> pd.DataFrame:
+    """The two most common answer classes per condition and operator (empty when none ran)."""
+    from ..core.evaluate import error_summary
+
+    res = real_results(result)
+    if not len(res):
+        return res
+    table = error_summary(res, by=["model", "op"]).rename(columns={"model": "condition"})
+    order = {c: i for i, c in enumerate(lora_study.CONDITIONS)}
+    return table.sort_values("condition", key=lambda col: col.map(order), kind="stable").reset_index(drop=True)
 
 
 def real_source(result: Result) -> pd.DataFrame:

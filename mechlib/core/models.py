@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import io
 import json
 from pathlib import Path
@@ -106,7 +107,12 @@ class ModelSpec:
     family: str | None = None  # mechlib model family, when known without loading
 
     def tokenizer(self):
-        """The model's tokenizer (cheap: no weights)."""
+        """The model's tokenizer (no weights), read once per process: parameter checks ask for
+        it once per format and model, and a GGUF's takes seconds to read (18 s for Gemma 3).
+        Shared, so callers must not change it."""
+        return _spec_tokenizer(self)
+
+    def _read_tokenizer(self):
         if self.name == ORGANISM_NAME and not Path(self.source, "tokenizer.json").is_file():
             return build_char_tokenizer()
         real = shipped_models.shipped(self.name)
@@ -115,6 +121,11 @@ class ModelSpec:
             return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
         kwargs = {"local_files_only": True} if self.local or _hub_cached(self.source) else {}
         return AutoTokenizer.from_pretrained(self.source, **kwargs)
+
+
+@functools.lru_cache(maxsize=8)
+def _spec_tokenizer(spec: ModelSpec):
+    return spec._read_tokenizer()
 
 
 def model_spec(name_or_path: str | Path) -> ModelSpec:

@@ -148,7 +148,8 @@ def test_the_same_run_asked_twice_at_once_runs_once(server, monkeypatch, tiny_gp
     monkeypatch.setattr(execute, "execute_chapter", fake_execute)
     monkeypatch.setenv("MECHLIB_ROOT", str(ROOT))
     monkeypatch.setattr("mechlib.book.paths.project_root", lambda: tmp_path)
-    args = {"chapter": "01_baseline", "params": {"model": str(tiny_gpt2_dir), "device": "cpu", "n_per_cell": 3}}
+    # No pretrained models: their checks read two GGUF tokenizers, which this test is not about.
+    args = {"chapter": "01_baseline", "params": {"model": str(tiny_gpt2_dir), "device": "cpu", "n_per_cell": 3, "real_models": []}}
     out: list = []
     threads = [threading.Thread(target=lambda: out.append(call(server, "run_chapter", args))) for _ in range(2)]
     for t in threads:

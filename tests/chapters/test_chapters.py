@@ -68,7 +68,7 @@ TINY_GPT2 = {
     "01_baseline": {"n_per_cell": 4, "real_n_per_cell": 3, "real_n_shared": 2, "pool_seeds": [0, 1], "real_workers": 1},
     "02_layers": {"n_per_cell": 3, "difficulties": ["1x1", "2x2"], "max_new_tokens": 6, "real_n_per_cell": 2, "real_operators": ["+"],
                   "speak_prompts": ["7+8="]},
-    "03_finetune": {"steps": 4, "lora_batch_size": 8, "eval_every": 2, "finetuned_name": "tiny-gpt2-lora-mul"},
+    "03_finetune": {"steps": 4, "lora_batch_size": 8, "eval_every": 2, "finetuned_name": "tiny-gpt2-lora-mul", "difficulties": ["1x1", "1x2"]},
     "04_sae_delta": {"finetuned": "tiny-gpt2-lora-mul", "ranks": [], "base_source": "train", "base_width": 64, "base_k": 8,
                      "n_train_per_cell": 8, "n_val_per_cell": 4, "n_eval_per_cell": 4, "n_tokens": 200,
                      "batch_tokens": 64, "buffer_tokens": 256, "layers": [0, 11], "delta_widths": [8], "delta_ks": [2],

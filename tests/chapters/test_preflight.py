@@ -31,7 +31,7 @@ def test_prompts_that_cannot_fit_the_organism_are_refused_up_front(overrides):
 
 
 def test_bare_3x3_fits_and_runs():
-    check_chapter("01_baseline", "default", {"difficulties": ["3x3"]})
+    check_chapter("01_baseline", "default", {"difficulties": ["3x3"], "real_models": []})  # the organism's context
 
 
 def test_too_many_new_tokens_are_refused_naming_max_new_tokens():

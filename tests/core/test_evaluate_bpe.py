@@ -19,10 +19,10 @@ def test_evaluator_scores_a_trained_bpe_model_right(tmp_path):
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(path)
-    problems = data.make_problems(["+"], ["1x1"], 100, "qa", seed=0).to_pandas()
+    problems = data.make_problems(["+"], ["1x1"], 40, "qa", seed=0).to_pandas()  # 40 sums: learnt in about 300 steps
     ids, mask, labels = encode_supervised(tok, problems.prompt.tolist(), problems.target.tolist())
     torch.manual_seed(0)
-    opt = torch.optim.Adam(hf.parameters(), lr=2e-3)
+    opt = torch.optim.Adam(hf.parameters(), lr=3e-3)
     rows, cols = torch.nonzero(labels[:, 1:] != -100, as_tuple=True)  # positions that predict answer tokens
     targets = labels[:, 1:][rows, cols]
     hf.train()
@@ -30,8 +30,8 @@ def test_evaluator_scores_a_trained_bpe_model_right(tmp_path):
         hidden = hf.transformer(input_ids=ids, attention_mask=mask).last_hidden_state
         logits = hf.lm_head(hidden[rows, cols])  # only the answer positions go through the 50257-way head
         loss = torch.nn.functional.cross_entropy(logits, targets)
-        if loss.item() < 0.05 and bool((logits.argmax(-1) == targets).all()):
-            break  # every answer token and end-of-text is the argmax
+        if bool((logits.argmax(-1) == targets).all()):
+            break  # every answer token and end-of-text is the argmax: greedy decoding writes the answer
         opt.zero_grad()
         loss.backward()
         opt.step()
