@@ -240,7 +240,6 @@ def real_findings(result: Result) -> dict:
         return (f"on the same {t['n']} problems, {t['a_only']} are right only {a.split(',')[0]} fine-tuning and {t['b_only']} only "
                 f"{b.split(',')[0]} it (McNemar p = {t['p']:.2g})")
 
-    steps = len(real["history"].dropna(subset=["loss"]))
     src = lora_study.against_source(res)
     placed = "; ".join(f"{r.difficulty} {r.stage}: {r.accuracy:.0%} [{r.lo * 100:.0f}, {r.hi * 100:.0f}], n = {r.n}, {r.placement} "
                        f"{r['source range']}" + ("" if r["enough items"] == "yes" else " (too few items for a claim)")
@@ -257,8 +256,8 @@ def real_findings(result: Result) -> dict:
                           f"learning rate {recipe['lr']:g}, bare prompts; {real['n_train']['*']:,} multiplication and "
                           f"{real['n_train']['+']:,} addition problems to train on, and {recipe['heldout_fraction']:.0%} of the "
                           "problems (both operand orders together) held out"),
-        real_time_text=(f"{title}'s fine-tune took {real['seconds']['train']:.0f} s for {steps} steps "
-                        f"({real['seconds']['train'] / max(steps, 1):.1f} s a step, with the held-out curve), on {real['where']}"),
+        real_time_text=(f"{title}'s fine-tune took {real['seconds']['train']:.0f} s for {recipe['steps']} steps "
+                        f"({real['seconds']['train'] / recipe['steps']:.1f} s a step, with the held-out curve), on {real['where']}"),
         real_new_text=(f"On held-out multiplication, {title} went from {pooled(new, lora_study.BEFORE_FEWSHOT)} (few-shot, its best "
                        f"format) and {pooled(new, lora_study.BEFORE_BARE)} (bare) to {pooled(new, lora_study.AFTER)} after "
                        "fine-tuning (bare)."),

@@ -306,14 +306,17 @@ def base_heldout(base: str) -> dict:
     return {"+": {data.pair_key(int(a), "+", int(b)) for a, b in held.tolist()}}
 
 
-def curve_rows(problems: pd.DataFrame, per_cell: int) -> pd.DataFrame:
-    """The held-out problems the training curve scores: ``per_cell`` of each (operator,
-    difficulty) cell drawn at random (seed 0; the cells are in operand order), or all of them
-    when ``per_cell`` is 0."""
-    if not per_cell:
-        return problems
-    drawn = problems.sample(frac=1.0, random_state=0)
+def per_cell_sample(problems: pd.DataFrame, per_cell: int, seed: int = 0) -> pd.DataFrame:
+    """Up to ``per_cell`` problems of each (operator, difficulty) cell, drawn at random with
+    ``seed`` (the cells are stored in operand order, so their first rows are not a sample)."""
+    drawn = problems.sample(frac=1.0, random_state=seed)
     return drawn.groupby(["op", "difficulty"], sort=False).head(per_cell).reset_index(drop=True)
+
+
+def curve_rows(problems: pd.DataFrame, per_cell: int) -> pd.DataFrame:
+    """The held-out problems the training curve scores: ``per_cell`` of each cell
+    (:func:`per_cell_sample`, seed 0), or all of them when ``per_cell`` is 0."""
+    return per_cell_sample(problems, per_cell) if per_cell else problems
 
 
 def cell_weights(problems: pd.DataFrame) -> np.ndarray:

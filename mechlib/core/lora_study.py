@@ -73,12 +73,6 @@ class RealLoraConfig:
         return f"{lora.default_name(recipe)}-{recipe.key()[:10]}"
 
 
-def scored_problems(heldout: pd.DataFrame, n_per_cell: int, seed: int) -> pd.DataFrame:
-    """Up to ``n_per_cell`` held-out problems per (operator, difficulty) cell, drawn with ``seed``."""
-    shuffled = heldout.sample(frac=1.0, random_state=seed)
-    return shuffled.groupby(["op", "difficulty"], sort=False).head(n_per_cell).reset_index(drop=True)
-
-
 def study(config: RealLoraConfig, setup: Callable[[], None] | None = None) -> dict:
     """Fine-tune (or reuse the cached fine-tune), then score the same held-out problems in the
     three conditions. Returns the answers (column ``model``: the condition), the training
@@ -89,7 +83,7 @@ def study(config: RealLoraConfig, setup: Callable[[], None] | None = None) -> di
     start = time.perf_counter()
     path = lora.ensure_finetuned(recipe, name, progress=False, device=config.device)
     ensure_seconds = time.perf_counter() - start
-    problems = scored_problems(lora.load_heldout(path), config.n_per_cell, config.seed)
+    problems = lora.per_cell_sample(lora.load_heldout(path), config.n_per_cell, config.seed)
     start = time.perf_counter()
     base, _ = load_model(config.model, device=config.device)
     shown = render(problems, "fewshot", config.shots, config.seed)
