@@ -4,8 +4,6 @@ a pretrained model taught to multiply (:mod:`mechlib.core.lora_study`)."""
 from __future__ import annotations
 
 import dataclasses
-import multiprocessing
-from concurrent.futures import ProcessPoolExecutor
 
 import pandas as pd
 
@@ -14,6 +12,7 @@ from ..core import lora_study
 from ..core.lora import BOUNDS
 from ..core.model_jobs import MAX_BATCH
 from ..core.models import load_model, resolve_device
+from ..core.parallel import beside
 from ..core.shipped import shipped
 from ..core.stats import fmt_interval, proportion
 from ..views.gains import gain_cost_findings
@@ -113,12 +112,7 @@ def check(params: Params):
         except ValueError as err:
             params.fail("finetuned_name", str(err))
         preflight.writable_cache(f"{CHAPTER}: the fine-tune {params.finetuned_name!r} must be trained and saved", "finetuned")
-    if params.real_model:
-        preflight.model(params, "real_model")
-        try:
-            real_config(params).recipe()
-        except ValueError as err:
-            params.fail("real_model", str(err))
+    preflight.pretrained_part(params, real_config)
 
 
 def ensure(params: Params) -> str:
@@ -137,25 +131,16 @@ def real_config(params: Params) -> lora_study.RealLoraConfig | None:
 def run(params: Params) -> Result:
     check(params)
     config = real_config(params)
-    pool = future = None
-    if config is not None and params.real_workers > 1:  # one torch thread each: the two parts take the slower one's time
-        pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
-        future = pool.submit(lora_study.study, config, quiet)
-    try:
+
+    def organism_part():
         path = ensure(params)
         before, _ = load_model(params.model, device=params.device)
         after, _ = load_model(params.finetuned_name, device=params.device)
         heldout = ft.load_heldout(path)
-        results = ft.before_after({"before": before, "after": after}, heldout, batch_size=params.batch_size)
-        real = future.result() if future is not None else (lora_study.study(config) if config is not None else None)
-    except BaseException:
-        if pool is not None:  # an error or an interrupt here must not leave the other part training on
-            for process in list((getattr(pool, "_processes", None) or {}).values()):
-                process.terminate()
-        raise
-    finally:
-        if pool is not None:
-            pool.shutdown(cancel_futures=True)
+        return path, heldout, ft.before_after({"before": before, "after": after}, heldout, batch_size=params.batch_size)
+
+    # one torch thread each in two processes: the chapter takes the slower part's time
+    (path, heldout, results), real = beside(organism_part, lora_study.study if config else None, (config, quiet), params.real_workers)
     return Result(params, results, ft.load_history(path), heldout, path, {"train_seconds": round(ft.train_seconds(path), 1)}, real)
 
 

@@ -93,3 +93,15 @@ def fits_context(spec: ModelSpec, operators, difficulties, prompt_format: str, e
             "Use shorter operands, the 'bare' prompt format, or fewer new tokens"
             + (" (the organism was trained on 1-2-digit operands in the bare format, within 32 positions)" if spec.name == ORGANISM_NAME else "")
         )
+
+
+def pretrained_part(params, config) -> None:
+    """A chapter's pretrained-model part (parameter ``real_model``, '' for none): the model is
+    known and ``config(params)``'s fine-tuning recipe is valid, before anything trains."""
+    if not params.real_model:
+        return
+    model(params, "real_model")
+    try:
+        config(params).recipe()
+    except ValueError as err:
+        params.fail("real_model", str(err))

@@ -10,16 +10,21 @@ import time
 import pandas as pd
 from datasets import Dataset, Features, Value
 
-from ..core import data, delta_study, tools
+from ..core import data, delta_study, tool_study
 from ..core import lora as ft
 from ..core.delta_latents import describe, embedding_share
 from ..core.delta_sites import pick_focus_layer, seed_repeats, train_sites, verdict_table
 from ..core.delta_study import DeltaConfig
 from ..core.evaluate import evaluate
+from ..core.model_jobs import MAX_BATCH
 from ..core.organism import OrganismRecipe
+from ..core.parallel import beside, machine_to_ourselves
 from ..core.problem_sets import last_positions
-from ..core.stats import fmt_interval, proportion
+from ..core.stats import fmt_interval
+from ..core.tool_scoring import call_operator, metrics, read_answers, wrong_calls
 from ..views.delta_summary import reference_sentence, seed_findings, verdict_sentence
+from ..views.quiet import quiet
+from ..views.tool_real import real_findings
 from ..views.tool_views import wrong_call_counts
 from . import preflight
 from .base import (
@@ -29,6 +34,7 @@ from .base import (
     is_int,
     is_name,
     is_number,
+    is_str,
     list_of,
     one_of,
     operators_field,
@@ -89,6 +95,16 @@ class Params(ModelParams):
     dictionary_seeds: tuple[int, ...] = param((1, 2), list_of(is_int(0, 2**31 - 1), min_len=0), "a list of seeds (possibly empty)")
     n_latents: int = param(5, is_int(1, 100), "an integer in 1..100")
     n_base_latents: int = param(3, is_int(0, 100), "an integer in 0..100")
+    # the pretrained model's part (mechlib.core.tool_study): natural-language requests, the source's call format
+    real_model: str = param("gemma-3-270m", lambda v: v == "" or is_str(v), "a model name or path, or '' for none",
+                            "a pretrained model taught to call the calculator (the chapter's second part)")
+    real_steps: int = param(40, is_int(1, 5000), "an integer in 1..5000")
+    real_lora_batch_size: int = param(8, is_int(1, 256), "an integer in 1..256")
+    real_lr: float = param(0.002, is_number(1e-6, 0.1), "a number in 1e-06..0.1")
+    real_rank: int = param(8, is_int(1, 256), "an integer in 1..256 (LoRA alpha is twice the rank)")
+    real_n_per_operator: int = param(50, is_int(1, 10_000), "an integer in 1..10000",
+                                     "requests scored per operator in tool and tool_ood, and copy requests, in each condition")
+    real_workers: int = param(2, is_int(1, 2), "1 or 2", "2: the pretrained model's part runs in its own process, beside the organism's")
 
     def check(self):
         groups = {"tool_operators": self.tool_operators, "copy_operators": self.copy_operators, "ood_operators": self.ood_operators}
@@ -123,6 +139,7 @@ class Result:
     n_train_calls: int  # call problems trained on
     delta: dict  # chapter 4's test on this fine-tune: table, verdicts, seeds, latents, focus layer
     timings: dict
+    real: dict | None = None  # the pretrained model's part (tool_study.study); None when real_model is ''
 
 
 def recipe(params: Params) -> ft.FinetuneRecipe:
@@ -161,6 +178,17 @@ def check(params: Params) -> None:
     bad = [layer for layer in params.layers if spec.n_layers is not None and layer >= spec.n_layers]
     if bad:
         params.fail("layers", f"{bad} out of range: model {params.model!r} has layers 0..{spec.n_layers - 1}")
+    preflight.pretrained_part(params, real_config)
+
+
+def real_config(params: Params) -> tool_study.ToolLoraConfig | None:
+    from ..core.models import resolve_device
+
+    if not params.real_model:
+        return None
+    return tool_study.ToolLoraConfig(model=params.real_model, steps=params.real_steps, batch_size=params.real_lora_batch_size,
+                                     lr=params.real_lr, rank=params.real_rank, n_per_operator=params.real_n_per_operator,
+                                     seed=params.seed, device=resolve_device(params.device), eval_batch=min(params.batch_size, MAX_BATCH))
 
 
 def eval_set(params: Params, heldout: pd.DataFrame) -> Dataset:
@@ -176,64 +204,6 @@ def eval_set(params: Params, heldout: pd.DataFrame) -> Dataset:
         parts.append(ft.as_calls(ood, params.call_style).assign(subset="tool_ood", needs_call=True))
     frame = pd.concat([p.groupby(["op", "difficulty"], group_keys=False).head(params.n_eval_per_cell) for p in parts], ignore_index=True)
     return Dataset.from_pandas(frame[list(EVAL_FEATURES)], features=EVAL_FEATURES, preserve_index=False)
-
-
-def read_answers(res: pd.DataFrame, style: str) -> pd.DataFrame:
-    """Each output read through the tool: ``called``, ``valid``, the end-to-end answer (the
-    tool's result when the model calls validly, else its own answer) and whether it is right."""
-    readings = [tools.read_output(o, style) for o in res.output]
-    out = res.copy()
-    out["called"] = [r.called for r in readings]
-    out["valid"] = [r.valid for r in readings]
-    out["call_expression"] = [r.expression for r in readings]
-    out["call_error"] = [r.error for r in readings]
-    own = pd.to_numeric(out["pred"], errors="coerce")
-    tool_value = [r.value if r.valid else None for r in readings]
-    out["end_to_end"] = [v if v is not None else (None if c else (None if pd.isna(p) else int(p)))
-                         for v, c, p in zip(tool_value, out.called, own)]
-    out["math_correct"] = [v is not None and v == a for v, a in zip(out.end_to_end, out.answer)]
-    return out
-
-
-def metrics(answers: pd.DataFrame) -> pd.DataFrame:
-    """Per model and subset: the call rate, the share of calls that parse (over all problems,
-    as the seed experiment defines it), the end-to-end correct rate, each with n and a Wilson
-    95% interval; on ``copy`` the call rate is the false-call rate."""
-    rows = []
-    for (model, subset), g in answers.groupby(["model", "subset"], sort=False):
-        for metric, values in (("tool_call_rate", g.called), ("valid_tool_format_rate", g.valid), ("math_correct_rate", g.math_correct)):
-            st = proportion(values)
-            rows.append({"model": model, "subset": subset, "metric": metric, "n": st["n"], "rate": st["p"], "lo": st["lo"], "hi": st["hi"]})
-    return pd.DataFrame(rows)
-
-
-def classify_call(row) -> str:
-    """Why a call does not give the right answer: a truncated or malformed call, a wrong
-    operator, a wrong operand copied, or (for a correct-looking call) something else."""
-    if not row.valid:
-        return "truncated call" if "truncated" in (row.call_error or "") else "malformed call"
-    expr = row.call_expression.replace(" ", "")
-    want_ops = f"{row.a}{row.op}{row.b}"
-    if expr == want_ops:
-        return "right call"
-    for op in "+-*/":
-        left, sep, right = expr.partition(op)
-        if sep and left.isdigit() and right.isdigit():
-            if (int(left), int(right)) == (row.a, row.b):
-                return "wrong operator"
-            if op == row.op:
-                return "wrong operand copied"
-    return "other"
-
-
-def call_operator(expr: str) -> str | None:
-    """The operator of a call ``a OP b`` (both operands digits), or None for any other call."""
-    expr = str(expr).replace(" ", "")
-    for op in "+-*/":
-        left, sep, right = expr.partition(op)
-        if sep and left.isdigit() and right.isdigit():
-            return op
-    return None
 
 
 def operator_copying(result: Result) -> dict:
@@ -261,37 +231,41 @@ def operator_copying(result: Result) -> dict:
     return {"ood_failed_calls": n, "ood_trained_operator_calls": trained, "ood_operator_sentence": sentence}
 
 
-def wrong_calls(answers: pd.DataFrame) -> pd.DataFrame:
-    """The fine-tuned model's calls on problems that need one and whose end-to-end answer is
-    wrong, with their class; missing calls are counted as ``no call``."""
-    after = answers[(answers.model == "after") & answers.needs_call & ~answers.math_correct].copy()
-    after["class"] = [classify_call(r) if r.called else "no call" for r in after.itertuples()]
-    return after[["subset", "prompt", "target", "output", "class"]]
-
-
 def run(params: Params) -> Result:
     """Fine-tune (or find the cached fine-tune), evaluate before and after, then chapter 4's
     delta test on the call habit."""
     from ..core.models import load_model, resolve_device
 
     check(params)
-    start = time.perf_counter()
-    path = ft.ensure_finetuned(recipe(params), params.finetuned_name, progress=False, device=resolve_device(params.device))
-    timings = {"finetune_seconds": round(time.perf_counter() - start, 1)}
-    heldout = ft.load_heldout(path)
-    evals = eval_set(params, heldout).to_pandas()
-    base_lm, _ = load_model(params.model, device=params.device)
-    ft_lm, _ = load_model(params.finetuned_name, device=params.device)
-    frames = [read_answers(evaluate(m, evals, batch_size=params.batch_size), params.call_style).assign(model=name)
-              for name, m in (("before", base_lm), ("after", ft_lm))]
-    answers = pd.concat(frames, ignore_index=True)
-    t = time.perf_counter()
-    delta = delta_test(params, base_lm, ft_lm, evals)
-    timings["delta_seconds"] = round(time.perf_counter() - t, 1)
-    timings["run_seconds"] = round(time.perf_counter() - start, 1)
-    all_calls = ft.all_problems(params.tool_operators, params.difficulties, params.prompt_format)
-    n_train_calls = len(all_calls) - int(heldout.op.isin(params.tool_operators).sum())
-    return Result(params, evals, answers, metrics(answers), wrong_calls(answers), ft.load_history(path), n_train_calls, delta, timings)
+    config = real_config(params)
+
+    def organism_part():
+        start = time.perf_counter()
+        path = ft.ensure_finetuned(recipe(params), params.finetuned_name, progress=False, device=resolve_device(params.device))
+        timings = {"finetune_seconds": round(time.perf_counter() - start, 1)}
+        heldout = ft.load_heldout(path)
+        evals = eval_set(params, heldout).to_pandas()
+        base_lm, _ = load_model(params.model, device=params.device)
+        ft_lm, _ = load_model(params.finetuned_name, device=params.device)
+        frames = [read_answers(evaluate(m, evals, batch_size=params.batch_size), params.call_style).assign(model=name)
+                  for name, m in (("before", base_lm), ("after", ft_lm))]
+        answers = pd.concat(frames, ignore_index=True)
+        t = time.perf_counter()
+        delta = delta_test(params, base_lm, ft_lm, evals)
+        timings["delta_seconds"] = round(time.perf_counter() - t, 1)
+        timings["run_seconds"] = round(time.perf_counter() - start, 1)
+        all_calls = ft.all_problems(params.tool_operators, params.difficulties, params.prompt_format)
+        n_train_calls = len(all_calls) - int(heldout.op.isin(params.tool_operators).sum())
+        return Result(params, evals, answers, metrics(answers), wrong_calls(answers), ft.load_history(path), n_train_calls, delta, timings)
+
+    # The pretrained model's fine-tune runs beside the organism's part, one torch thread each; its
+    # scoring (decoding with a 262,144-token unembedding) then has the machine to itself.
+    result, ensure_seconds = beside(organism_part, tool_study.finetune if config else None, (config, quiet), params.real_workers)
+    real = None
+    if config is not None:
+        with machine_to_ourselves():
+            real = tool_study.study(config, ensure_seconds=ensure_seconds)
+    return dataclasses.replace(result, real=real)
 
 
 def delta_test(params: Params, base_lm, ft_lm, evals: pd.DataFrame) -> dict:
@@ -376,4 +350,5 @@ def findings(result: Result) -> dict:
     lat = d["latents"]
     delta_lat = lat[lat.which == "delta"] if len(lat) else lat
     out["delta_top_latent_description"] = delta_lat.description.iloc[0] if len(delta_lat) else "none"
+    out.update(real_findings(result.real, result.params.real_model))
     return out

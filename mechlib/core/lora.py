@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from jaxtyping import Int
 from peft import LoraConfig, get_peft_model
 from tqdm import tqdm
 
@@ -43,7 +44,8 @@ BOUNDS = {
 }
 # A version of the training code: bump it when a change alters the weights for one recipe,
 # so caches never serve weights that the current code would not produce.
-TRAINING_CODE_VERSION = 3
+TRAINING_CODE_VERSION = 4
+TASKS = ("answer", "tool", "requests")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,6 +69,9 @@ class FinetuneRecipe:
     seed: int = 0
     # "answer": the target is the answer. "tool": for the new operators the target is a
     # calculator call copying the problem (mechlib.core.tools.call_text in ``call_style``).
+    # "requests": natural-language calculator requests and copy requests
+    # (mechlib.core.tool_requests); ``operators`` are its call operators, ``replay_fraction``
+    # the copy share, ``difficulties`` and ``replay_operators`` unused.
     task: str = "answer"
     call_style: str = "short"
     train_positions: bool = False  # also train the learned position embeddings (GPT-2's wpe), fully
@@ -84,7 +89,12 @@ class FinetuneRecipe:
         for name, default in (("task", "answer"), ("call_style", "short"), ("train_positions", False), ("curve_per_cell", 0)):
             if recipe[name] == default:
                 del recipe[name]
-        return content_key(recipe=recipe, code=TRAINING_CODE_VERSION, tokenizer=tokenizer_fingerprint(self.base))
+        extra = {}
+        if self.task == "requests":
+            from .tool_requests import VERSION
+
+            extra["requests"] = VERSION
+        return content_key(recipe=recipe, code=TRAINING_CODE_VERSION, tokenizer=tokenizer_fingerprint(self.base), **extra)
 
     def family(self):
         """The base model's family, known without loading weights."""
@@ -102,21 +112,28 @@ class FinetuneRecipe:
         return tuple(self.target_modules) or self.family().lora_targets
 
     def validate(self) -> FinetuneRecipe:
-        data.validate_problem_args(list(self.operators), list(self.difficulties), 1, self.prompt_format)
-        if self.replay_operators:
+        if self.task == "requests":
+            from .tool_requests import OPERATORS
+
+            if not self.operators or set(self.operators) - set(OPERATORS):
+                raise ValueError(f"operators must be a non-empty list drawn from {list(OPERATORS)} for calculator requests, "
+                                 f"got {list(self.operators)!r}")
+        else:
+            data.validate_problem_args(list(self.operators), list(self.difficulties), 1, self.prompt_format)
+        if self.replay_operators and self.task != "requests":
             data.validate_problem_args(list(self.replay_operators), list(self.difficulties), 1, self.prompt_format)
         bad = [k for k, (lo, hi) in BOUNDS.items() if not lo <= getattr(self, k) <= hi]
         if bad:
             raise ValueError(f"fine-tuning parameter(s) {bad} out of range: {[(k, getattr(self, k)) for k in bad]}")
         if not isinstance(self.curve_per_cell, int) or self.curve_per_cell < 0:
             raise ValueError(f"curve_per_cell must be a non-negative integer (0: every held-out problem), got {self.curve_per_cell!r}")
-        if self.task not in ("answer", "tool") or self.call_style not in ("short", "long"):
-            raise ValueError(f"task {self.task!r} must be 'answer' or 'tool', call_style {self.call_style!r} 'short' or 'long'")
+        if self.task not in TASKS or self.call_style not in ("short", "long"):
+            raise ValueError(f"task {self.task!r} must be one of {list(TASKS)}, call_style {self.call_style!r} 'short' or 'long'")
         return self
 
 
 def default_name(recipe: FinetuneRecipe) -> str:
-    ops = "".join({"+": "add", "-": "sub", "*": "mul"}[op] for op in recipe.operators)
+    ops = "tool" if recipe.task == "requests" else "".join({"+": "add", "-": "sub", "*": "mul"}[op] for op in recipe.operators)
     base = Path(recipe.base).name if Path(recipe.base).exists() else recipe.base.replace("/", "_")
     return f"{base}-lora-{ops}"
 
@@ -227,17 +244,44 @@ def as_calls(problems: pd.DataFrame, style: str = "short") -> pd.DataFrame:
     return out
 
 
-def train(recipe: FinetuneRecipe, progress: bool = True, device: str = "cpu"):
-    """Fine-tune; return (merged HF model, tokenizer, history DataFrame, split dict)."""
-    recipe.validate()
-    torch.manual_seed(recipe.seed)
-    hf_model, tokenizer, _ = load_hf(recipe.base, device=device)
+def splits(recipe: FinetuneRecipe) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """(train new, held-out new, train replayed, held-out replayed) problems, split by
+    unordered pair so neither operand order of a held-out problem is trained on."""
+    if recipe.task == "requests":
+        from .tool_requests import training_splits
+
+        return training_splits(recipe.operators, recipe.heldout_fraction, recipe.seed)
     new = all_problems(recipe.operators, recipe.difficulties, recipe.prompt_format)
     if recipe.task == "tool":
         new = as_calls(new, recipe.call_style)
     train_new, held_new = split_heldout(new, recipe.heldout_fraction, recipe.seed)
     old = all_problems(recipe.replay_operators, recipe.difficulties, recipe.prompt_format) if recipe.replay_operators else new.iloc[:0]
     train_old, held_old = split_heldout(old, recipe.heldout_fraction, recipe.seed, fixed=base_heldout(recipe.base))
+    return train_new, held_new, train_old, held_old
+
+
+def answer_loss(model, ids: Int[torch.Tensor, "batch seq"], mask: Int[torch.Tensor, "batch seq"],
+                labels: Int[torch.Tensor, "batch seq"]) -> torch.Tensor:
+    """Mean cross-entropy over the labelled tokens, with logits computed only where a label
+    is predicted: the hidden states are gathered before the unembedding (Gemma's has 262,144
+    rows). Equal to the model's own ``labels=`` loss."""
+    hf = model.get_base_model() if hasattr(model, "get_base_model") else model
+    hidden = hf.base_model(input_ids=ids, attention_mask=mask).last_hidden_state[:, :-1]
+    target = labels[:, 1:]
+    scored = target != -100
+    logits = hf.get_output_embeddings()(hidden[scored])
+    cap = getattr(hf.config, "final_logit_softcapping", None) or getattr(getattr(hf.config, "text_config", None), "final_logit_softcapping", None)
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    return torch.nn.functional.cross_entropy(logits.float(), target[scored])
+
+
+def train(recipe: FinetuneRecipe, progress: bool = True, device: str = "cpu"):
+    """Fine-tune; return (merged HF model, tokenizer, history DataFrame, split dict)."""
+    recipe.validate()
+    torch.manual_seed(recipe.seed)
+    hf_model, tokenizer, _ = load_hf(recipe.base, device=device)
+    train_new, held_new, train_old, held_old = splits(recipe)
 
     parts = [train_new, train_old, curve_rows(held_new, recipe.curve_per_cell), curve_rows(held_old, recipe.curve_per_cell)]
     everything = pd.concat(parts, ignore_index=True)  # one encoding, so every part has one width
@@ -269,15 +313,15 @@ def train(recipe: FinetuneRecipe, progress: bool = True, device: str = "cpu"):
 
     record(0, None)
     model.train()
+    warmup = min(50, max(1, recipe.steps // 3))  # 50 steps, or a third of a short run
     for step in tqdm(range(1, recipe.steps + 1), desc="LoRA fine-tuning", disable=not progress, mininterval=2):
-        lr = recipe.lr * min(1.0, step / 50) * 0.5 * (1 + np.cos(np.pi * step / recipe.steps))
+        lr = recipe.lr * min(1.0, step / warmup) * 0.5 * (1 + np.cos(np.pi * step / recipe.steps))
         for group in opt.param_groups:
             group["lr"] = lr
         batch = _sample(tr_new, w_new, recipe.batch_size - n_old, rng)
         if n_old:
             batch = tuple(torch.cat(pair) for pair in zip(batch, _sample(tr_old, w_old, n_old, rng)))
-        ids, mask, labels = batch
-        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        loss = answer_loss(model, *batch)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -399,6 +443,16 @@ def load_heldout(path: Path) -> pd.DataFrame:
 
 def train_seconds(path: Path) -> float:
     return float((Path(path) / "train_seconds.txt").read_text())
+
+
+def trained_where(path: Path) -> str:
+    """Where the cached fine-tune was trained, for the page: the device and, on a CPU, torch's
+    thread count (as its training recorded them)."""
+    where = (source_record(path) or {}).get("trained_on") or {}
+    device, threads = where.get("device", "an unrecorded device"), where.get("threads")
+    if device != "cpu" or threads is None:
+        return device if device.startswith("an ") else f"device {device}"
+    return f"the CPU with {threads} torch thread{'s' if threads > 1 else ''}"
 
 
 def recipe_from_params(params: dict) -> FinetuneRecipe:

@@ -21,7 +21,6 @@ import numpy as np
 import pandas as pd
 
 from . import lora
-from .cache import source_record
 from .evaluate import evaluate
 from .format_study import render
 from .models import load_model
@@ -99,18 +98,8 @@ def study(config: RealLoraConfig, setup: Callable[[], None] | None = None) -> di
              "heldout_acc_old": lora.curve_rows(heldout[~heldout.op.isin(NEW)], config.curve_per_cell)}
     return {"results": results, "history": lora.load_history(path), "curve_sizes": {k: len(v) for k, v in curve.items()},
             "recipe": dataclasses.asdict(recipe), "targets": list(recipe.targets()), "name": name, "n_train": _train_sizes(heldout, recipe),
-            "where": _where(path), "seconds": {"train": round(lora.train_seconds(path), 1), "ensure": round(ensure_seconds, 1),
+            "where": lora.trained_where(path), "seconds": {"train": round(lora.train_seconds(path), 1), "ensure": round(ensure_seconds, 1),
                         "evaluate": round(time.perf_counter() - start, 1)}}
-
-
-def _where(path) -> str:
-    """Where the cached fine-tune was trained, for the page: the device and, on a CPU, torch's
-    thread count (as its training recorded them)."""
-    where = (source_record(path) or {}).get("trained_on") or {}
-    device, threads = where.get("device", "an unrecorded device"), where.get("threads")
-    if device != "cpu" or threads is None:
-        return device if device.startswith("an ") else f"device {device}"
-    return f"the CPU with {threads} torch thread{'s' if threads > 1 else ''}"
 
 
 def _train_sizes(heldout: pd.DataFrame, recipe: lora.FinetuneRecipe) -> dict:

@@ -7,6 +7,7 @@ loaded (Colab, a bare browser), the snippet falls back to the public Vega CDN.
 """
 from __future__ import annotations
 
+import html
 import json
 import math
 import uuid
@@ -279,20 +280,21 @@ def before_after_bars(results: pd.DataFrame, title: str = "Accuracy before and a
 
 
 def condition_bars(long: pd.DataFrame, title: str, caption: str | None = None, x_title: str = "condition",
-                   row_title: str = "layer") -> alt.Chart:
+                   row_title: str = "layer", y_title: str = "accuracy") -> alt.Chart:
     """Bars with Wilson 95% error bars per condition label and skill, one panel per layer
     (stacked, in order of appearance, each with its own labels). ``long`` has columns
-    layer, label, skill, n, accuracy, lo, hi."""
+    layer, label, skill, n, accuracy, lo, hi; the skills keep their order of appearance."""
     order = list(dict.fromkeys(long["label"]))
+    skills = list(dict.fromkeys(long["skill"]))
     base = alt.Chart(long).encode(
         x=alt.X("label:N", sort=order, title=x_title, axis=alt.Axis(labelAngle=-30, labelAlign="right")),
-        xOffset=alt.XOffset("skill:N"),
-        color=alt.Color("skill:N", title=""),
+        xOffset=alt.XOffset("skill:N", sort=skills),
+        color=alt.Color("skill:N", title="", sort=skills),
         tooltip=["layer", "label", "skill", "n", alt.Tooltip("accuracy:Q", format=".1%"), alt.Tooltip("lo:Q", format=".1%"),
                  alt.Tooltip("hi:Q", format=".1%")],
     )
-    bars = base.mark_bar().encode(y=alt.Y("accuracy:Q", axis=alt.Axis(format="%"), scale=alt.Scale(domain=[0, 1]), title="accuracy"))
-    whiskers = base.mark_errorbar(ticks=True).encode(y=alt.Y("lo:Q", title="accuracy"), y2="hi:Q", color=alt.value("black"))
+    bars = base.mark_bar().encode(y=alt.Y("accuracy:Q", axis=alt.Axis(format="%"), scale=alt.Scale(domain=[0, 1]), title=y_title))
+    whiskers = base.mark_errorbar(ticks=True).encode(y=alt.Y("lo:Q", title=y_title), y2="hi:Q", color=alt.value("black"))
     rows = list(dict.fromkeys(long["layer"].astype(str)))
     return (bars + whiskers).properties(width=alt.Step(19), height=120).facet(
         row=alt.Row("layer:N", title=row_title, sort=rows), title=_title(title, caption)).resolve_scale(x="independent")
@@ -342,6 +344,7 @@ def text_table(df: pd.DataFrame, wrap: list[str], decimals: int = 3, percent: tu
     wrap = [c for c in wrap if c in df.columns]  # a "not measured" note has none of them
     fmt = {c: (lambda v, d=decimals: number_text(v, d)) for c in df.columns if df[c].dtype.kind == "f" and c not in percent}
     fmt |= {c: "{:.1%}" for c in percent if c in df.columns}
+    fmt |= {c: (lambda v: html.escape(str(v))) for c in df.columns if c not in fmt and df[c].dtype.kind == "O"}  # text, never HTML
     return (df.style.format(fmt, na_rep="").hide(axis="index").set_table_styles(TABLE_STYLE)
             .set_properties(subset=wrap, **{"white-space": "normal", "min-width": min_width, "max-width": max_width}))
 

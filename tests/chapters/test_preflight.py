@@ -112,6 +112,7 @@ def test_every_chapter_checks_its_model_before_a_kernel_starts(tmp_path):
             check_chapter(chapter, "tiny", {"model": str(tmp_path / "no-such-model")})
 
 
-def test_an_unknown_pretrained_model_for_chapter_3_is_named_before_any_training(offline, isolated_cache):
-    message = fast(check_chapter, "03_finetune", "tiny", {"real_model": "no-such-org/no-such-model"})
+@pytest.mark.parametrize("chapter", ["03_finetune", "06_tool_use"])
+def test_an_unknown_pretrained_model_is_named_before_any_training(chapter, offline, isolated_cache):
+    message = fast(check_chapter, chapter, "tiny", {"real_model": "no-such-org/no-such-model"})
     assert "'real_model'" in message

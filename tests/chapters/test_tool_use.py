@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 
 from mechlib.chapters import tool_use
-from mechlib.core import data
+from mechlib.core import data, tool_scoring
 from mechlib.core import lora as ft
 
 
@@ -29,23 +29,23 @@ def test_metrics_on_hand_made_outputs():
         ("copy", 5, "+", 1, "[5+1]"),  # a false call, yet right end to end
         ("tool_ood", 9, "-", 4, "[9*4]"),  # wrong operator
     ])
-    read = tool_use.read_answers(res, "short").assign(model="after")
-    m = tool_use.metrics(read).set_index(["subset", "metric"])
+    read = tool_scoring.read_answers(res, "short").assign(model="after")
+    m = tool_scoring.metrics(read).set_index(["subset", "metric"])
     assert m.loc[("tool", "tool_call_rate"), "rate"] == 0.75 and m.loc[("tool", "tool_call_rate"), "n"] == 4
     assert m.loc[("tool", "valid_tool_format_rate"), "rate"] == 0.5
     assert m.loc[("tool", "math_correct_rate"), "rate"] == 0.5
     assert m.loc[("copy", "tool_call_rate"), "rate"] == 0.5  # the false-call rate
     assert m.loc[("copy", "math_correct_rate"), "rate"] == 1.0
     assert (m.lo <= m.rate).all() and (m.rate <= m.hi).all()
-    classes = tool_use.wrong_calls(read).set_index("prompt")["class"].to_dict()
+    classes = tool_scoring.wrong_calls(read).set_index("prompt")["class"].to_dict()
     assert classes == {"12*3=": "truncated call", "9*9=": "wrong operand copied", "9-4=": "wrong operator"}
 
 
 @pytest.mark.parametrize("output, cls", [("[7+8]", "wrong operator"), ("[7*9]", "wrong operand copied"), ("[7*8", "truncated call"),
                                          ("[7**8]", "malformed call"), ("[7*8]", "right call"), ("[(7)*8]", "other")])
 def test_call_classes(output, cls):
-    row = tool_use.read_answers(outputs([("tool", 7, "*", 8, output)]), "short").iloc[0]
-    assert tool_use.classify_call(row) == cls
+    row = tool_scoring.read_answers(outputs([("tool", 7, "*", 8, output)]), "short").iloc[0]
+    assert tool_scoring.classify_call(row) == cls
 
 
 def test_subsets_are_disjoint_from_each_other_and_from_training():
@@ -83,4 +83,4 @@ def test_the_operator_copying_finding_counts_calls_that_write_the_trained_operat
     found = tool_use.operator_copying(result)
     assert (found["ood_failed_calls"], found["ood_trained_operator_calls"]) == (4, 2)
     assert found["ood_operator_sentence"].startswith("In 2 of 4 valid but wrong calls")
-    assert tool_use.call_operator("12 * 3") == "*" and tool_use.call_operator("[12*3") is None
+    assert tool_scoring.call_operator("12 * 3") == "*" and tool_scoring.call_operator("[12*3") is None

@@ -192,13 +192,13 @@ def test_a_name_holding_another_recipe_is_refused_not_overwritten(tmp_path, monk
     from mechlib.core import lora as ft
 
     monkeypatch.setenv("MECHLIB_CACHE", str(tmp_path))
-    first = ft.FinetuneRecipe(steps=1600)
+    first = finetune.FinetuneRecipe(steps=1600)
     folder = ft.finetuned_dir("shared-name")
     folder.mkdir(parents=True)
     (folder / "mechlib_source.json").write_text(json.dumps({"base": first.base, "recipe": __import__("dataclasses").asdict(first),
                                                             "recipe_key": "stale-key"}))
     ft.check_name_free("shared-name", first)  # the same recipe (only the key is stale) may be retrained
-    other = ft.FinetuneRecipe(steps=20, task="tool")
+    other = finetune.FinetuneRecipe(steps=20, task="tool")
     with pytest.raises(ValueError, match=r"'shared-name' already holds a fine-tune of another recipe \(steps: cached 1600, asked 20; "
                                          r"task: cached 'answer', asked 'tool'\)"):
         ft.ensure_finetuned(other, "shared-name")
@@ -230,3 +230,39 @@ def test_the_curve_scores_a_fixed_random_sample_of_each_cell():
     assert finetune.curve_rows(problems, 0) is problems
     with pytest.raises(ValueError, match="curve_per_cell"):
         finetune.FinetuneRecipe(curve_per_cell=-1).validate()
+
+
+@pytest.mark.parametrize("fixture", ["tiny_gpt2_dir", "llama_shaped_dir", "gemma_shaped_dir"])
+def test_the_answer_only_loss_equals_the_models_own_loss(fixture, request):
+    """Logits only where a label is predicted (before the unembedding), yet the same loss, and
+    the same gradients on the adapters, as the model's ``labels=`` loss over every position."""
+    from mechlib.core.models import load_hf
+    from mechlib.core.organism import encode_supervised
+
+    path = request.getfixturevalue(fixture)
+    hf, tok, _ = load_hf(str(path))
+    ids, mask, labels = encode_supervised(tok, ["3+4=", "12+30=", "Request: copy 5 6\nResponse:"], ["7", "42", " 5 6"], bos=False)
+    model = finetune.lora_model(hf, finetune.FinetuneRecipe(base=str(path), operators=("+",), rank=2, alpha=4))
+    with torch.no_grad():  # adapters start at zero: perturb them so their gradients differ from the base's
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05)
+    grads = []
+    for loss_fn in (lambda: model(input_ids=ids, attention_mask=mask, labels=labels).loss, lambda: finetune.answer_loss(model, ids, mask, labels)):
+        model.zero_grad()
+        loss = loss_fn()
+        loss.backward()
+        grads.append((loss.item(), [p.grad.clone() for p in model.parameters() if p.requires_grad]))
+    assert grads[0][0] == pytest.approx(grads[1][0], rel=1e-5)
+    assert all(torch.allclose(a, b, atol=1e-6, rtol=1e-4) for a, b in zip(grads[0][1], grads[1][1]))
+
+
+def test_request_recipes_validate_their_operators_and_name_their_task(llama_shaped_dir):
+    r = finetune.FinetuneRecipe(base=str(llama_shaped_dir), operators=("*", "/"), replay_operators=(), task="requests", call_style="long")
+    assert r.validate() is r and finetune.default_name(r).endswith("-lora-tool")
+    train_new, held_new, train_old, held_old = finetune.splits(r)
+    assert set(train_new.op) == {"*", "/"} and set(held_old.op) == {"copy"} and train_new.target.str.contains("<tool_call>").all()
+    with pytest.raises(ValueError, match="operators must be .*calculator requests"):
+        finetune.FinetuneRecipe(base=str(llama_shaped_dir), operators=("%",), task="requests").validate()
+    with pytest.raises(ValueError, match="task 'chat' must be one of"):
+        finetune.FinetuneRecipe(task="chat").validate()

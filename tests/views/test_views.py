@@ -68,3 +68,14 @@ def test_a_line_chart_draws_one_legend_and_titles_its_axes_for_readers():
     svg = vl_convert.vegalite_to_svg(plots.line_chart(df, "layer", "top1_first", "difficulty", "lens").to_dict())
     assert svg.count("role-legend-title") == 1  # not one for the lines and another for the points
     assert ">first answer token is top-1<" in svg  # the axis title
+
+
+def test_text_tables_show_markup_as_text():
+    """A reply such as <tool_call>calculator(1*2)</tool_call> is shown, not read as an HTML tag."""
+    import pandas as pd
+
+    from mechlib.views import plots
+
+    df = pd.DataFrame({"reply": ["<tool_call>calculator(1*2)</tool_call>", None], "share": [0.12345, 1.0], "n": [1, 2]})
+    html = plots.text_table(df, ["reply"]).to_html()
+    assert "&lt;tool_call&gt;calculator(1*2)&lt;/tool_call&gt;" in html and "<tool_call>" not in html and "0.123" in html
