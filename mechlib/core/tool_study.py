@@ -31,11 +31,6 @@ from .tool_scoring import FIRST_TOKENS, classify_call, metrics, opens_call, read
 
 BEFORE_SHOWN, AFTER = "before, instructed with examples", "after, request only"
 CONDITIONS = (BEFORE_SHOWN, AFTER)
-SUBSETS = {
-    "tool": "arithmetic requests: held-out operand pairs (100-999) in phrasings never trained on",
-    "copy": "copy requests: held-out pairs in phrasings never trained on; must not call",
-    "tool_ood": "arithmetic requests in other phrasings again, with four-digit operands never trained on",
-}
 
 
 @dataclasses.dataclass(frozen=True)

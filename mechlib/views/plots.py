@@ -346,7 +346,8 @@ def text_table(df: pd.DataFrame, wrap: list[str], decimals: int = 3, percent: tu
     fmt |= {c: "{:.1%}" for c in percent if c in df.columns}
     fmt |= {c: (lambda v: html.escape(str(v))) for c in df.columns if c not in fmt and df[c].dtype.kind == "O"}  # text, never HTML
     return (df.style.format(fmt, na_rep="").hide(axis="index").set_table_styles(TABLE_STYLE)
-            .set_properties(subset=wrap, **{"white-space": "normal", "min-width": min_width, "max-width": max_width}))
+            .set_properties(subset=wrap, **{"white-space": "normal", "overflow-wrap": "anywhere", "min-width": min_width,
+                                            "max-width": max_width}))  # a call has no space to break at
 
 
 def percent_table(df: pd.DataFrame, percent: list[str] | None = None, counts: list[str] | None = None):
