@@ -22,6 +22,7 @@ OPERATORS = ("*", "/")
 COPY = "copy"
 PROMPT = "Request: {request}\nResponse:"  # the frame every request is asked in
 RANGES = {"train": (100, 999), "eval": (100, 999), "ood": (1000, 9999)}  # fixed widths: equal-length prompts batch together
+OOD_TEXT = "new phrasings, operands {}-{}".format(*RANGES["ood"])  # how the page names the out-of-distribution subset
 PAIRS_PER_KIND = 1200  # distinct operand pairs drawn per operator (and for copying) before the split
 
 TEMPLATES = {

@@ -10,8 +10,8 @@ never trained on), ``copy`` (the same for copy requests) and ``tool_ood`` (other
 again, and four-digit operands). Each is scored two ways on the same requests: the base
 model given an instruction and worked examples of the call format (what a user would try
 before fine-tuning), and the fine-tuned model given the request alone. (The base model given
-the request alone cannot know the format: a control by construction, and a third of the
-scoring time, so it is not run.)
+the request alone cannot know the format: a control by construction, so it is not
+run: it would cost a third more decoding.)
 """
 from __future__ import annotations
 
@@ -172,5 +172,5 @@ def verdict(table: pd.DataFrame) -> str:
     if tool is None or copy is None or tool.lo < MIN_CALLED or copy.hi > MAX_FALSE_CALLS:
         return "not shown to have learned"
     if ood is not None and ood.lo >= MIN_CALLED:
-        return "learned, and carried over to new phrasings and four-digit operands"
-    return "learned, but not shown to carry over to new phrasings and four-digit operands"
+        return f"learned, and carried over ({tool_requests.OOD_TEXT})"
+    return f"learned, but not shown to carry over ({tool_requests.OOD_TEXT})"

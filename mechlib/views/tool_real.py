@@ -5,6 +5,7 @@ from __future__ import annotations
 import pandas as pd
 
 from ..core import lora as ft
+from ..core import tool_requests
 from ..core import tool_study as ts
 from ..core.shipped import shipped
 from ..core.stats import fmt_interval
@@ -68,7 +69,9 @@ def examples(real: dict | None, per_subset: int = 2) -> pd.DataFrame:
 
 def real_findings(real: dict | None, model: str) -> dict:
     """The part as glued sentences; each names the model."""
-    out = {"real_tool_verdict_rule": ts.VERDICT_RULE, "real_tool_reading_rule": REQUEST_RULE}
+    (lo, hi), (ood_lo, ood_hi) = tool_requests.RANGES["train"], tool_requests.RANGES["ood"]
+    out = {"real_tool_verdict_rule": ts.VERDICT_RULE, "real_tool_reading_rule": REQUEST_RULE,
+           "real_tool_ranges_text": f"operands {ood_lo}-{ood_hi} (training saw {lo}-{hi})"}
     if real is None:
         none = "Not measured: this run fine-tuned no pretrained model to call the calculator (parameter real_model)."
         return {**out, **{k: none for k in KEYS}}
@@ -114,7 +117,7 @@ def real_findings(real: dict | None, model: str) -> dict:
                                     f"{rate(ts.AFTER, 'copy', 'tool_call_rate')} (the false-call rate) and copies correctly on "
                                     f"{rate(ts.AFTER, 'copy')}; instructed, the base model copies correctly on "
                                     f"{rate(ts.BEFORE_SHOWN, 'copy')}."),
-            "real_tool_ood_text": (f"Out of distribution (new phrasings, four-digit operands), {title} answers correctly "
+            "real_tool_ood_text": (f"Out of distribution ({tool_requests.OOD_TEXT}), {title} answers correctly "
                                    f"{rate(ts.AFTER, 'tool_ood')} after fine-tuning, against {rate(ts.BEFORE_SHOWN, 'tool_ood')} "
                                    f"instructed before; {versus(ts.BEFORE_SHOWN, 'tool_ood')}."),
             "real_tool_errors_text": f"The fine-tune's wrong replies to arithmetic requests, by class: {errors}."}
