@@ -113,6 +113,10 @@ def check_page(page, url: str, origin: str) -> list[str]:
     for needle in ("{glue", "glue:text", "glue:md"):
         if needle in text:
             problems.append(f"unrendered glue placeholder ({needle!r}) in the page text")
+    prose = page.locator("article p, article li").all_inner_texts()
+    hit = next((t for t in prose if "`" in t), None)
+    if hit:  # markdown does not render inside glued text: a backtick there shows as is
+        problems.append(f"a literal backtick in the prose: {hit[:120]!r}")
     problems += too_wide(page)
     texts = page.evaluate("""() => Array.from(document.querySelectorAll('.mechlib-chart svg text')).map(t => {
         const g = t.closest('g[class*="role-"]');

@@ -12,7 +12,7 @@ from ..core import data, delta_study, sae
 from ..core import lora as ft
 from ..core.cache import finetuned_dir, is_checkpoint, source_record
 from ..core.delta_latents import TOP_ROWS, describe
-from ..core.delta_sites import pick_focus_layer, seed_repeats, train_sites, verdict_table
+from ..core.delta_sites import collect_rows, pick_focus_layer, seed_repeats, train_sites, verdict_table
 from ..core.delta_study import DeltaConfig
 from ..core.models import resolve_device
 from ..core.rank_sweep import choose_rank, rank_sweep
@@ -247,7 +247,8 @@ def run(params: Params) -> Result:
     timings["localisation_seconds"] = round(time.perf_counter() - t, 1)
     layers = list(p["layers"]) or list(range(base_lm.cfg.n_layers))
     t = time.perf_counter()
-    sites = train_sites(base_lm, ft_lm, layers, config, train, val)
+    rows = collect_rows(base_lm, ft_lm, layers, config, train, val)
+    sites = train_sites(base_lm, ft_lm, layers, config, train, val, rows)
     timings["dictionary_seconds"] = round(time.perf_counter() - t, 1)
     t = time.perf_counter()
     conditions = delta_study.run_conditions(ft_lm, evals, sites, p["kind"], p["alphas"], p["batch_size"])
@@ -257,7 +258,7 @@ def run(params: Params) -> Result:
     base_new = float(localisation[(localisation.design == "base") & (localisation.skill == "new skill")].accuracy.iloc[0])
     verdicts = verdict_table(table, base_new)
     t = time.perf_counter()
-    seeds = seed_repeats(base_lm, ft_lm, layers, config, train, val, evals, verdicts, base_new)
+    seeds = seed_repeats(base_lm, ft_lm, layers, config, train, val, evals, verdicts, base_new, rows=rows)
     timings["seed_repeat_seconds"] = round(time.perf_counter() - t, 1)
     focus = pick_focus_layer(verdicts, layers)
     t = time.perf_counter()

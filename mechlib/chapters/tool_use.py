@@ -10,10 +10,10 @@ import time
 import pandas as pd
 from datasets import Dataset, Features, Value
 
-from ..core import data, delta_study, tool_study
+from ..core import data, delta_study, real_delta, tool_study
 from ..core import lora as ft
 from ..core.delta_latents import describe, embedding_share
-from ..core.delta_sites import pick_focus_layer, seed_repeats, train_sites, verdict_table
+from ..core.delta_sites import collect_rows, pick_focus_layer, seed_repeats, train_sites, verdict_table
 from ..core.delta_study import DeltaConfig
 from ..core.evaluate import evaluate
 from ..core.model_jobs import MAX_BATCH
@@ -24,7 +24,8 @@ from ..core.stats import fmt_interval
 from ..core.tool_scoring import call_operator, metrics, read_answers, wrong_calls
 from ..views.delta_summary import reference_sentence, seed_findings, verdict_sentence
 from ..views.quiet import quiet
-from ..views.tool_real import real_findings
+from ..views.real_delta_views import real_delta_findings
+from ..views.tool_real import real_findings, real_title
 from ..views.tool_views import wrong_call_counts
 from . import preflight
 from .base import (
@@ -105,6 +106,14 @@ class Params(ModelParams):
     real_n_per_operator: int = param(50, is_int(1, 10_000), "an integer in 1..10000",
                                      "requests scored per operator in tool and tool_ood, and copy requests, in each condition")
     real_workers: int = param(2, is_int(1, 2), "1 or 2", "2: the pretrained model's part runs in its own process, beside the organism's")
+    real_delta: bool = param(True, lambda v: isinstance(v, bool), "true or false",
+                             "run chapter 4's delta test on the pretrained model's fine-tune (a few minutes on a CPU)")
+    real_delta_n_eval: int = param(30, is_int(1, 10_000), "an integer in 1..10000",
+                                   "held-out requests per operator in the delta test, and as many copy requests")
+    real_delta_n_train: int = param(100, is_int(1, 10_000), "an integer in 1..10000",
+                                    "training requests per operator, and as many copy requests, whose reply rows train the dictionaries")
+    real_delta_base_width: int = param(1024, is_int(2, 1_000_000), "an integer in 2..1000000", "base dictionary latents per layer")
+    real_delta_n_tokens: int = param(30000, is_int(1, 10**9), "an integer in 1..1000000000", "activation rows per dictionary")
 
     def check(self):
         groups = {"tool_operators": self.tool_operators, "copy_operators": self.copy_operators, "ood_operators": self.ood_operators}
@@ -191,6 +200,14 @@ def real_config(params: Params) -> tool_study.ToolLoraConfig | None:
                                      seed=params.seed, device=resolve_device(params.device), eval_batch=min(params.batch_size, MAX_BATCH))
 
 
+def real_delta_config(params: Params) -> real_delta.RealDeltaConfig:
+    """The delta test on the pretrained model's fine-tune: its sizes from the parameters,
+    the base's k a thirty-second of its width (at least 1), the rest the test's defaults."""
+    return real_delta.RealDeltaConfig(n_eval=params.real_delta_n_eval, n_train=params.real_delta_n_train,
+                                      base_width=params.real_delta_base_width, base_k=max(1, params.real_delta_base_width // 32),
+                                      n_tokens=params.real_delta_n_tokens, seed=params.seed)
+
+
 def eval_set(params: Params, heldout: pd.DataFrame) -> Dataset:
     """The three evaluation subsets as one ``datasets.Dataset`` with explicit features. ``tool``
     and ``copy`` are the fine-tune's held-out problems (never trained on, in either operand
@@ -220,13 +237,13 @@ def operator_copying(result: Result) -> dict:
     n = len(failed)
     tool_ops = " ".join(result.params.tool_operators)
     if not n:
-        sentence = "No valid call on `tool_ood` problems failed, so there is no operator error to read."
+        sentence = "No valid call on tool_ood problems failed, so there is no operator error to read."
     elif trained / n >= 0.5:
-        sentence = (f"In {trained} of {n} valid but wrong calls on `tool_ood` problems the fine-tune copies both operands and "
+        sentence = (f"In {trained} of {n} valid but wrong calls on tool_ood problems the fine-tune copies both operands and "
                     f"writes the trained call operator ({tool_ops}) instead of the problem's: it learned to emit a call with "
                     "the operator it was trained on, not to copy the problem into the call.")
     else:
-        sentence = (f"Only {trained} of {n} valid but wrong calls on `tool_ood` problems write the trained call operator "
+        sentence = (f"Only {trained} of {n} valid but wrong calls on tool_ood problems write the trained call operator "
                     f"({tool_ops}) with the operands copied right; the failures are not mainly an operator copied from training.")
     return {"ood_failed_calls": n, "ood_trained_operator_calls": trained, "ood_operator_sentence": sentence}
 
@@ -264,7 +281,11 @@ def run(params: Params) -> Result:
     real = None
     if config is not None:
         with machine_to_ourselves():
-            real = tool_study.study(config, ensure_seconds=ensure_seconds)
+            models = tool_study.load_pair(config)
+            real = tool_study.study(config, ensure_seconds=ensure_seconds, models=models)
+            if params.real_delta:
+                real["delta"] = real_delta.study(config, real_delta_config(params), *models)
+            del models
     return dataclasses.replace(result, real=real)
 
 
@@ -278,13 +299,14 @@ def delta_test(params: Params, base_lm, ft_lm, evals: pd.DataFrame) -> dict:
     val = data.make_problems(ops, list(params.difficulties), params.n_val_per_cell, params.prompt_format, params.seed + 1).to_pandas()
     train, val = (_with_calls(x, params) for x in (train, val))
     layers = list(params.layers) or list(range(base_lm.cfg.n_layers))
-    sites = train_sites(base_lm, ft_lm, layers, config, train, val)
+    rows = collect_rows(base_lm, ft_lm, layers, config, train, val)
+    sites = train_sites(base_lm, ft_lm, layers, config, train, val, rows)
     score = delta_study.exact_output
     conditions = delta_study.run_conditions(ft_lm, problems, sites, "sae", params.alphas, params.batch_size, score=score)
     table = delta_study.condition_table(conditions, params.tool_operators)
     base_new = float(score(evaluate(base_lm, problems[problems.subset == "tool"], batch_size=params.batch_size)).mean())
     verdicts = verdict_table(table, base_new)
-    seeds = seed_repeats(base_lm, ft_lm, layers, config, train, val, problems, verdicts, base_new, score=score)
+    seeds = seed_repeats(base_lm, ft_lm, layers, config, train, val, problems, verdicts, base_new, score=score, rows=rows)
     focus = pick_focus_layer(verdicts, layers)
     latents = describe(ft_lm, problems, sites[layers.index(focus)], config)
     embedding = embedding_share(base_lm, ft_lm, sites[layers.index(focus)], problems[problems.subset == "tool"], "sae")
@@ -342,7 +364,7 @@ def findings(result: Result) -> dict:
     out["delta_embedding_sentence"] = (
         "The fine-tune left the embeddings as they were." if not e["dim"] else
         f"The fine-tune also changed token and position embeddings, a {e['dim']}-dimensional span the base dictionary "
-        f"never saw. At layer {d['focus_layer']}, {e['share']:.0%} of what the delta writes on `tool` problems lies in that "
+        f"never saw. At layer {d['focus_layer']}, {e['share']:.0%} of what the delta writes on the tool subset lies in that "
         f"span (a random {e['dim']}-dimensional subspace would hold {e['random_share']:.0%}): "
         + ("much of the delta's credit may be the new embedding directions, not a new computation."
            if e["share"] >= 2 * e["random_share"] and e["share"] >= 0.1 else
@@ -351,4 +373,5 @@ def findings(result: Result) -> dict:
     delta_lat = lat[lat.which == "delta"] if len(lat) else lat
     out["delta_top_latent_description"] = delta_lat.description.iloc[0] if len(delta_lat) else "none"
     out.update(real_findings(result.real, result.params.real_model))
+    out.update(real_delta_findings((result.real or {}).get("delta"), real_title(result.params.real_model), out["delta_verdict"]))
     return out

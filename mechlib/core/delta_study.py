@@ -176,27 +176,35 @@ def exact_output(res: pd.DataFrame) -> pd.Series:
 
 
 def run_conditions(model, problems: pd.DataFrame, sites: Sequence[Site], kind: str, alphas: Sequence[float],
-                   batch_size: int = 512, scopes: Sequence | None = None, sanity: bool = True, score=None) -> pd.DataFrame:
+                   batch_size: int = 512, scopes: Sequence | None = None, sanity: bool = True, score=None,
+                   splice=None, ce: bool = True) -> pd.DataFrame:
     """Answers and answer loss of the fine-tuned model under every condition, per scope
     (each layer alone, then all of them at once): one row per (scope, condition, problem).
     ``sanity=False`` skips the full+error check (for repeats with other seeds); ``score``
-    (results -> bool Series) replaces numeric answer checking, e.g. :func:`exact_output`."""
+    (results -> bool Series) replaces numeric answer checking, e.g. :func:`exact_output`;
+    ``splice`` (model, problems, hooks, batch_size -> results) replaces decoding with
+    :func:`~mechlib.core.sae.splice_eval`, e.g. :func:`~mechlib.core.sae.splice_scores`
+    (teacher-forced) or :meth:`mechlib.core.resume.Resumed.splice`; ``ce=False`` skips the
+    zeroed-MLP run that only the CE-loss score needs."""
     by_layer = {s.layer: s for s in sites}
     scopes = list(scopes) if scopes is not None else [s.layer for s in sites] + ([ALL] if len(sites) > 1 else [])
-    raw = sae.splice_eval(model, problems, [], batch_size)
+    splice = splice or sae.splice_eval
+    raw = splice(model, problems, [], batch_size)
+    if score is not None:
+        raw["correct"] = score(raw).to_numpy()
     frames = []
     for scope in scopes:
         chosen = list(sites) if scope == ALL else [by_layer[scope]]
-        runs = [("raw", None, False), ("zero_ablation", None, False)] + ([("full+error", 1.0, False)] if sanity else [])
+        runs = [("raw", None, False)] + ([("zero_ablation", None, False)] if ce else []) + ([("full+error", 1.0, False)] if sanity else [])
         present = [c for c in (*CONTROLS, REFERENCE) if all(c in site.controls for site in chosen)]
         runs += [(c, None, False) for c in present] + [(_alpha_label(a), float(a), True) for a in alphas]
         for label, alpha, dose in runs:
             if label == "raw":
                 res = raw.copy()
             else:
-                res = sae.splice_eval(model, problems, condition_hooks(chosen, label, kind, alpha), batch_size)
-            if score is not None:
-                res["correct"] = score(res).to_numpy()
+                res = splice(model, problems, condition_hooks(chosen, label, kind, alpha), batch_size)
+                if score is not None:
+                    res["correct"] = score(res).to_numpy()
             frames.append(res.assign(scope=str(scope), condition=label, alpha=alpha if dose else np.nan))
         for site in chosen:
             site.delta.alpha = 1.0
@@ -209,10 +217,14 @@ def error_check(conditions: pd.DataFrame) -> dict:
     out = {}
     for scope, g in conditions.groupby("scope", sort=False):
         raw, fe = g[g.condition == "raw"], g[g.condition == "full+error"]
-        same_out = (raw.output.to_numpy() == fe.output.to_numpy()).all()
+        decoded = (raw.output != "").any()  # teacher-forced conditions decode nothing: their verdicts are compared
+        what = raw.output if decoded else raw.correct
+        same_out = (what.to_numpy() == fe[what.name].to_numpy()).all()
         same_loss = (raw.answer_loss.to_numpy() == fe.answer_loss.to_numpy()).all()
-        out[scope] = (f"identical outputs and answer losses on all {len(raw)} problems" if same_out and same_loss else
-                      f"NOT identical: {int((raw.output.to_numpy() != fe.output.to_numpy()).sum())} outputs differ")
+        things = "outputs" if decoded else "teacher-forced verdicts"
+        out[scope] = (f"identical {things} and answer losses on all {len(raw)} problems" if same_out and same_loss else
+                      f"NOT identical: {int((what.to_numpy() != fe[what.name].to_numpy()).sum())} {things} and "
+                      f"{int((raw.answer_loss.to_numpy() != fe.answer_loss.to_numpy()).sum())} answer losses differ")
     return out
 
 
@@ -240,7 +252,10 @@ def condition_table(conditions: pd.DataFrame, new_ops: Sequence[str]) -> pd.Data
                 table.loc[at, f"paired_p_{prefix}"] = test["p"]
                 table.loc[at, f"full_only_{prefix}"] = test["a_only"]
                 table.loc[at, f"no_delta_only_{prefix}"] = test["b_only"]
+    table["ce_score"] = np.nan  # needs the zeroed-MLP run
     for _, g in table.groupby("scope"):
+        if "zero_ablation" not in set(g.label):
+            continue
         clean = g.loc[g.label == "raw", "answer_loss"].iloc[0]
         ablated = g.loc[g.label == "zero_ablation", "answer_loss"].iloc[0]
         table.loc[g.index, "ce_score"] = [sae.ce_recovered(clean, v, ablated) for v in g["answer_loss"]]

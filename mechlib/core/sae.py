@@ -310,6 +310,21 @@ def splice_eval(model, problems: pd.DataFrame, hooks: list, batch_size: int = 51
     return res
 
 
+def splice_scores(model, problems: pd.DataFrame, hooks: list, batch_size: int = 512) -> pd.DataFrame:
+    """Teacher-forced scores with the hooks in place, without decoding: ``correct`` when every
+    answer token is the model's top choice given the ones before (what greedy decoding would
+    write, up to where the answer ends), and the answer loss. One forward per batch, with
+    logits only at the answer positions: the affordable test for a pretrained model's long
+    answers, such as tool calls."""
+    with model.hooks(fwd_hooks=hooks):
+        scores = answer_scores(model, problems["prompt"].tolist(), problems["target"].tolist(), batch_size=batch_size)
+    res = problems.reset_index(drop=True).copy()
+    res["output"] = ""  # nothing decoded
+    res["correct"] = scores["tf_correct"].to_numpy()
+    res["answer_loss"] = scores["answer_loss"].to_numpy()
+    return res
+
+
 def ce_recovered(ce_clean: float, ce_spliced: float, ce_ablated: float) -> float:
     """SAELens's CE loss score: (CE_ablation - CE_spliced) / (CE_ablation - CE_clean)."""
     denom = ce_ablated - ce_clean

@@ -2,7 +2,7 @@
 
 After the source's Gemma experiment: natural-language arithmetic requests are to be answered
 with ``<tool_call>calculator(EXPR)</tool_call>`` and copy requests directly
-(:mod:`mechlib.core.tool_requests`). The fine-tune is chapter 3's LoRA code with the loss on
+(:mod:mechlib.core.tool_requests). The fine-tune is chapter 3's LoRA code with the loss on
 the reply's tokens only, cached under a name that holds its recipe's key.
 
 Three subsets are scored, as in the source: ``tool`` (held-out operand pairs in phrasings
@@ -77,7 +77,7 @@ def eval_requests(config: ToolLoraConfig, heldout: pd.DataFrame) -> pd.DataFrame
 
 @torch.inference_mode()
 def replies(model, prompts: list[str], targets: list[str], batch_size: int, goes_on: Callable[[str], bool] = opens_call) -> list[str]:
-    """Greedy replies. Every reply gets :data:`FIRST_TOKENS` tokens; the ones that have not
+    """Greedy replies. Every reply gets :data:FIRST_TOKENS tokens; the ones that have not
     ended and that ``goes_on`` (by default: they open a call) go on to the longest expected
     reply and two tokens more. The tokens are those of one long greedy decode, without
     decoding a call's length for every reply that never calls: a decode step costs about the
@@ -106,10 +106,19 @@ def finetune(config: ToolLoraConfig, setup: Callable[[], None] | None = None) ->
     return round(time.perf_counter() - start, 1)
 
 
-def study(config: ToolLoraConfig, setup: Callable[[], None] | None = None, ensure_seconds: float | None = None) -> dict:
+def load_pair(config: ToolLoraConfig) -> tuple:
+    """(base model, fine-tuned model), the fine-tune trained first unless cached."""
+    finetune(config)
+    return load_model(config.model, device=config.device)[0], load_model(config.name(), device=config.device)[0]
+
+
+def study(config: ToolLoraConfig, setup: Callable[[], None] | None = None, ensure_seconds: float | None = None,
+          models: tuple | None = None) -> dict:
     """Fine-tune (or reuse the cached fine-tune), then score the three subsets in both
     conditions. Returns the read replies (column ``model``: the condition, ``item``: the
-    request), the metrics, the training history, the recipe, the cache name and timings."""
+    request), the metrics, the training history, the recipe, the cache name and timings.
+    ``models``: the (base, fine-tuned) pair already loaded (:func:`load_pair`), kept for
+    later use; otherwise each is loaded here and dropped after its condition."""
     if ensure_seconds is None:
         ensure_seconds = finetune(config, setup)
     recipe, name = config.recipe(), config.name()
@@ -119,10 +128,10 @@ def study(config: ToolLoraConfig, setup: Callable[[], None] | None = None, ensur
     prompts, targets = requests.prompt.tolist(), requests.target.tolist()
     prefix = tool_requests.fewshot_prefix(config.operators, config.seed)
     start = time.perf_counter()
-    base, _ = load_model(config.model, device=config.device)
+    base = models[0] if models else load_model(config.model, device=config.device)[0]
     frames = [read_requests(requests, replies(base, [prefix + p for p in prompts], targets, config.eval_batch)).assign(model=BEFORE_SHOWN)]
     del base
-    tuned, _ = load_model(name, device=config.device)
+    tuned = models[1] if models else load_model(name, device=config.device)[0]
     frames.append(read_requests(requests, replies(tuned, prompts, targets, config.eval_batch)).assign(model=AFTER))
     answers = pd.concat(frames, ignore_index=True)
     answers["item"] = np.tile(np.arange(len(requests)), len(CONDITIONS))
@@ -155,9 +164,9 @@ def paired(answers: pd.DataFrame, a: str, b: str, subset: str, column: str = "ma
 
 
 MIN_CALLED, MAX_FALSE_CALLS = 0.8, 0.1
-VERDICT_RULE = (f"learned: on `tool` the fine-tune's end-to-end correct rate has the lower end of its 95% interval at or above "
-                f"{MIN_CALLED:.0%}, and on `copy` its false-call rate has the upper end at or below {MAX_FALSE_CALLS:.0%}; carried "
-                f"over: the same lower bound of {MIN_CALLED:.0%} on `tool_ood` too; a fine-tune that fails the first test is "
+VERDICT_RULE = (f"learned: on the tool subset the fine-tune's end-to-end correct rate has the lower end of its 95% interval at or above "
+                f"{MIN_CALLED:.0%}, and on the copy subset its false-call rate has the upper end at or below {MAX_FALSE_CALLS:.0%}; carried "
+                f"over: the same lower bound of {MIN_CALLED:.0%} on the tool_ood subset too; a fine-tune that fails the first test is "
                 "'not shown to have learned'")
 
 

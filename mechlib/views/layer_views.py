@@ -133,7 +133,7 @@ def lens_table(real: dict):
                         "lenses": table.verdict,
                         "last layer top-1 (commonest digit)": [f"{a:.0%} ({m:.0%})" for a, m in zip(table.last_top1, table.majority)],
                         "n": table.n})
-    return plots.text_table(out, wrap=[])  # the layers' range is in the text above
+    return plots.text_table(out, wrap=["model", "lenses", "last layer top-1 (commonest digit)"])  # the layers' range is in the text above
 
 
 def claims(real: dict):

@@ -289,7 +289,7 @@ def condition_bars(long: pd.DataFrame, title: str, caption: str | None = None, x
     base = alt.Chart(long).encode(
         x=alt.X("label:N", sort=order, title=x_title, axis=alt.Axis(labelAngle=-30, labelAlign="right")),
         xOffset=alt.XOffset("skill:N", sort=skills),
-        color=alt.Color("skill:N", title="", sort=skills),
+        color=alt.Color("skill:N", title="", sort=skills, legend=alt.Legend(orient="bottom")),  # below: never past the column
         tooltip=["layer", "label", "skill", "n", alt.Tooltip("accuracy:Q", format=".1%"), alt.Tooltip("lo:Q", format=".1%"),
                  alt.Tooltip("hi:Q", format=".1%")],
     )
@@ -298,6 +298,22 @@ def condition_bars(long: pd.DataFrame, title: str, caption: str | None = None, x
     rows = list(dict.fromkeys(long["layer"].astype(str)))
     return (bars + whiskers).properties(width=alt.Step(19), height=120).facet(
         row=alt.Row("layer:N", title=row_title, sort=rows), title=_title(title, caption)).resolve_scale(x="independent")
+
+
+def value_bars(df: pd.DataFrame, x: str, y: str, color: str, title: str, caption: str | None = None,
+               y_title: str | None = None) -> alt.Chart:
+    """One bar per ``x`` (ordered as in the data: layers), its height ``y``, coloured by
+    ``color`` (legend below), with tooltips. Column names must not hold an apostrophe: Vega
+    reads field names inside expressions."""
+    if not len(df):
+        return not_measured(title)
+    order = list(dict.fromkeys(df[x]))
+    return alt.Chart(df).mark_bar().encode(
+        x=alt.X(f"{x}:O", sort=order, title=field_name(x), axis=alt.Axis(labelAngle=0)),
+        y=alt.Y(f"{y}:Q", title=y_title or field_name(y)),
+        color=alt.Color(f"{color}:N", title=field_name(color), legend=alt.Legend(orient="bottom")),
+        tooltip=[x, alt.Tooltip(f"{y}:Q", format=".3f"), color],
+    ).properties(width=COLUMN_WIDTH - 180, height=200, title=_title(title, caption))
 
 
 TABLE_STYLE = [{"selector": "th, td", "props": "padding: 0.15em 0.7em;"}]
@@ -337,17 +353,21 @@ def seed_metric_name(name: str) -> str:
 
 
 def text_table(df: pd.DataFrame, wrap: list[str], decimals: int = 3, percent: tuple[str, ...] = (), min_width: str = "6em",
-               max_width: str = "18em"):
+               max_width: str = "18em", widths: dict[str, str] | None = None):
     """A table with long text columns (``wrap``) that wrap within a bounded width (at least
-    ``min_width``), numbers to at most 3 significant digits and ``decimals`` places, and
-    ``percent`` columns as percentages, so it stays in the column."""
+    ``min_width``, or the column's own in ``widths``), numbers to at most 3 significant digits
+    and ``decimals`` places, and ``percent`` columns as percentages, so it stays in the column."""
     wrap = [c for c in wrap if c in df.columns]  # a "not measured" note has none of them
     fmt = {c: (lambda v, d=decimals: number_text(v, d)) for c in df.columns if df[c].dtype.kind == "f" and c not in percent}
     fmt |= {c: "{:.1%}" for c in percent if c in df.columns}
     fmt |= {c: (lambda v: html.escape(str(v))) for c in df.columns if c not in fmt and df[c].dtype.kind == "O"}  # text, never HTML
-    return (df.style.format(fmt, na_rep="").hide(axis="index").set_table_styles(TABLE_STYLE)
-            .set_properties(subset=wrap, **{"white-space": "normal", "overflow-wrap": "anywhere", "min-width": min_width,
-                                            "max-width": max_width}))  # a call has no space to break at
+    styler = (df.style.format(fmt, na_rep="").hide(axis="index").set_table_styles(TABLE_STYLE)
+              .set_properties(subset=wrap, **{"white-space": "normal", "overflow-wrap": "anywhere", "min-width": min_width,
+                                              "max-width": max_width}))  # a call has no space to break at
+    for column, width in (widths or {}).items():
+        if column in df.columns:
+            styler = styler.set_properties(subset=[column], **{"min-width": width})
+    return styler
 
 
 def percent_table(df: pd.DataFrame, percent: list[str] | None = None, counts: list[str] | None = None):

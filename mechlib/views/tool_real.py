@@ -67,6 +67,12 @@ def examples(real: dict | None, per_subset: int = 2) -> pd.DataFrame:
     return rows.assign(subset=rows.subset.map(SUBSET_NAMES)).rename(columns={"prompt": "request"})
 
 
+def real_title(model: str) -> str:
+    """The model's name as the page writes it."""
+    found = shipped(model)
+    return found.title if found else model
+
+
 def real_findings(real: dict | None, model: str) -> dict:
     """The part as glued sentences; each names the model."""
     (lo, hi), (ood_lo, ood_hi) = tool_requests.RANGES["train"], tool_requests.RANGES["ood"]

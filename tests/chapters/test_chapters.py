@@ -56,13 +56,14 @@ def test_every_chapter_executes_on_the_tiny_set_and_fills_its_glue(chapter, tiny
     overrides = {}
     if chapter == "06_tool_use":  # its pretrained part on a small Gemma-shaped model, in its own process as in the book
         overrides = {"real_model": str(request.getfixturevalue("gemma_shaped_dir")), "real_steps": 2, "real_lora_batch_size": 4,
-                     "real_n_per_operator": 2, "real_workers": 2}
+                     "real_n_per_operator": 2, "real_workers": 2, "real_delta_n_eval": 3, "real_delta_n_train": 4,
+                     "real_delta_base_width": 32, "real_delta_n_tokens": 400}
     out = execute.execute_chapter(chapter, "tiny", overrides, out_dir=tmp_path / "out")
     glued = build.glued_values(out)
     missing = glue_names(chapter) - set(glued)
     assert not missing, f"{chapter}: prose refers to numbers the run did not glue: {sorted(missing)}"
     if overrides:
-        assert not any(str(glued[k]).startswith("Not measured") for k in glued if k.startswith("real_tool_"))
+        assert not any(str(glued[k]).startswith("Not measured") for k in glued if k.startswith(("real_tool_", "real_delta_")))
     errors = [o for c in nbformat.read(out, as_version=4).cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
     assert not errors
     assert list((tmp_path / "runs" / chapter).glob("*.json"))

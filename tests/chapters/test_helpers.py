@@ -103,3 +103,16 @@ def test_the_layer_tables_are_named_for_readers():
     assert view["paired p vs clean"].tolist() == ["", "0.00012"]
     stats = pd.DataFrame({"layer": [0], "resid_norm_mean": [1.0], "attn_norm_mean": [2.0], "mlp_norm_mean": [3.0]})
     assert layers.norms_long(stats).set_index("output").value.to_dict() == {"residual stream": 1.0, "attention": 2.0, "MLP": 3.0}
+
+
+def test_no_chapter_shows_code_on_the_page():
+    """Every code cell is the parameters cell, removed, or shown by its output only."""
+    import nbformat
+
+    from mechlib.book.paths import project_root
+
+    for path in sorted((project_root() / "chapters").glob("*.ipynb")):
+        cells = nbformat.read(path, as_version=4).cells
+        shown = [i for i, c in enumerate(cells) if c.cell_type == "code"
+                 and not {"parameters", "remove-cell", "remove-input"} & set(c.metadata.get("tags", []))]
+        assert not shown, f"{path.name}: code cells {shown} would show their code on the page"

@@ -179,3 +179,25 @@ def test_embedding_share_finds_a_delta_that_writes_the_new_embedding_directions(
     outside = delta_latents.embedding_share(base, tuned, site_with(torch.randn(4, d, generator=gen)), problems, "sae")
     assert outside["share"] < 0.5
     assert delta_latents.embedding_share(base, base, site_with(torch.randn(4, d, generator=gen)), problems, "sae")["dim"] == 0
+
+
+def test_teacher_forced_conditions_score_like_answer_scores_and_skip_the_zeroed_run(tiny_model):
+    """``splice_scores`` is answer_scores with the hooks in place; teacher-forced conditions
+    without the CE run have no zero_ablation rows, a NaN CE score, and full+error equal to raw."""
+    from mechlib.core.evaluate import answer_scores
+
+    problems = data.make_problems(["+", "-"], ["1x1"], 12, "bare", seed=0).to_pandas()
+    plain = answer_scores(tiny_model, problems.prompt.tolist(), problems.target.tolist())
+    scored = sae.splice_scores(tiny_model, problems, [])
+    assert (scored.correct.to_numpy() == plain.tf_correct.to_numpy()).all()
+    assert np.array_equal(scored.answer_loss.to_numpy(), plain.answer_loss.to_numpy())
+    lossy = sae.DeltaDictionary(sae.Dictionary(32, 32, 8, "topk", 2, seed=0), sae.Dictionary(32, 32, 4, "topk", 1, seed=1))
+    site = delta_study.Site(1, lossy.base, lossy, pd.DataFrame(), {}, {"random_delta": lossy}, {}, {})
+    cond = delta_study.run_conditions(tiny_model, problems, [site], "sae", (0, 1), scopes=[1], splice=sae.splice_scores, ce=False)
+    assert "zero_ablation" not in set(cond.condition) and (cond.output == "").all()
+    assert set(cond.condition) == {"raw", "full+error", "random_delta", "no_delta", "full"}
+    table = delta_study.condition_table(cond, ["-"])
+    assert table.ce_score.isna().all()
+    assert delta_study.error_check(cond) == {"1": "identical teacher-forced verdicts and answer losses on all 24 problems"}
+    spliced = cond[cond.condition == "full"].answer_loss.to_numpy()
+    assert not np.allclose(spliced, plain.answer_loss.to_numpy())  # the splice itself is lossy, so the check can fail

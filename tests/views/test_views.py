@@ -79,3 +79,22 @@ def test_text_tables_show_markup_as_text():
     df = pd.DataFrame({"reply": ["<tool_call>calculator(1*2)</tool_call>", None], "share": [0.12345, 1.0], "n": [1, 2]})
     html = plots.text_table(df, ["reply"]).to_html()
     assert "&lt;tool_call&gt;calculator(1*2)&lt;/tool_call&gt;" in html and "<tool_call>" not in html and "0.123" in html
+
+
+def test_the_loss_sentence_reads_the_share_of_the_gap_closed():
+    from mechlib.views.real_delta_views import loss_sentence
+
+    table = pd.DataFrame({"label": ["raw", "no_delta", "full"], "answer_loss": [0.5, 4.5, 1.5]})
+    assert "closes 75% of the gap" in loss_sentence(table)
+    table.loc[1, "answer_loss"] = 0.4
+    assert "no gap to close" in loss_sentence(table)
+
+
+def test_value_bars_keep_the_data_order_and_title_their_axes():
+    from mechlib.views import plots
+
+    df = pd.DataFrame({"layer": [0, 1, 2], "opening loss": [3.0, 1.0, 2.0], "chosen": ["not studied", "studied", "not studied"]})
+    spec = plots.value_bars(df, "layer", "opening loss", "chosen", "Weight patching", y_title="loss (nats)").to_dict()
+    assert spec["encoding"]["x"]["sort"] == [0, 1, 2] and spec["encoding"]["y"]["title"] == "loss (nats)"
+    assert spec["encoding"]["color"]["title"] == "chosen"
+    assert plots.value_bars(df.iloc[:0], "layer", "opening loss", "chosen", "Empty").to_dict()["mark"]["type"] == "text"
