@@ -15,11 +15,12 @@ What two CPU cores force, each said on the page:
   test: each layer's LoRA update alone is put into the base model ("only L"), and the two
   layers whose update alone lowers the loss of the call's opening tokens most are studied.
 * **Both layers at once** is the only scope (no per-layer conditions).
-* **Teacher-forced scoring** (:func:`mechlib.core.sae.splice_scores`): a reply is right when
-  every token of it is the model's top choice given the ones before, which is what greedy
-  decoding writes up to the reply's end; no decoding, and no zeroed-MLP run, so no CE-loss score.
+* **Teacher-forced scoring**, resumed at the first studied block
+  (:class:`mechlib.core.resume.Resumed`): a reply (for an arithmetic request, the call's
+  opening) is right when every token of it is the model's top choice given the ones before,
+  which is what greedy decoding writes; no decoding, and no zeroed-MLP run, so no CE-loss score.
 * **Small dictionaries on few rows**: the rows are the reply positions of a few hundred
-  training requests, and the base is less than twice as wide as the residual stream.
+  training requests, and the base is, by default, a little wider than the residual stream.
 """
 from __future__ import annotations
 
@@ -59,6 +60,13 @@ class RealDeltaConfig:
     dictionary_seeds: tuple[int, ...] = (1,)
     batch_size: int = 32
     seed: int = 0
+
+    def __post_init__(self):
+        for name in ("n_layers", "n_choose", "n_eval", "n_train", "n_val", "base_width", "base_k", "n_tokens", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}: a positive integer, got {getattr(self, name)!r}")
+        if not {0, 1} <= set(self.alphas):
+            raise ValueError(f"alphas: must include 0 (no_delta) and 1 (full), got {self.alphas!r}")
 
     def delta(self, operators) -> DeltaConfig:
         return DeltaConfig(new_operators=tuple(operators), kind="sae", activation="topk", base_width=self.base_width,

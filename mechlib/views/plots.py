@@ -353,21 +353,17 @@ def seed_metric_name(name: str) -> str:
 
 
 def text_table(df: pd.DataFrame, wrap: list[str], decimals: int = 3, percent: tuple[str, ...] = (), min_width: str = "6em",
-               max_width: str = "18em", widths: dict[str, str] | None = None):
+               max_width: str = "18em"):
     """A table with long text columns (``wrap``) that wrap within a bounded width (at least
-    ``min_width``, or the column's own in ``widths``), numbers to at most 3 significant digits
-    and ``decimals`` places, and ``percent`` columns as percentages, so it stays in the column."""
+    ``min_width``), numbers to at most 3 significant digits and ``decimals`` places, and
+    ``percent`` columns as percentages, so it stays in the column."""
     wrap = [c for c in wrap if c in df.columns]  # a "not measured" note has none of them
     fmt = {c: (lambda v, d=decimals: number_text(v, d)) for c in df.columns if df[c].dtype.kind == "f" and c not in percent}
     fmt |= {c: "{:.1%}" for c in percent if c in df.columns}
     fmt |= {c: (lambda v: html.escape(str(v))) for c in df.columns if c not in fmt and df[c].dtype.kind == "O"}  # text, never HTML
-    styler = (df.style.format(fmt, na_rep="").hide(axis="index").set_table_styles(TABLE_STYLE)
-              .set_properties(subset=wrap, **{"white-space": "normal", "overflow-wrap": "anywhere", "min-width": min_width,
-                                              "max-width": max_width}))  # a call has no space to break at
-    for column, width in (widths or {}).items():
-        if column in df.columns:
-            styler = styler.set_properties(subset=[column], **{"min-width": width})
-    return styler
+    return (df.style.format(fmt, na_rep="").hide(axis="index").set_table_styles(TABLE_STYLE)
+            .set_properties(subset=wrap, **{"white-space": "normal", "overflow-wrap": "anywhere", "min-width": min_width,
+                                            "max-width": max_width}))  # a call has no space to break at
 
 
 def percent_table(df: pd.DataFrame, percent: list[str] | None = None, counts: list[str] | None = None):

@@ -27,6 +27,13 @@ def test_the_request_sets_are_disjoint_and_the_test_is_held_out():
     assert real_delta.opener(sets["eval"].target.iloc[0]) == " <tool_call>calculator("
 
 
+def test_bad_sizes_fail_fast_naming_the_field():
+    with pytest.raises(ValueError, match="n_eval"):
+        real_delta.RealDeltaConfig(n_eval=0)
+    with pytest.raises(ValueError, match="alphas"):
+        real_delta.RealDeltaConfig(alphas=(0, 0.5))
+
+
 @pytest.fixture(scope="module")
 def gemma_pair(gemma_shaped_dir):
     """The Gemma-shaped model and a 'fine-tune' whose only change is in layer 1's MLP."""
