@@ -32,7 +32,7 @@ import torch
 
 from . import lora
 from .data import pair_key
-from .delta_sites import collect_rows, seed_repeats, train_sites, verdict_table
+from .delta_sites import collect_rows, headline_scope, seed_repeats, train_sites, verdict_table
 from .delta_study import ALL, DeltaConfig, condition_table, error_check, run_conditions
 from .resume import Resumed
 from .sae import splice_scores
@@ -138,7 +138,8 @@ def study(config: ToolLoraConfig, delta: RealDeltaConfig, base, tuned) -> dict:
     seconds["dictionaries"] = round(time.perf_counter() - t, 1)
     t = time.perf_counter()
     evals = sets["eval"].assign(target=[opener(t) if call else t for t, call in zip(sets["eval"].target, sets["eval"].needs_call)])
-    scopes = [ALL] if len(layers) > 1 else [layers[0]]
+    scope = headline_scope(layers)
+    scopes = [ALL] if scope == ALL else [int(scope)]
     splice = Resumed(tuned, evals, [min(layers)], delta.batch_size).splice  # every splice sits at the studied layers or later
     conditions = run_conditions(tuned, evals, sites, "sae", delta.alphas, delta.batch_size, scopes=scopes, splice=splice, ce=False)
     table = condition_table(conditions, config.operators)
