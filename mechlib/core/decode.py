@@ -9,7 +9,8 @@ prefix, so rotary and learned position embeddings see what a full forward sees; 
 check answers and log-probs against the unshared path on GPT-2-, Llama- and Gemma-3-shaped
 models and under every corruption kind.
 
-Hooks fire on the prefix run (batch 1, positions ``0..P-1``) and then on each batch's
+Attention reads the cache through :mod:`mechlib.core.kv_slab` (keys stored rotated, grouped
+key/value heads never copied). Hooks fire on the prefix run (batch 1, positions ``0..P-1``) and then on each batch's
 suffix run (positions ``P..``). A hook that acts the same at every position and on every
 row (zero or mean ablation, a steering vector) gives the same answers either way; one that
 indexes absolute positions or batch rows needs ``share_prefix=False``.
@@ -21,48 +22,21 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Int
 from tqdm import tqdm
 from transformer_lens import TransformerLensKeyValueCache
 
 from .blocks import BlockOrder
+from .kv_slab import SlabEntry, enable
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
-
-
-class SlabEntry:
-    """One block's keys and values in a buffer allocated once for the whole decode:
-    ``append`` writes in place (TransformerLens's own entry copies the whole cache with
-    ``torch.cat`` at every step). Duck-types ``TransformerLensKeyValueCacheEntry``."""
-
-    frozen = False
-
-    def __init__(self, keys: Float[torch.Tensor, "batch capacity kv_heads d_head"],
-                 values: Float[torch.Tensor, "batch capacity kv_heads d_head"], filled: int = 0):
-        self.keys, self.values, self.filled = keys, values, filled
-
-    @property
-    def past_keys(self) -> Float[torch.Tensor, "batch filled kv_heads d_head"]:
-        return self.keys[:, : self.filled]
-
-    @property
-    def past_values(self) -> Float[torch.Tensor, "batch filled kv_heads d_head"]:
-        return self.values[:, : self.filled]
-
-    def append(self, new_keys: torch.Tensor, new_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        end = self.filled + new_keys.shape[1]
-        if end > self.keys.shape[1]:
-            raise ValueError(f"key/value cache overflow: {end} positions, capacity {self.keys.shape[1]}")
-        self.keys[:, self.filled : end] = new_keys
-        self.values[:, self.filled : end] = new_values
-        self.filled = end
-        return self.keys[:, :end], self.values[:, :end]
 
 
 def slab_cache(model, n_entries: int, batch: int, capacity: int,
                prefix: TransformerLensKeyValueCache | None = None) -> TransformerLensKeyValueCache:
     """A cache of ``n_entries`` preallocated entries for ``batch`` rows and ``capacity``
     positions, holding ``prefix`` (a batch-1 cache) broadcast to every row when given."""
+    enable(model)  # the slab's key format follows the attention modules
     cfg = model.cfg
     heads = cfg.n_key_value_heads or cfg.n_heads
     shape = (batch, capacity, heads, cfg.d_head)
