@@ -182,7 +182,7 @@ def organism_section(args) -> dict:
     max_new = max(len(t) for t in encode_targets(model, targets)) + 1
     assert max(len(p) for p in encode(model, prompts)) + max_new <= model.cfg.n_ctx
     print(f"model {args.model}, {len(prompts)} problems, {args.threads} torch thread(s), max_new_tokens {max_new}, "
-          f"medians of {args.repeats} paired runs", flush=True)
+          f"medians of {args.organism_repeats} paired runs", flush=True)
     ratios_limit, ratios_hf = [], []
     for bs in [int(b) for b in args.batch_sizes.split(",")]:
         ours = greedy_decode(model, prompts, max_new, batch_size=bs)
@@ -192,7 +192,7 @@ def organism_section(args) -> dict:
             raise SystemExit(f"batch {bs}: evaluate and HF generate disagree on {mismatches} answers")
         f, e, h = timed_three([lambda: bare_forward(model, prompts, targets, bs),
                                lambda: greedy_decode(model, prompts, max_new, batch_size=bs),
-                               lambda: hf_generate(hf, tokenizer, prompts, max_new, bs)], args.repeats)
+                               lambda: hf_generate(hf, tokenizer, prompts, max_new, bs)], args.organism_repeats)
         ratios_limit.append(e / f)
         ratios_hf.append(h / e)
         print(f"batch {bs:5d}: bare forward {f:6.3f} s | evaluate {e:6.3f} s | HF generate {h:6.3f} s | "
@@ -218,6 +218,8 @@ def main() -> None:
     parser.add_argument("--n-per-cell", type=int, default=400)
     parser.add_argument("--batch-sizes", default="64,512,4096")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--organism-repeats", type=int, default=9,
+                        help="the organism's runs take half a second each, so their medians need more of them")
     parser.add_argument("--loop-problems", type=int, default=300, help="problems for the slow per-example loop")
     parser.add_argument("--real-n", type=int, default=256, help="problems per real-model format")
     parser.add_argument("--real", default=",".join(REAL), help="real models to bench ('' for none)")

@@ -10,10 +10,10 @@ check answers and log-probs against the unshared path on GPT-2-, Llama- and Gemm
 models and under every corruption kind.
 
 Attention reads the cache through :mod:`mechlib.core.kv_slab` (keys stored rotated, grouped
-key/value heads never copied). Hooks fire on the prefix run (batch 1, positions ``0..P-1``) and then on each batch's
-suffix run (positions ``P..``). A hook that acts the same at every position and on every
-row (zero or mean ablation, a steering vector) gives the same answers either way; one that
-indexes absolute positions or batch rows needs ``share_prefix=False``.
+key/value heads never copied). Hooks fire on the prefix run (batch 1, positions ``0..P-1``)
+and then on each batch's suffix run (positions ``P..``). A hook that acts the same at every
+position and on every row (zero or mean ablation, a steering vector) gives the same answers
+either way; one that indexes absolute positions or batch rows needs ``share_prefix=False``.
 """
 from __future__ import annotations
 
