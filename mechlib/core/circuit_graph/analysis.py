@@ -7,7 +7,8 @@ import torch
 from transformer_lens.utils import get_act_name
 
 from ..blocks import cache_activations
-from .ablation import Task, source_outputs
+from ..dla import attribute
+from .ablation import Task
 from .graph import graph_of, numpy
 
 
@@ -43,16 +44,14 @@ def attention_to(model, tokens: torch.Tensor, queries: list[int]) -> np.ndarray:
 
 
 def direct_effects(model, tokens: torch.Tensor, direction: torch.Tensor, position: int) -> dict[str, np.ndarray]:
-    """Direct logit attribution: each source's output at ``position``, through the final layer
-    norm's scale (frozen at its clean value), along ``direction`` [batch, d_model] (e.g.
-    W_U[:, correct] - W_U[:, wrong]). Per source, one value per example."""
+    """Direct logit attribution per graph source: each source's output at ``position``, read
+    through the final norm with its scale frozen at the clean value, along ``direction``
+    [batch, d_model] (e.g. W_U[:, correct] - W_U[:, wrong]). Per source, one value per
+    example; attention output biases are no source and are left out. See :mod:`mechlib.core.dla`."""
     g = graph_of(model)
-    _, outs = source_outputs(model, tokens)
-    x = outs[:, position]  # [b, n_source, d]
-    if model.cfg.normalization_type is not None:
-        _, cache = model.run_with_cache(tokens, names_filter=lambda n: n == "ln_final.hook_scale")
-        if model.cfg.normalization_type in ("LN", "LNPre"):  # LayerNorm centres; RMSNorm only scales
-            x = x - x.mean(-1, keepdim=True)
-        x = x / cache["ln_final.hook_scale"][:, position][:, None]
-    values = numpy(torch.einsum("bsd,bd->bs", x, direction.to(x.device)))
-    return {s: values[:, i] for i, s in enumerate(g.sources)}
+    parts = attribute(model, tokens, torch.full((tokens.shape[0],), position, device=tokens.device), direction)
+    out = {"embed": numpy(parts.embed)}
+    for layer in range(g.n_layers):
+        out.update({f"a{layer}.{h}": numpy(parts.heads[:, layer, h]) for h in range(g.n_heads)})
+        out[f"m{layer}"] = numpy(parts.mlps[:, layer])
+    return {s: out[s] for s in g.sources}
