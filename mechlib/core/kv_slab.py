@@ -104,7 +104,9 @@ def slab_attention(attn, query_input: Float[torch.Tensor, "batch pos d_model"], 
 def _forward(self, query_input, key_input, value_input, past_kv_cache_entry=None, additive_attention_mask=None,
              attention_mask=None, position_bias=None):
     """:func:`slab_attention` for a :class:`SlabEntry`, TransformerLens's forward otherwise."""
-    if isinstance(past_kv_cache_entry, SlabEntry) and additive_attention_mask is None and position_bias is None:
+    if isinstance(past_kv_cache_entry, SlabEntry):
+        if additive_attention_mask is not None or position_bias is not None:  # encoder and T5 inputs, never a decoder's
+            raise ValueError("a slab cache serves causal decoders: no additive attention mask or position bias")
         return slab_attention(self, query_input, key_input, value_input, past_kv_cache_entry, attention_mask)
     return _PARENT[type(self)].forward(self, query_input, key_input, value_input, past_kv_cache_entry=past_kv_cache_entry,
                                        additive_attention_mask=additive_attention_mask, attention_mask=attention_mask,
