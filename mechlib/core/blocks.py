@@ -9,8 +9,6 @@ from jaxtyping import Float, Int
 from transformer_lens import TransformerLensKeyValueCache
 from transformer_lens.utilities.activation_functions import apply_softcap
 
-from .kv_slab import enable
-
 
 def unembed_residual(model, residual: Float[torch.Tensor, "*batch d_model"]) -> Float[torch.Tensor, "*batch d_vocab"]:
     """Final norm, unembedding and soft-cap: what the model does after its last block."""
@@ -25,7 +23,6 @@ class BlockOrder:
 
     def __init__(self, model, order: Sequence[int]):
         self.model, self.order = model, list(order)
-        enable(model)  # slab caches take the copy-free attention path
 
     def __call__(self, tokens: Int[torch.Tensor, "batch seq"], cache: TransformerLensKeyValueCache | None = None,
                  keep: slice | None = None) -> Float[torch.Tensor, "batch kept d_vocab"]:

@@ -3,10 +3,12 @@ and RMSNorm (Llama-shaped, grouped-query; Gemma-3-shaped, grouped-query with a
 post-attention norm over the summed heads), and each head's share is TransformerLens's own
 per-head result read through the frozen norms. And the circuit graph's node patching and EAP
 on a real tokenizer and layout, the pieces a real-model circuit study stands on."""
+import numpy as np
 import pytest
 import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
+from mechlib.core import circuit_graph as cg
 from mechlib.core.dla import direct_logit_attribution
 from mechlib.core.models import load_model
 
@@ -86,10 +88,6 @@ def test_node_patching_and_attribution_on_a_real_tokenizer_and_layout(llama_shap
     """On the Llama-shaped model (SmolLM2's tokenizer, RMSNorm with weights, grouped-query
     attention): resample-ablating a node through the graph equals a hand-written hook that
     puts its corrupted output in place, and EAP-IG with one step is EAP."""
-    import numpy as np
-
-    from mechlib.core import circuit_graph as cg
-
     model, _ = load_model(str(llama_shaped_dir), device="cpu")
     tokens, positions, good, bad = scored(model)
     corrupt = tokens.clone()

@@ -47,7 +47,7 @@ def tl_steps(model, tokens: torch.Tensor, start: int, hooks=()) -> list[torch.Te
 
 
 def test_covered_models_take_the_slab_path(shaped):
-    BlockOrder(shaped, range(shaped.cfg.n_layers))
+    decode.slab_cache(shaped, 1, 1, 1)  # a slab switches the model to the slab path
     assert all(isinstance(b.attn, (kv_slab.SlabAttention, kv_slab.SlabGroupedQueryAttention)) for b in shaped.blocks)
     assert all(kv_slab.covered(b.attn) for b in shaped.blocks)
 
@@ -109,7 +109,7 @@ def test_attention_it_does_not_cover_keeps_transformer_lens_path():
     cfg = HookedTransformerConfig(n_layers=2, d_model=16, n_ctx=32, d_head=4, n_heads=4, d_vocab=20, act_fn="relu",
                                   positional_embedding_type="alibi", seed=0)
     model = HookedTransformer(cfg)
-    BlockOrder(model, range(2))
+    decode.slab_cache(model, 1, 1, 1)
     assert type(model.blocks[0].attn).__name__ == "Attention" and not kv_slab.covered(model.blocks[0].attn)
     tokens = torch.randint(0, 20, (2, 9), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
