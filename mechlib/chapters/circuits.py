@@ -14,13 +14,16 @@ from ..core import tracr_models
 from ..core.faithfulness import FaithfulnessConfig, edge_study
 from ..core.minimal_pairs import FAMILIES, ROUTES, PairConfig, pair_pool_sizes
 from ..core.organism import ORGANISM_NAME, OrganismRecipe, ensure_organism, organism_dir
-from ..core.pair_patching import pair_study, roles
+from ..core.pair_patching import ROLES, pair_study, roles
+from ..core.parallel import beside
+from ..core.real_circuit import RealCircuitConfig, real_studies
 from ..core.stats import fmt_interval, proportion
 from ..core.tracr_study import METHODS, TracrConfig, tracr_study
 from ..views.circuit_views import columns_read, faithful_verdict, role_differences, routes_text, verdict_items
 from ..views.narrative import and_list, pct
+from ..views.real_circuit_views import real_findings
 from . import preflight
-from .base import ModelParams, is_int, is_number, list_of, one_of, param, prompt_format_field
+from .base import ModelParams, is_int, is_number, is_str, list_of, one_of, param, prompt_format_field
 
 CHAPTER = "05_circuits"
 # Thresholds of the verdicts, shown on the page.
@@ -64,6 +67,18 @@ class Params(ModelParams):
                              f"the method that ranks the model's edges (exact needs at most {EXACT_LIMIT} edges)")
     faithful_share: float = param(FAITHFUL, is_number(0.05, 1.0), "a number in 0.05..1",
                                   "the share of the clean logit difference a named circuit must recover")
+    real_models: tuple[str, ...] = param(("smollm2-135m-instruct", "gemma-3-270m"), list_of(is_str, min_len=0, max_len=3),
+                                         "a list of up to 3 pretrained model names or paths ([] for none)",
+                                         "pretrained models whose one-digit addition part 3 studies")
+    real_n_pairs: int = param(30, is_int(2, 500), "an integer in 2..500", "minimal pairs per family, at most, on each real model")
+    real_ig_steps: int = param(5, is_int(1, 50), "an integer in 1..50", "EAP-IG interpolation steps on the real models")
+    real_top_k: tuple[int, ...] = param((5, 10, 20, 40, 80), list_of(is_int(1, 100_000), max_len=20),
+                                        "a list of positive node counts for the real models' faithfulness curve")
+    real_neuron_counts: tuple[int, ...] = param((8, 32, 128), list_of(is_int(1, 100_000), max_len=6),
+                                                "a list of up to 6 positive neuron counts per MLP")
+    real_correct_only: bool = param(True, lambda v: isinstance(v, bool), "true or false",
+                                    "pairs of problems the model solves only (false: any pair, for tests on random weights)")
+    real_workers: int = param(2, is_int(1, 2), "1 or 2", "2: the first real model runs in its own process beside the organism part")
 
     def check(self):
         if len(self.programs) == 0 and len(self.families) == 0:
@@ -81,6 +96,14 @@ class Params(ModelParams):
     def pairs(self) -> PairConfig:
         return PairConfig(families=self.families, n_pairs=self.n_pairs, prompt_format=self.prompt_format, seed=self.seed,
                           routes=self.routes)
+
+    def real(self) -> list[RealCircuitConfig]:
+        """One study per real model; the first runs in its own single-threaded process when
+        ``real_workers`` is 2."""
+        return [RealCircuitConfig(model=m, n_pairs=self.real_n_pairs, ig_steps=self.real_ig_steps, top_k=self.real_top_k,
+                                  faithful_share=self.faithful_share, neuron_counts=self.real_neuron_counts,
+                                  correct_only=self.real_correct_only, seed=self.seed, threads=1)
+                for m in self.real_models]
 
     def faithfulness(self) -> FaithfulnessConfig:
         return FaithfulnessConfig(edge_scores=self.edge_scores, ablation=self.ablation, ig_steps=self.ig_steps,
@@ -105,6 +128,7 @@ class Result:
     seed_circuits: pd.DataFrame  # per organism seed: the named circuit's size, recovery, accuracy, ablation
     positions: list  # position labels of the organism's inputs
     timings: dict
+    real: list = dataclasses.field(default_factory=list)  # part 3: one study per real model (real_circuit.study)
 
 
 def check(params: Params) -> None:
@@ -122,12 +146,33 @@ def check(params: Params) -> None:
         if params.edge_scores == "exact" and n_edges > EXACT_LIMIT:
             params.fail("edge_scores", f"the model has {n_edges} edges, more than {EXACT_LIMIT} for exact patching "
                                        "(one forward pass each); use 'eap-ig'")
+    for name in params.real_models:
+        preflight.model(params, "real_models", name)
 
 
 def run(params: Params) -> Result:
+    check(params)
+    configs = params.real()
+    side = configs[:1] if params.real_workers == 2 else []
+
+    def main():
+        result = organism_part(params)
+        t = time.perf_counter()
+        studies = real_studies(configs[len(side):])
+        result.timings["real_main_seconds"] = round(time.perf_counter() - t, 1)
+        return result, studies
+
+    (result, rest), first = beside(main, real_studies if side else None, (side,), workers=params.real_workers)
+    result.real = (first or []) + rest
+    result.timings["real_seconds"] = {s["model"]: s["timings"]["study_seconds"] for s in result.real}
+    result.timings["run_seconds"] = round(time.perf_counter() - result.timings.pop("start"), 1)
+    return result
+
+
+def organism_part(params: Params) -> Result:
+    """Parts 1 and 2: the tracr validation and the organism's circuit (with its seeds)."""
     from ..core.models import load_model
 
-    check(params)
     torch.manual_seed(params.seed)
     start = time.perf_counter()
     timings = {}
@@ -160,7 +205,8 @@ def run(params: Params) -> Result:
                    nodes=pd.concat([s["nodes"].assign(seed=i) for s, i in zip(seeds, seed_ids)], ignore_index=True),
                    attention=pd.concat([s["attention"].assign(seed=i) for s, i in zip(seeds, seed_ids)], ignore_index=True),
                    roles=pd.concat([roles(s, i, ROLE_EFFECT, ROLE_ATTENTION) for s, i in zip(seeds, seed_ids)], ignore_index=True))
-    timings["run_seconds"] = round(time.perf_counter() - start, 1)
+    timings["organism_part_seconds"] = round(time.perf_counter() - start, 1)
+    timings["start"] = start
     return Result(params=params, truth=truth, scores=scores, roc=roc, timings=timings, **out)
 
 
@@ -309,6 +355,7 @@ def findings(result: Result) -> dict:
     for key in ("truth_matches", "truth_non_circuit", "truth_circuit_only", "truth_circuit_ablated", "varying_share", "random_auroc",
                 "random_range", "validated", "validated_varying", "organism_method", "organism_method_auroc", "organism_method_varying"):
         out.setdefault(key, "n/a (no tracr program in this run)")
+    out.update(real_findings(result, ROLES))
     if not len(result.baseline):
         return out | {k: "n/a (no minimal pairs in this run)" for k in PART2_KEYS}
     b, c = result.baseline, result.circuit

@@ -12,6 +12,7 @@ from mechlib import chapters
 from mechlib.book import build, execute
 from mechlib.core import layer_study as layers_study
 from mechlib.core.interventions import parse_corruptions
+from mechlib.views.real_circuit_views import REAL_KEYS as REAL_CIRCUIT_KEYS
 
 ROOT = Path(__file__).resolve().parents[2]
 GLUE = re.compile(r"\{glue:(?:text|md)\}`([^`:]+)")
@@ -58,12 +59,16 @@ def test_every_chapter_executes_on_the_tiny_set_and_fills_its_glue(chapter, tiny
         overrides = {"real_model": str(request.getfixturevalue("gemma_shaped_dir")), "real_steps": 2, "real_lora_batch_size": 4,
                      "real_n_per_operator": 2, "real_workers": 2, "real_delta_n_eval": 3, "real_delta_n_train": 4,
                      "real_delta_base_width": 32, "real_delta_n_tokens": 400}
+    if chapter == "05_circuits":  # part 3 on a small Llama-shaped model (random weights: any pair)
+        overrides = {"real_models": [str(request.getfixturevalue("llama_shaped_dir"))], "real_correct_only": False, "real_n_pairs": 6,
+                     "real_ig_steps": 2, "real_top_k": [2, 4], "real_neuron_counts": [2], "real_workers": 1}
     out = execute.execute_chapter(chapter, "tiny", overrides, out_dir=tmp_path / "out")
     glued = build.glued_values(out)
     missing = glue_names(chapter) - set(glued)
     assert not missing, f"{chapter}: prose refers to numbers the run did not glue: {sorted(missing)}"
     if overrides:
         assert not any(str(glued[k]).startswith("Not measured") for k in glued if k.startswith(("real_tool_", "real_delta_")))
+        assert chapter != "05_circuits" or not any(str(glued[k]).startswith("Not measured") for k in REAL_CIRCUIT_KEYS)
     errors = [o for c in nbformat.read(out, as_version=4).cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
     assert not errors
     assert list((tmp_path / "runs" / chapter).glob("*.json"))
