@@ -355,7 +355,7 @@ def findings(result: Result) -> dict:
     for key in ("truth_matches", "truth_non_circuit", "truth_circuit_only", "truth_circuit_ablated", "varying_share", "random_auroc",
                 "random_range", "validated", "validated_varying", "organism_method", "organism_method_auroc", "organism_method_varying"):
         out.setdefault(key, "n/a (no tracr program in this run)")
-    out.update(real_findings(result, ROLES))
+    out.update(real_findings(result, ROLES, VALIDATED))
     if not len(result.baseline):
         return out | {k: "n/a (no minimal pairs in this run)" for k in PART2_KEYS}
     b, c = result.baseline, result.circuit

@@ -86,7 +86,7 @@ TINY_GPT2 = {
                      "batch_tokens": 64, "buffer_tokens": 256, "layers": [0, 11], "delta_widths": [8], "delta_ks": [2],
                      "alphas": [0, 1]},
     "05_circuits": {"programs": ["hist"], "n_tracr": 6, "ig_steps": 2, "n_random": 10, "families": ["units_nocarry", "tens_nocarry"],
-                    "n_pairs": 4, "top_k": [5]},
+                    "n_pairs": 4, "top_k": [5], "real_models": []},
     "06_tool_use": {"steps": 4, "lora_batch_size": 8, "eval_every": 2, "finetuned_name": "tiny-gpt2-lora-tool", "difficulties": ["1x1"],
                     "n_eval_per_cell": 3, "n_train_per_cell": 6, "n_val_per_cell": 3, "n_tokens": 200, "batch_tokens": 64,
                     "buffer_tokens": 256, "layers": [0, 11], "base_width": 64, "base_k": 8, "delta_widths": [8], "delta_ks": [2],

@@ -13,6 +13,7 @@ from mechlib.core.minimal_pairs import minimal_pairs, pair_pool_sizes
 from mechlib.core.organism import OrganismRecipe
 from mechlib.core.pair_patching import pair_study
 from mechlib.views import circuit_views
+from mechlib.views.real_circuit_views import REAL_KEYS
 
 
 def test_parameters_fail_fast_naming_the_field():
@@ -50,6 +51,7 @@ def test_findings_fill_every_part_2_key_even_without_pairs():
     found = circuits.findings(result)
     assert set(circuits.PART2_KEYS) <= set(found) and found["verdict"].startswith("n/a")
     assert np.isnan(found["auroc_eap_zero"]) and found["truth_matches"].startswith("n/a")
+    assert all(found[k].startswith("Not measured") for k in REAL_KEYS)  # part 3 ran no model
 
 
 def test_duplicate_or_main_organism_seeds_and_oversized_pair_counts_are_refused_up_front():
