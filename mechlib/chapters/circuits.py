@@ -152,6 +152,7 @@ def check(params: Params) -> None:
 
 def run(params: Params) -> Result:
     check(params)
+    start = time.perf_counter()
     configs = params.real()
     side = configs[:1] if params.real_workers == 2 else []
 
@@ -165,7 +166,7 @@ def run(params: Params) -> Result:
     (result, rest), first = beside(main, real_studies if side else None, (side,), workers=params.real_workers)
     result.real = (first or []) + rest
     result.timings["real_seconds"] = {s["model"]: s["timings"]["study_seconds"] for s in result.real}
-    result.timings["run_seconds"] = round(time.perf_counter() - result.timings.pop("start"), 1)
+    result.timings["run_seconds"] = round(time.perf_counter() - start, 1)
     return result
 
 
@@ -206,7 +207,6 @@ def organism_part(params: Params) -> Result:
                    attention=pd.concat([s["attention"].assign(seed=i) for s, i in zip(seeds, seed_ids)], ignore_index=True),
                    roles=pd.concat([roles(s, i, ROLE_EFFECT, ROLE_ATTENTION) for s, i in zip(seeds, seed_ids)], ignore_index=True))
     timings["organism_part_seconds"] = round(time.perf_counter() - start, 1)
-    timings["start"] = start
     return Result(params=params, truth=truth, scores=scores, roc=roc, timings=timings, **out)
 
 

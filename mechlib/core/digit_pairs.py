@@ -70,7 +70,7 @@ def one_digit_pairs(correct: set[tuple[int, int]], families=FAMILIES, n_pairs: i
 def suffix_ids(model, shots: str, texts: list[str]) -> tuple[list[int], list[list[int]]]:
     """The prefix (``shots``, with BOS where the model prepends one) and each text's tokens
     after it. Fails if a text does not tokenize as the prefix followed by its own tokens."""
-    prefix = encode(model, [shots])[0] if shots else encode(model, [""])[0]
+    prefix = encode(model, [shots])[0]
     rows = encode(model, [shots + t for t in texts])
     for text, row in zip(texts, rows):
         if row[:len(prefix)] != prefix:

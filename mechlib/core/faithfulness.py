@@ -86,7 +86,7 @@ def edge_study(config: FaithfulnessConfig, model, study: dict) -> tuple[pd.DataF
     def recovered_on_discovery(k: int) -> float:
         return float((measure_find(cg.top_k_masks(g, ranking, [k])[0])[0].mean() - none_find) / gap_find)
 
-    k_named = _smallest_k(recovered_on_discovery, largest, config.faithful_share)
+    k_named = smallest_k(recovered_on_discovery, largest, config.faithful_share)
     reached = recovered_on_discovery(k_named) >= config.faithful_share
     named = cg.top_k_masks(g, ranking, [k_named])[0]
     clean_acc = proportion(held.correct)
@@ -124,7 +124,7 @@ def _measurer(model, g: cg.Graph, task, pairs: pd.DataFrame, ablation: str):
     return measure
 
 
-def _smallest_k(recovered_at, largest: int, share: float) -> int:
+def smallest_k(recovered_at, largest: int, share: float) -> int:
     """The smallest k in 1..largest with ``recovered_at(k) >= share`` by bisection (recovery is
     taken to grow with k); ``largest`` when none reaches it."""
     lo, hi = 1, largest

@@ -89,21 +89,6 @@ def recovered(ld: np.ndarray, ld_none: np.ndarray, ld_clean: np.ndarray) -> floa
     return float((ld.mean() - ld_none.mean()) / gap) if gap else float("nan")
 
 
-def smallest_k(recovered_at, largest: int, share: float) -> int:
-    """The smallest k in 1..largest with ``recovered_at(k) >= share`` by bisection (recovery
-    assumed to grow with k); ``largest`` when none reaches it."""
-    lo, hi = 1, largest
-    if recovered_at(hi) < share:
-        return largest
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if recovered_at(mid) >= share:
-            hi = mid
-        else:
-            lo = mid + 1
-    return lo
-
-
 def matched_random(nodes: list[str], like: set[str], rng: np.random.Generator) -> set[str]:
     """As many random heads and random MLPs as ``like`` has of each."""
     out = set()

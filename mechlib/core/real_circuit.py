@@ -25,7 +25,7 @@ from .adder_signature import move_layer
 from .data import pair_key
 from .digit_pairs import FAMILIES, POSITIONS, encode_pairs, one_digit_pairs, suffix_ids
 from .evaluate import answer_scores
-from .faithfulness import bootstrap_share
+from .faithfulness import bootstrap_share, smallest_k
 from .fewshot import draw_examples, example_block
 from .prefixed import Prefixed
 from .stats import proportion
@@ -221,7 +221,7 @@ def _faithfulness(config, pre, everything, pairs, find, test, nodes, ranking, me
             rows.append({"k": k, "nodes": which, "recovered": nc.recovered(ld, np.tile(ld_none, len(got)), np.tile(ld_clean, len(got))),
                          "accuracy": stat["p"], "lo": stat["lo"], "hi": stat["hi"], "n": stat["n"]})
     disc_clean = pairs.ld_clean.to_numpy()[find]
-    k = nc.smallest_k(lambda k: nc.recovered(nc.run_kept(pre, disc, set(ranking[:k]), nodes, mean)[0], disc_none, disc_clean),
+    k = smallest_k(lambda k: nc.recovered(nc.run_kept(pre, disc, set(ranking[:k]), nodes, mean)[0], disc_none, disc_clean),
                       max(ks), config.faithful_share)
     keep = set(ranking[:k])
     ld, ok = nc.run_kept(pre, held, keep, nodes, mean)

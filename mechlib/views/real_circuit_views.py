@@ -192,7 +192,7 @@ def top_nodes_view(result, n: int = 8) -> pd.DataFrame:
         mean = s["nodes"].groupby("node", sort=False)[["removed", "eap", "eap_ig", "direct"]].mean()
         top = mean.sort_values("removed", ascending=False).head(n)
         rows.append(pd.DataFrame({"model": title(s["model"]), "node": top.index,
-                                  **{label: [f"{v:.0%}" for v in top[col]] for col, label in
+                                  **{label: [f"{v:.0%}".replace("-0%", "0%") for v in top[col]] for col, label in
                                      (("removed", "exact patching"), ("eap", "EAP"), ("eap_ig", "EAP-IG"), ("direct", "direct effect"))}}))
     return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()
 

@@ -3,7 +3,7 @@ random control."""
 import numpy as np
 
 from mechlib.core import circuit_graph as cg
-from mechlib.core.faithfulness import _layer_strata, _smallest_k, matched_random
+from mechlib.core.faithfulness import _layer_strata, matched_random, smallest_k
 
 
 def test_bisection_finds_the_smallest_k_that_reaches_the_share():
@@ -13,9 +13,9 @@ def test_bisection_finds_the_smallest_k_that_reaches_the_share():
         calls.append(k)
         return k / 100
 
-    assert _smallest_k(recovered, 100, 0.37) == 37
+    assert smallest_k(recovered, 100, 0.37) == 37
     assert len(calls) <= 9  # log2(100) + the check of the largest size
-    assert _smallest_k(lambda k: 0.1, 50, 0.8) == 50  # never reached: the largest size asked
+    assert smallest_k(lambda k: 0.1, 50, 0.8) == 50  # never reached: the largest size asked
 
 
 def test_random_edges_match_the_circuit_layer_by_layer():
