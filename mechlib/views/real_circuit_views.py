@@ -95,6 +95,9 @@ def real_findings(result, roles, validated: float) -> dict:
                                     "circuit edge")
     else:
         out["real_method_auroc"] = "not measured in this run (exact:resample was not among the methods scored on tracr)"
+    org = organism_signature(result, roles)
+    out["real_organism_verdict_text"] = (f"{org['verdict']} ({org['checks_held']} of 3 checks: {_checks(org)})" if org
+                                         else "not measured (no organism pairs in this run)")
     if not result.real:
         return out | {k: NONE for k in REAL_KEYS}
     texts = {k: [] for k in REAL_KEYS}
@@ -162,11 +165,7 @@ def real_findings(result, roles, validated: float) -> dict:
             texts["real_profile_text"].append(f"{name}: no MLP after the answer position takes over")
         texts["real_verdict_text"].append(f"{name}: {g['verdict']} ({g['checks_held']} of 3 checks: {_checks(g)})")
         texts["real_time_text"].append(f"{name} {s['timings']['study_seconds']:.0f} s")
-    out |= {k: "; ".join(v) for k, v in texts.items()}
-    org = organism_signature(result, roles)
-    out["real_organism_verdict_text"] = (f"{org['verdict']} ({org['checks_held']} of 3 checks: {_checks(org)})" if org
-                                         else "not measured (no organism pairs in this run)")
-    return out
+    return out | {k: "; ".join(v) for k, v in texts.items()}
 
 
 def neuron_sentence(s: dict) -> str:
