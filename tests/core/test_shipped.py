@@ -59,12 +59,15 @@ def test_the_checkpoint_is_the_gguf_dequantized_tensor_by_tensor(model):
     seen = set()
     for tensor in reader.tensors:
         name = hf_name(tensor.name, model.family)
-        want = dequantize(tensor.data, tensor.tensor_type).reshape(saved[name].shape).astype(np.float32)
+        got, data = saved[name], tensor.data
+        if data.ndim == 2 and data.shape[0] >= 2**15:  # the embedding (Gemma's: 262,144 rows): every 8th row
+            got, data = got[::8], data[::8]
+        want = dequantize(data, tensor.tensor_type).reshape(got.shape).astype(np.float32)
         if model.family == "gemma3" and name.endswith("norm.weight"):
             want = want - 1.0  # GGUF stores Gemma's RMSNorm scale as 1 + w; transformers keeps w
         if model.family == "llama" and name.endswith(("q_proj.weight", "k_proj.weight")):
             want = unpermute(want, config["num_attention_heads"] if "q_proj" in name else config["num_key_value_heads"])
-        assert np.array_equal(saved[name], want), name
+        assert np.array_equal(got, want), name
         seen.add(name)
     assert seen == set(saved), set(saved) ^ seen  # every tensor, both ways (embeddings tied: no lm_head)
 
