@@ -55,7 +55,8 @@ def table(a_max: int = 10) -> list[tuple[int, int]]:
 
 
 def shots_for(config: RealCircuitConfig) -> str:
-    """The worked examples: drawn as chapter 1 draws them, outside every one-digit problem."""
+    """The worked examples: drawn by chapter 1's function (fewshot.draw_examples) from 1x1 and 1x2
+    additions outside every one-digit problem, so in effect from 1x2."""
     exclude = {pair_key(a, "+", b) for a, b in table()}
     return example_block(draw_examples("+", ["1x1", "1x2"], config.shots, config.seed, exclude))
 
