@@ -51,11 +51,7 @@ def run_kept(pre: Prefixed, pairs: Pairs, kept: set[str], nodes: list[str], mean
                 act[:, :, head] = mean[hook.name][:, head]
         return act
 
-    with torch.no_grad(), pre.model.hooks(fwd_hooks=[(n, put) for n in ablate]):
-        final = pre.residual(pairs.clean)
-        ld = pre.logit_diff(final, pairs.positions, pairs.good, pairs.bad)
-        top = pre.top(final, pairs.positions)
-    return ld.cpu().numpy(), (top == pairs.good).cpu().numpy()
+    return _scored(pre, pairs, [(n, put) for n in ablate])
 
 
 def run_neurons(pre: Prefixed, pairs: Pairs, kept: dict[int, np.ndarray], mean: dict) -> tuple[np.ndarray, np.ndarray]:
@@ -76,7 +72,12 @@ def run_neurons(pre: Prefixed, pairs: Pairs, kept: dict[int, np.ndarray], mean: 
         act[rows, pairs.positions] = at
         return act
 
-    with torch.no_grad(), pre.model.hooks(fwd_hooks=[(n, put) for n in masks]):
+    return _scored(pre, pairs, [(n, put) for n in masks])
+
+
+def _scored(pre: Prefixed, pairs: Pairs, hooks: list) -> tuple[np.ndarray, np.ndarray]:
+    """(logit difference, top token right) per pair of the clean run under ``hooks``."""
+    with torch.no_grad(), pre.model.hooks(fwd_hooks=hooks):
         final = pre.residual(pairs.clean)
         ld = pre.logit_diff(final, pairs.positions, pairs.good, pairs.bad)
         top = pre.top(final, pairs.positions)

@@ -10,6 +10,7 @@ from ..core.shipped import shipped
 from ..core.stats import fmt_interval, proportion
 from .narrative import and_list
 
+PROFILE_ROWS = 10  # top neurons per model in the profile table
 NONE = "Not measured: this run studied no pretrained model (parameter real_models)."
 REAL_KEYS = ("real_models_text", "real_solved_text", "real_pairs_text", "real_flow_text", "real_components_text",
              "real_methods_text", "real_heads_text", "real_circuit_text", "real_neurons_text", "real_profile_text",
@@ -85,6 +86,9 @@ def real_findings(result, roles, validated: float) -> dict:
     out = {f"real_{k}": f"{v:.0%}" for k, v in sig.THRESHOLDS.items()}
     out["real_faithful_share"] = f"{p.faithful_share:.0%}"
     out["real_ig_steps"] = p.real_ig_steps
+    config = p.real()[0] if p.real_models else None
+    out |= {"real_shots": config.shots if config else "n/a", "real_neuron_layers": config.neuron_layers if config else "n/a",
+            "real_n_profile": config.n_profile if config else "n/a", "real_profile_rows": PROFILE_ROWS}
     sc = result.scores
     exact = sc[sc.method == "exact:resample"] if len(sc) else pd.DataFrame()
     if len(exact):
@@ -202,14 +206,6 @@ def residual_view(s: dict) -> pd.DataFrame:
     return r
 
 
-def methods_view(result) -> pd.DataFrame:
-    """Per model and node: exact patching's share and EAP-IG's estimate of it."""
-    rows = [s["nodes"].drop_duplicates("node").assign(model=title(s["model"])) for s in result.real]
-    if not rows:
-        return pd.DataFrame()
-    return pd.concat(rows, ignore_index=True)[["model", "node", "removed_all", "eap_all", "eap_ig_all"]]
-
-
 def curve_view(result) -> pd.DataFrame:
     rows = []
     for s in result.real:
@@ -230,8 +226,9 @@ def neuron_view(result) -> pd.DataFrame:
     return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()
 
 
-def profile_view(result, per_model: int = 10) -> pd.DataFrame:
+def profile_view(result, per_model: int | None = None) -> pd.DataFrame:
     """The top neurons' profiles (the first ``per_model`` of each model): adjusted eta squared per property."""
+    per_model = per_model or PROFILE_ROWS
     rows = []
     names = {"first operand": "a", "second operand": "b", "result": "a + b", "result mod 10": "(a + b) mod 10", "carry": "carry"}
     for s in result.real:
