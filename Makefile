@@ -43,6 +43,7 @@ lint: $(STAMP)
 	$(BIN)/nbstripout --verify chapters/*.ipynb
 
 bench: $(STAMP)
+	$(BIN)/python scripts/bench_load.py
 	$(BIN)/python scripts/bench_eval.py
 	$(BIN)/python scripts/bench_sae.py
 

@@ -36,8 +36,10 @@ def main(argv: list[str] | None = None) -> None:
     import signal
 
     from .chapters.base import ParamError
+    from .core.cache import cache_root
     from .core.hub import HubUnavailableError
 
+    cache_root()  # a relative $MECHLIB_CACHE is pinned to an absolute path before any kernel or worker starts
     argv = list(sys.argv[1:] if argv is None else argv)
     show_traceback = "--traceback" in argv
     argv = [a for a in argv if a != "--traceback"]

@@ -26,7 +26,7 @@ from peft import LoraConfig, get_peft_model
 from tqdm import tqdm
 
 from . import data
-from .cache import cache_lock, content_key, finetuned_dir, source_record
+from .cache import cache_lock, content_key, damage, finetuned_dir, say, seal, source_record, sweep_partial
 from .families import family_of_config
 from .models import load_hf, write_source
 from .organism import encode_supervised
@@ -382,7 +382,8 @@ def save_finetuned(merged, tokenizer, history: pd.DataFrame, split: dict, recipe
     """Save the merged model, tokenizer, history and held-out problems, atomically."""
     out = finetuned_dir(name)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=out.parent))
+    sweep_partial(out.parent, f".{name}.partial-")  # left by a writer that was killed (the caller holds the lock)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.partial-", dir=out.parent))
     try:
         merged.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
@@ -391,6 +392,7 @@ def save_finetuned(merged, tokenizer, history: pd.DataFrame, split: dict, recipe
         (tmp / "train_seconds.txt").write_text(f"{history.attrs.get('train_seconds', 0):.1f}\n")
         for part in ("heldout_new", "heldout_old"):
             split[part].to_parquet(tmp / f"{part}.parquet")
+        seal(tmp)  # the manifest, written last: every later use checks the files against it
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)
@@ -400,8 +402,15 @@ def save_finetuned(merged, tokenizer, history: pd.DataFrame, split: dict, recipe
 
 
 def is_current(name: str, recipe: FinetuneRecipe) -> bool:
-    """Whether the cache holds this recipe's fine-tune under ``name`` (trained by this code)."""
-    return (source_record(finetuned_dir(name)) or {}).get("recipe_key") == recipe.key()
+    """Whether the cache holds this recipe's fine-tune under ``name`` (trained by this code),
+    undamaged (checked against its manifest; a damaged one is trained again, saying so)."""
+    folder = finetuned_dir(name)
+    if (source_record(folder) or {}).get("recipe_key") != recipe.key():
+        return False
+    problem = damage(folder, full=True)  # 0.2 s for a SmolLM2 fine-tune
+    if problem is not None:
+        say(f"the cached fine-tune {name!r} is damaged ({problem}); training it again")
+    return problem is None
 
 
 def check_name_free(name: str, recipe: FinetuneRecipe) -> None:

@@ -28,9 +28,10 @@ from transformer_lens import HookedTransformer
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 from transformers.utils import logging as hf_logging
 
+from . import hooked_cache
 from . import shipped as shipped_models
 from .blocks import read_layout
-from .cache import SOURCE_FILE, finetuned_dir, is_finetune, source_record
+from .cache import SOURCE_FILE, cache_root, finetuned_dir, is_finetune, source_record
 from .char_tokenizer import build_char_tokenizer
 from .families import CONTEXT_CAP, family_of_config, known_family
 from .hub import require_hub
@@ -61,15 +62,18 @@ def _hub_cached(name: str) -> bool:
         return False
 
 
-def resolve_source(name_or_path: str | Path) -> tuple[str, bool]:
+def resolve_source(name_or_path: str | Path, reads_weights: bool = False) -> tuple[str, bool]:
     """(what to pass to from_pretrained, whether it is a local directory).
 
-    A Hub name that is neither cached nor reachable fails here, before any work."""
+    A Hub name that is neither cached nor reachable fails here, before any work. A shipped
+    model's checkpoint has its weights' checksum checked when they will be read
+    (``reads_weights``, or no current converted copy beside them)."""
     name = str(name_or_path)
     if name == ORGANISM_NAME:
         return str(ensure_organism()), True
     if (real := shipped_models.shipped(name)) is not None:
-        return str(shipped_models.ensure_checkpoint(real)), True
+        full = reads_weights or not hooked_cache.is_current(shipped_models.checkpoint_dir(real))
+        return str(shipped_models.ensure_checkpoint(real, full_check=full)), True
     if is_finetune(name):
         return str(finetuned_dir(name)), True
     return _resolve_path_or_hub(name)
@@ -182,7 +186,7 @@ def tokenizer_fingerprint(name_or_path: str | Path) -> str:
 
 def load_hf(name_or_path: str | Path, device: str | None = "cpu", dtype: torch.dtype = torch.float32):
     """(Hugging Face causal LM, tokenizer, resolved source), for training with peft."""
-    source, local = resolve_source(name_or_path)
+    source, local = resolve_source(name_or_path, reads_weights=True)
     kwargs = {"local_files_only": True} if local or _hub_cached(source) else {}
     hf_logging.disable_progress_bar()
     try:
@@ -238,14 +242,15 @@ def load_model(name_or_path: str | Path = ORGANISM_NAME, device: str | None = "a
             model = HookedTransformer.from_pretrained(source, device=device, dtype=dtype)
         read_layout(model)
         return model.eval(), model.tokenizer
-    hf_model, tokenizer, _ = load_hf(source, device="cpu")
-    if known_family(hf_model.config.model_type) is not None:
-        model = hooked_from_hf(hf_model, tokenizer, name, device)
-        del hf_model
-        with _quiet():
-            model = model.to(getattr(torch, dtype))
-        _return_freed_memory()
+    if _local_family(Path(source)) is not None:
+        model = _load_converted(Path(source), name)
+        with _quiet():  # TransformerLens's .to walks every module's state dict (2 s for Gemma 3): only when needed
+            if device != "cpu":
+                model = model.to(device)
+            if dtype != "float32":
+                model = model.to(getattr(torch, dtype))
         return model, model.tokenizer
+    hf_model, tokenizer, _ = load_hf(source, device="cpu")
     base = _source_base(Path(source))
     if base is None:
         raise ValueError(
@@ -258,6 +263,43 @@ def load_model(name_or_path: str | Path = ORGANISM_NAME, device: str | None = "a
         model = HookedTransformer.from_pretrained(base, hf_model=hf_model, tokenizer=tokenizer, device=device, dtype=dtype)
     read_layout(model)
     return model.eval(), model.tokenizer
+
+
+def _local_family(source: Path):
+    """The family of a local checkpoint, from its ``config.json`` alone (None when unknown)."""
+    try:
+        return known_family(json.loads((source / "config.json").read_text()).get("model_type", ""))
+    except (OSError, ValueError):
+        return None
+
+
+def _load_converted(source: Path, name: str) -> HookedTransformer:
+    """The HookedTransformer of a local checkpoint of a known family, on the CPU. A checkpoint
+    mechlib keeps in its cache (a shipped model, the organism, a fine-tune) has its converted
+    copy cached beside it (:mod:`mechlib.core.hooked_cache`); a user's folder is converted."""
+    tokenizer = _tokenizer_with_bos(source)
+
+    def convert() -> HookedTransformer:
+        hf_model, hf_tokenizer, _ = load_hf(name, device="cpu")
+        model = hooked_from_hf(hf_model, hf_tokenizer, name, "cpu")
+        del hf_model
+        _return_freed_memory()
+        return model
+
+    with _quiet():
+        if not source.resolve().is_relative_to(cache_root().resolve()):
+            return convert()  # a user's folder: nothing is written into it
+        return hooked_cache.load_or_build(source, tokenizer, name, convert)
+
+
+def _tokenizer_with_bos(source: Path):
+    """The tokenizer TransformerLens gives a model of ``source``: loaded with
+    ``add_bos_token=True`` where it has a BOS token (``set_tokenizer`` otherwise loads it a
+    second time so, 2.7 s for Gemma 3's), else as saved."""
+    try:
+        return AutoTokenizer.from_pretrained(str(source), local_files_only=True, add_bos_token=True)
+    except ValueError:
+        return AutoTokenizer.from_pretrained(str(source), local_files_only=True)
 
 
 def _return_freed_memory() -> None:

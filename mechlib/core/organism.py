@@ -21,7 +21,7 @@ import torch
 from tqdm import tqdm
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from .cache import cache_lock, cache_root, content_key
+from .cache import cache_lock, cache_root, content_key, damage, say, seal, sweep_partial
 from .char_tokenizer import build_char_tokenizer
 from .tokens import with_bos
 
@@ -170,11 +170,12 @@ def train_organism(recipe: OrganismRecipe = OrganismRecipe(), out_dir: Path | No
         "torch_version": torch.__version__,
     }
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=out_dir.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
     try:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         (tmp / "mechlib_training.json").write_text(json.dumps(info))
+        seal(tmp)  # the manifest, written last, marks a complete checkpoint
         if out_dir.exists():
             shutil.rmtree(out_dir)
         tmp.rename(out_dir)
@@ -184,14 +185,23 @@ def train_organism(recipe: OrganismRecipe = OrganismRecipe(), out_dir: Path | No
 
 
 def ensure_organism(recipe: OrganismRecipe = OrganismRecipe(), progress: bool = True) -> Path:
-    """The cached checkpoint directory, training it first if it is not there."""
+    """The cached checkpoint directory, training it first if it is not there, or again if it
+    is damaged (checked against its manifest at every use; training is deterministic)."""
     path = organism_dir(recipe)
-    if (path / "model.safetensors").is_file():
+    if _complete(path) and damage(path) is None:
         return path
     with cache_lock(f"organism-{path.name}"):  # another process may be training it: wait, then reuse
-        if not (path / "model.safetensors").is_file():
+        sweep_partial(path.parent, f".{path.name}.partial-")  # left by a writer that was killed
+        problem = damage(path) if _complete(path) else "incomplete"
+        if problem is not None:
+            if path.exists():
+                say(f"the cached organism at {str(path)!r} is damaged ({problem}); training it again")
             train_organism(recipe, path, progress=progress)
     return path
+
+
+def _complete(path: Path) -> bool:
+    return (path / "model.safetensors").is_file()
 
 
 def training_info(path: Path) -> dict:

