@@ -9,8 +9,18 @@ import yaml
 
 
 def _overrides(pairs: list[list[str]]) -> dict:
-    """``-p key value`` pairs; values parse as YAML (``-p n_per_cell 50``, ``-p operators '[+]'``)."""
-    return {k: yaml.safe_load(v) for k, v in pairs}
+    """``-p key value`` pairs; values parse as YAML (``-p n_per_cell 50``, ``-p operators '[+]'``).
+    A value that is not YAML fails in one line naming the parameter."""
+    from .chapters.base import ParamError
+
+    values = {}
+    for key, text in pairs:
+        try:
+            values[key] = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            raise ParamError(f"-p {key} {text!r}: not a YAML value ({getattr(err, 'problem', None) or err}); e.g. -p {key} 50, "
+                             f"-p {key} '[a, b]', -p {key} some-name") from None
+    return values
 
 
 _INTERRUPTED = False

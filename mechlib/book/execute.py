@@ -17,7 +17,8 @@ import nbformat
 import yaml
 
 from .. import chapters
-from .paths import executed_dir, project_root
+from .paths import executed_dir, project_root, run_store
+from .runs import PENDING_ENV, publish_pending
 
 COLAB_BADGE = "../images/colab-badge.svg"
 
@@ -87,6 +88,7 @@ def execute_chapter(
     tmp = tmpdir / f"{chapter}.ipynb"
     logs = root / "_build" / "logs"
     logs.mkdir(parents=True, exist_ok=True)
+    pending = tmpdir / "records"  # the kernel's run record waits here until every cell has run
     try:
         with open(logs / f"{out_name or chapter}.kernel.log", "w") as kernel_log:
             papermill.execute_notebook(
@@ -98,26 +100,30 @@ def execute_chapter(
                 progress_bar=False,
                 log_output=log,
                 execution_timeout=execution_timeout,
-                kernel_manager_class=_kernel_manager(kernel_log),
+                kernel_manager_class=_kernel_manager(kernel_log, {PENDING_ENV: str(pending)}),
             )
         tidy_executed(tmp, chapter)
         out_dir.mkdir(parents=True, exist_ok=True)
         os.replace(tmp, out)
+        publish_pending(pending, run_store())
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
     return out
 
 
-def _kernel_manager(stderr):
+def _kernel_manager(stderr, env: dict[str, str]):
     """A kernel manager whose kernel writes its own standard error to ``stderr`` (a log
-    file), not to the terminal. What the kernel prints there is not the notebook's output
-    (that travels over ZMQ): its start-up warnings, and the ZMQ traceback it prints when an
-    interrupt tears down its sockets mid-reply."""
+    file), not to the terminal, and gets ``env`` added to its environment. What the kernel
+    prints there is not the notebook's output (that travels over ZMQ): its start-up warnings,
+    and the ZMQ traceback it prints when an interrupt tears down its sockets mid-reply."""
     from jupyter_client.manager import AsyncKernelManager
 
     class LoggedKernelManager(AsyncKernelManager):
+        extra_env = env
+
         async def start_kernel(self, **kw):
             kw.setdefault("stderr", stderr)
+            kw["env"] = {**os.environ, **(kw.get("env") or {}), **self.extra_env}
             return await AsyncKernelManager._async_start_kernel(self, **kw)
 
     return LoggedKernelManager

@@ -41,7 +41,11 @@ def run_store() -> Path:
     """``$MECHLIB_RUN_STORE``, else ``<project root>/_build/runs``; outside any checkout
     (a Colab session with the package installed), ``./_build/runs``."""
     if os.environ.get("MECHLIB_RUN_STORE"):
-        return Path(os.environ["MECHLIB_RUN_STORE"])
+        store = Path(os.environ["MECHLIB_RUN_STORE"]).expanduser()
+        if not store.is_absolute():  # pinned, as the cache is, so a kernel in another folder writes here too
+            store = store.absolute()
+            os.environ["MECHLIB_RUN_STORE"] = str(store)
+        return store
     try:
         return project_root() / "_build" / "runs"
     except FileNotFoundError:

@@ -98,7 +98,24 @@ class Run:
             "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.started)),
             "wall_seconds": round(time.time() - self.started, 2),
         }
-        return write_json_atomic(Path(store or store_dir()) / self.chapter / f"{self.id}.json", record)
+        pending = os.environ.get(PENDING_ENV)  # set by execute_chapter: the record waits there until the notebook has run whole
+        where = Path(pending) if pending and store is None else Path(store or store_dir())
+        return write_json_atomic(where / self.chapter / f"{self.id}.json", record)
+
+
+PENDING_ENV = "MECHLIB_RUN_PENDING"
+
+
+def publish_pending(pending: Path, store: Path) -> list[Path]:
+    """Move the records a kernel left in ``pending`` into the run store: called once the whole
+    notebook executed, so a run that failed in a later cell leaves no record that looks complete."""
+    moved = []
+    for path in sorted(Path(pending).glob("*/*.json")):
+        dest = Path(store) / path.parent.name / path.name
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(path, dest)
+        moved.append(dest)
+    return moved
 
 
 RECORD_KEYS = ("id", "chapter", "started", "params", "metrics")

@@ -2,8 +2,8 @@
 
 Checks, per page: console errors, any request that leaves the site, charts without drawn
 marks, glue placeholders that were never filled in, raw field names (snake_case) in chart
-titles, axes and legends, table numbers printed with more than 3 significant digits, and
-tab characters inside math. Saves a full-page screenshot of each chapter. Uses Python Playwright driving the system Chromium (no browser download).
+titles, axes and legends, table numbers printed with more than 3 significant digits, NaN or
+infinity in prose or tables, and tab characters inside math. Saves a full-page screenshot of each chapter. Uses Python Playwright driving the system Chromium (no browser download).
 """
 from __future__ import annotations
 
@@ -72,6 +72,15 @@ def long_number_problems(cells: list[str]) -> list[str]:
     return sorted(set(out))
 
 
+NAN = re.compile(r"(?<![\w.])(nan|NaN|NAN|inf|-inf)(?![\w])")
+
+
+def nan_problems(texts: list[str]) -> list[str]:
+    """Prose or table text showing a NaN or an infinity: a number the run could not compute
+    reached the page as if it were a result."""
+    return sorted({f"a NaN or infinity on the page: {t.strip()[:100]!r}" for t in texts if NAN.search(t)})
+
+
 class _Quiet(http.server.SimpleHTTPRequestHandler):
     def log_message(self, *args):
         pass
@@ -125,6 +134,7 @@ def check_page(page, url: str, origin: str) -> list[str]:
     })""")
     problems += snake_case_problems([tuple(t) for t in texts])
     problems += long_number_problems(page.locator("article table td").all_inner_texts())
+    problems += nan_problems(prose + page.locator("article table td").all_inner_texts())
     stderr = page.locator(".output.stderr, .cell_output .stderr, div.stderr")
     if stderr.count():
         problems.append(f"{stderr.count()} stderr output(s) on the page, e.g. {stderr.first.inner_text()[:120]!r}")

@@ -141,6 +141,10 @@ class ChapterParams:
             if check is not None and not check(value):
                 allowed = allowed(value) if callable(allowed) else allowed
                 raise ParamError(f"{self.chapter}: parameter {f.name!r} = {_show(value)} is not allowed; expected {allowed}")
+            if isinstance(value, tuple) and (twice := _repeated(value)) is not None:
+                raise ParamError(f"{self.chapter}: parameter {f.name!r} = {_show(value)} lists {_show(twice)} more than once; "
+                                 "each item may appear once (a repeated model, seed or cell would be run and counted twice, "
+                                 "inflating n)")
         self.check()
 
     def check(self) -> None:
@@ -230,6 +234,14 @@ def _json_type(check, default) -> dict:
     return {}
 
 
+def _repeated(items: tuple):
+    """The first item of ``items`` equal to an earlier one (1 and 1.0 count as equal), or None."""
+    for i, item in enumerate(items):
+        if any(_plain(item) == _plain(earlier) for earlier in items[:i]):
+            return item
+    return None
+
+
 def _plain(v):
     return [_plain(x) for x in v] if isinstance(v, (list, tuple)) else v
 
@@ -259,6 +271,8 @@ def load_param_set(name_or_path: str | Path) -> dict:
     path = param_set_path(name_or_path)
     try:
         data = yaml.safe_load(path.read_text()) or {}
+    except UnicodeDecodeError:
+        raise ParamError(f"parameter set {str(path)!r}: not a text file (a YAML parameter set is UTF-8 text)") from None
     except yaml.YAMLError as err:
         where = getattr(err, "problem_mark", None)
         line = f" line {where.line + 1}" if where is not None else ""

@@ -83,8 +83,6 @@ class Params(ModelParams):
     def check(self) -> None:
         if self.real_n_shared > self.real_n_per_cell:
             self.fail("real_n_shared", f"must be at most real_n_per_cell ({self.real_n_per_cell})")
-        if len(set(self.pool_seeds)) != len(self.pool_seeds):
-            self.fail("pool_seeds", "must be distinct")
         if set(self.real_formats) <= {"chat"}:
             self.fail("real_formats", "needs bare, fewshot or qa besides chat (only models with a chat template are asked in it)")
 

@@ -89,9 +89,6 @@ class Params(ModelParams):
             self.fail("programs", "give at least one tracr program or one minimal-pair family")
         if self.programs and not self.methods:
             self.fail("methods", "give at least one method to score on the tracr programs")
-        dupes = sorted({s for s in self.organism_seeds if list(self.organism_seeds).count(s) > 1})
-        if dupes:
-            self.fail("organism_seeds", f"seed(s) {dupes} listed more than once; list each extra organism seed once")
 
     def tracr(self) -> TracrConfig:
         return TracrConfig(programs=self.programs, methods=self.methods, n_tracr=self.n_tracr, tracr_max_len=self.tracr_max_len,

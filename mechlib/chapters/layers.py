@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import pandas as pd
 from tqdm import tqdm
 
-from ..core import layer_study
+from ..core import layer_study, tuned_lens
 from ..core.evaluate import answer_scores, encode_targets, evaluate, first_digit_offsets, greedy_decode
 from ..core.interventions import DEPTH_UNKNOWN, SPEC_HELP, Corruption, activation_stats, corrupted, logit_lens, mean_activations, parse_corruptions
 from ..core.model_jobs import MAX_BATCH
@@ -91,7 +91,8 @@ class Params(ModelParams):
     speak_prompts: tuple[str, ...] = param(SPEAK_PROMPTS, list_of(is_str, min_len=0), "a list of prompt strings",
                                            "prompts the pretrained models continue under corruptions")
     real_workers: int = param(2, is_int(1, 8), "an integer in 1..8", "processes, one pretrained model each")
-    lens_tokens: int = param(4096, is_int(320, 1_000_000), "an integer in 320..1000000",
+    lens_tokens: int = param(4096, is_int(tuned_lens.MIN_TOKENS, 1_000_000), f"an integer in {tuned_lens.MIN_TOKENS}..1000000 (fewer "
+                             "tokens leave the tuned lens no held-out window to be scored on)",
                              "tokens the tuned lens is fitted on per model, half arithmetic outside the test problems, half prose")
 
 

@@ -207,18 +207,27 @@ def load_hf(name_or_path: str | Path, device: str | None = "cpu", dtype: torch.d
 
 def hooked_from_hf(hf_model: PreTrainedModel, tokenizer, model_name: str, device: str = "cpu") -> HookedTransformer:
     """Convert an in-memory HF model of a known family into a HookedTransformer: the
-    family's config and weight conversion, norms folded (LayerNorm models also centred)."""
+    family's config and weight conversion, norms folded (LayerNorm models also centred).
+
+    The TransformerLens model is made after the conversion, with its weights allocated but
+    not initialised (they are all overwritten), and the HF model's weights are dropped as
+    soon as they are converted: the caller must not use ``hf_model`` afterwards."""
     family = family_of_config(hf_model.config)
     cfg = family.hooked_config(hf_model.config, model_name, prepend_bos=family.starts_with_bos(tokenizer))
     cfg.device = device
+    cfg.init_weights = False
     with _quiet():
-        model = HookedTransformer(cfg, tokenizer=tokenizer)
         state_dict = family.convert_weights(hf_model.float().cpu(), cfg)
+        hf_model.to("meta")  # its weights are converted: free them before TransformerLens allocates its own
+        _return_freed_memory()
+        model = HookedTransformer(cfg, tokenizer=tokenizer)
         center = family.center_writing_weights
         model.load_and_process_state_dict(state_dict, fold_ln=True, center_writing_weights=center, center_unembed=center,
                                           fold_value_biases=True)
+        del state_dict
         model = model.to(device).eval()
         read_layout(model)
+        _return_freed_memory()
         return model
 
 

@@ -30,6 +30,9 @@ PROSE_SOURCE = "paragraphs of the Python documentation that ships with CPython (
 RIDGE_GRID = (1e-4, 1e-3, 1e-2, 1e-1)  # x mean eigenvalue of the inputs' second moment
 WINDOW = 64  # tokens per training window
 HELD_OUT = 5  # every 5th window is held out to choose the ridge strength
+# The fewest training tokens that leave a held-out window: each half (arithmetic, prose)
+# gets n // 2 // WINDOW windows, and the HELD_OUT-th window overall is the first held out.
+MIN_TOKENS = 2 * WINDOW * -(-HELD_OUT // 2)
 
 Translators = dict[int, tuple[torch.Tensor, torch.Tensor]]  # layer -> (A [d, d], b [d])
 
@@ -81,6 +84,9 @@ def fit(model, tokens: torch.Tensor, batch_size: int = 16) -> tuple[Translators,
     """Translators for the embedding (layer -1) and every block but the last, fitted on
     ``tokens`` [windows, WINDOW] (BOS positions left out), and per layer the chosen ridge
     strength and the held-out share of variance explained (R^2) of the last layer's stream."""
+    if len(tokens) < HELD_OUT:
+        raise ValueError(f"tuned lens: {len(tokens)} windows of training text leave none held out (every {HELD_OUT}th is); "
+                         f"fit on at least {MIN_TOKENS} tokens")
     n_layers = model.cfg.n_layers
     names = [get_act_name("resid_pre", 0)] + [get_act_name("resid_post", l) for l in range(n_layers)]
     skip = int(model.cfg.default_prepend_bos)

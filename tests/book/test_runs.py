@@ -1,5 +1,6 @@
 import json
 import os
+from pathlib import Path
 
 import pytest
 
@@ -36,3 +37,35 @@ def test_runs_page_links_each_record_and_shows_headline_intervals(tmp_path):
     rid = runs.run_id("01_baseline", {"seed": 0, "model": "m"})
     assert f'<a href="../_static/runs/01_baseline/{rid}.json"><code>{rid}</code></a>: model `m`' in page
     assert "  - acc_trained: 98.6% [96.9, 99.4], n = 370" in page and "a long sentence" not in page
+
+
+@pytest.mark.parametrize("fails", [False, True])
+def test_a_run_whose_notebook_fails_after_recording_leaves_no_record(tmp_path, monkeypatch, fails):
+    """The kernel records its run as soon as ``run`` and ``findings`` return; a view cell may
+    still fail after that. The record waits outside the store until the whole notebook has run."""
+    import papermill
+
+    from mechlib.book import execute
+
+    store = tmp_path / "store"
+    monkeypatch.setenv("MECHLIB_RUN_STORE", str(store))
+    written = []
+
+    def kernel(source, out, kernel_manager_class=None, **kw):
+        """What the kernel does: run_chapter records the run, then the remaining cells run."""
+        monkeypatch.setenv(runs.PENDING_ENV, kernel_manager_class.extra_env[runs.PENDING_ENV])  # the kernel's environment
+        written.append(runs.Run("01_baseline", {"seed": 0}).finish({"acc": 0.5}))
+        monkeypatch.delenv(runs.PENDING_ENV)
+        if fails:
+            raise RuntimeError("a view cell failed")
+        Path(out).write_text(Path(source).read_text())
+
+    monkeypatch.setattr(papermill, "execute_notebook", kernel)
+    monkeypatch.setattr(execute, "tidy_executed", lambda path, chapter: None)
+    if fails:
+        with pytest.raises(RuntimeError, match="view cell"):
+            execute.execute_chapter("01_baseline", "tiny", out_dir=tmp_path / "out")
+        assert runs.load_runs(store) == [] and not written[0].exists()
+    else:
+        execute.execute_chapter("01_baseline", "tiny", out_dir=tmp_path / "out")
+        assert [r["id"] for r in runs.load_runs(store)] == [runs.run_id("01_baseline", {"seed": 0})]

@@ -71,3 +71,11 @@ def test_a_tab_inside_math_is_found_in_the_page_source():
 
     assert math_tab_problems('<span class="math notranslate nohighlight">\\(a_{\text{raw}}\\)</span>')
     assert not math_tab_problems('<span class="math notranslate nohighlight">\\(a_{\\text{raw}}\\)</span>')
+
+
+def test_a_nan_or_infinity_in_prose_or_tables_fails():
+    from mechlib.book.site_check import nan_problems
+
+    assert nan_problems(["R² from nan to nan", "an inf share", "AUROC NaN"]) != []
+    assert len(nan_problems(["R² from nan to nan", "x", "AUROC NaN"])) == 2
+    assert nan_problems(["finance and nano-scale info", "Kantamneni", "infinity aside", "0.5 [0.2, 0.9]"]) == []

@@ -55,7 +55,7 @@ def test_findings_fill_every_part_2_key_even_without_pairs():
 
 
 def test_duplicate_or_main_organism_seeds_and_oversized_pair_counts_are_refused_up_front():
-    with pytest.raises(ParamError, match="'organism_seeds'.*listed more than once"):
+    with pytest.raises(ParamError, match="'organism_seeds'.*more than once"):
         circuits.Params(organism_seeds=(1, 1))
     with pytest.raises(ParamError, match="'organism_seeds'.*seed 0 is the chapter's own organism"):
         circuits.Params(organism_seeds=(0, 2))

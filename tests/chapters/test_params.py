@@ -100,7 +100,7 @@ def test_cross_field_rules():
         chapters.params("01_baseline", overrides={"real_formats": ["chat"]})
     with pytest.raises(ParamError, match="'real_n_shared' = 300: must be at most real_n_per_cell"):
         chapters.params("01_baseline", overrides={"real_n_per_cell": 200, "real_n_shared": 300})
-    with pytest.raises(ParamError, match="'pool_seeds'.*distinct"):
+    with pytest.raises(ParamError, match="'pool_seeds'.*more than once"):
         chapters.params("01_baseline", overrides={"pool_seeds": [0, 0]})
 
 
@@ -170,3 +170,28 @@ def test_schema_is_json_with_defaults_and_bounds():
     assert props["n_per_cell"] == {**props["n_per_cell"], "type": "integer", "minimum": 1, "maximum": 100_000, "default": 200}
     assert props["prompt_format"]["enum"] == ["bare", "qa"]
     json.dumps(schema)
+
+
+def list_fields():
+    """(chapter, field, default) for every list parameter of every chapter with a default item."""
+    out = []
+    for chapter in ALL:
+        cls = chapters.module(chapter).Params
+        for name, default in cls.defaults().items():
+            if isinstance(default, list) and default:
+                out.append((chapter, name, default))
+    return out
+
+
+@pytest.mark.parametrize(("chapter", "name", "default"), list_fields(), ids=lambda v: v if isinstance(v, str) else None)
+def test_a_list_parameter_holding_an_item_twice_is_refused(chapter, name, default):
+    """A repeated model, seed, format or cell would be run and counted twice, inflating n."""
+    doubled = default + [default[0]]
+    with pytest.raises(ParamError, match=rf"parameter '{name}'.*(more than once|not allowed)"):
+        chapters.module(chapter).Params(**{name: doubled})
+
+
+def test_a_repeat_is_named_and_equal_numbers_count_as_one():
+    from mechlib.chapters.base import _repeated
+
+    assert _repeated((0, 1, 0)) == 0 and _repeated((1, 1.0)) == 1.0 and _repeated(("a", "b")) is None

@@ -23,7 +23,7 @@ def test_depth_specs_parse_and_name_the_conditions_for_any_depth():
 @pytest.fixture(scope="module")
 def tables(llama_shaped_dir):
     config = layer_study.LayerConfig(models=(str(llama_shaped_dir),), n_per_cell=5, speak_prompts=("1 + 3 = 4\n4 + 5 = 9\n2 + 3 =",),
-                                     max_new_tokens=3, batch_size=8, lens_tokens=320)
+                                     max_new_tokens=3, batch_size=8, lens_tokens=384)
     return config, layer_study.layer_study(config)
 
 
