@@ -164,7 +164,12 @@ def _main(argv: list[str]) -> None:
         print(build_pdf(args.params))
     elif args.command == "build":
         from .book.build import build_book
+        from .chapters import names as chapter_names
+        from .chapters.base import ParamError
 
+        if args.chapters == []:
+            raise ParamError(f"build --chapters: give at least one chapter name ({', '.join(chapter_names())}), or leave "
+                             "--chapters out to build every chapter")
         print(build_book(args.params, args.chapters))
 
 

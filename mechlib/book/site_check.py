@@ -3,7 +3,8 @@
 Checks, per page: console errors, any request that leaves the site, charts without drawn
 marks, glue placeholders that were never filled in, raw field names (snake_case) in chart
 titles, axes and legends, table numbers printed with more than 3 significant digits, NaN or
-infinity in prose or tables, and tab characters inside math. Saves a full-page screenshot of each chapter. Uses Python Playwright driving the system Chromium (no browser download).
+infinity in prose or tables, and tab characters inside math. Saves a full-page screenshot of
+each chapter. Uses Python Playwright driving the system Chromium (no browser download).
 """
 from __future__ import annotations
 

@@ -148,7 +148,7 @@ def check(params: Params) -> None:
             params.fail("edge_scores", f"the model has {n_edges} edges, more than {EXACT_LIMIT} for exact patching "
                                        "(one forward pass each); use 'eap-ig'")
     for name in params.real_models:
-        preflight.model(params, "real_models", name)
+        preflight.neurons_fit(params, preflight.model(params, "real_models", name), "real_neuron_counts", params.real_neuron_counts)
 
 
 def run(params: Params) -> Result:

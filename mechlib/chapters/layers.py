@@ -128,15 +128,10 @@ def check(params: Params) -> None:
             if dupes:
                 params.fail(name, f"{dupes} are the same condition on a {spec.n_layers}-layer model; keep one of each")
     preflight.fits_context(spec, params.operators, params.difficulties, params.prompt_format, chapter=CHAPTER)
+    preflight.prompts_fit(params, spec, "generation_prompts", params.generation_prompts, params.max_new_tokens)
     for name in params.real_models:
-        preflight.model(params, "real_models", name)
-    if spec.n_ctx is not None:
-        tok = spec.tokenizer()
-        longest = max(params.generation_prompts, key=lambda p: len(tok(p, add_special_tokens=False)["input_ids"]))
-        need = len(tok(longest, add_special_tokens=False)["input_ids"]) + params.max_new_tokens
-        if need > spec.n_ctx:
-            params.fail("max_new_tokens", f"the prompt {longest!r} plus {params.max_new_tokens} new tokens needs {need} "
-                                          f"positions, and model {params.model!r} has a context of {spec.n_ctx}")
+        real = preflight.model(params, "real_models", name)
+        preflight.prompts_fit(params, real, "speak_prompts", params.speak_prompts, params.max_new_tokens)
 
 
 def run(params: Params, progress: bool = False) -> Result:

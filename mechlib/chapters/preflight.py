@@ -6,15 +6,18 @@ Each failure is a :class:`~mechlib.chapters.base.ParamError` naming the paramete
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..core import hooked_cache
 from ..core.cache import cache_root
 from ..core.data import apply_op, format_prompt, parse_difficulty
 from ..core.hub import HubUnavailableError
 from ..core.models import ModelSpec, model_spec, resolve_device
 from ..core.organism import ORGANISM_NAME
+from ..core.shipped import checkpoint_dir, gguf_path, is_cached, shipped
 from .base import ParamError
 
 
@@ -35,7 +38,45 @@ def model(params, field: str = "model", name: str | None = None) -> ModelSpec:
         raise ParamError(f"{chapter}: parameter {field!r}: {err}") from None
     if name == ORGANISM_NAME and not (Path(spec.source) / "model.safetensors").is_file():
         writable_cache(f"{chapter}: parameter {field!r} = {name!r} must be trained first", "models")
+    real = shipped(name)
+    if real is not None and not hooked_cache.is_current(checkpoint_dir(real)):
+        why = f"{chapter}: parameter {field!r} = {name!r} must be converted into the cache first"
+        room_in_cache(why, writable_cache(why, "models"), real.cache_bytes)
+        if not is_cached(real):
+            try:
+                gguf_path(real)  # its hash now, not after a kernel has started
+            except ValueError as err:
+                raise ParamError(f"{chapter}: parameter {field!r}: {err}") from None
     return spec
+
+
+def room_in_cache(why: str, folder: Path, needed: int) -> None:
+    """Refuse work that must write ``needed`` bytes into a cache folder with less free space."""
+    free = shutil.disk_usage(folder).free
+    if free < needed:
+        raise ParamError(f"{why}, which takes {needed / 1e9:.1f} GB, and {str(folder)!r} has {free / 1e9:.1f} GB free; "
+                         "free some space or set MECHLIB_CACHE to a folder with room")
+
+
+def prompts_fit(params, spec: ModelSpec, field: str, prompts: Sequence[str], new_tokens: int) -> None:
+    """Refuse prompts (the list parameter ``field``) that, with ``new_tokens`` generated, do not
+    fit ``spec``'s context: named by parameter and position, shown shortened."""
+    if spec.n_ctx is None or not prompts:
+        return
+    tok = spec.tokenizer()
+    for i, prompt in enumerate(prompts):
+        need = len(tok(prompt, add_special_tokens=False)["input_ids"]) + 1 + new_tokens
+        if need > spec.n_ctx:
+            shown = prompt if len(prompt) <= 60 else f"{prompt[:57]}..."
+            raise ParamError(f"{params.chapter}: parameter {field!r}, item {i} ({shown!r}, {len(prompt):,} characters): with "
+                             f"'max_new_tokens' = {new_tokens} it needs {need:,} positions, and model {spec.name!r} has a context "
+                             f"of {spec.n_ctx:,}; shorten the prompt or lower max_new_tokens")
+
+
+def neurons_fit(params, spec: ModelSpec, field: str, counts: Sequence[int]) -> None:
+    """Refuse neuron counts above the model's neurons per MLP."""
+    if spec.d_mlp is not None and counts and max(counts) > spec.d_mlp:
+        params.fail(field, f"model {spec.name!r} has {spec.d_mlp:,} neurons per MLP; every count must be at most that")
 
 
 def writable_cache(why: str, sub: str | None = None) -> Path:

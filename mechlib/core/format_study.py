@@ -196,7 +196,7 @@ def claim_table(results: pd.DataFrame) -> pd.DataFrame:
                  {"model": name, "format": fmt, "claim": CLAIMS["formats_not_answers"], "verdict": formats["verdict"],
                   "evidence": f"multi-digit: {formats['well_formed']:.0%} well-formed, {formats['accuracy']:.0%} right "
                               f"(n = {formats['n']})", "rule": formats["rule"]}]
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=["model", "format", "claim", "verdict", "evidence", "rule"])
 
 
 def _multi_text(by_op: pd.DataFrame) -> str:

@@ -84,7 +84,8 @@ def verdicts(results: pd.DataFrame) -> dict:
         rows = table[table.claim == claim]
         for verdict in ("holds", "false", "unclear"):
             hit = rows[rows.verdict == verdict]
-            out[f"{key}_{verdict}"] = ", ".join(f"{title(r.model)} ({FORMAT_NAMES[r.format]})" for r in hit.itertuples()) or "nowhere"
+            where = ", ".join(f"{title(r.model)} ({FORMAT_NAMES[r.format]})" for r in hit.itertuples())
+            out[f"{key}_{verdict}"] = where or ("nowhere" if len(table) else "not measured (no multi-digit cell was run)")
     out.update({f"rule_{key}": claims.RULES[key] for key in CLAIMS})
     return out
 

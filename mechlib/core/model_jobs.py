@@ -4,10 +4,10 @@ thread each: on a 2-core machine two models take the time of the slower one)."""
 from __future__ import annotations
 
 import dataclasses
-import multiprocessing
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
 from typing import Any
+
+from .parallel import process_pool
 
 # Prompts per batch at most, for the pretrained models: Gemma 3's logits at one decode step are
 # batch x 262,144 floats (268 MB at 256), and the bench measured no gain above 256.
@@ -36,8 +36,7 @@ def per_model(fn: Callable[..., Any], config: ModelsConfig, *args, setup: Callab
     ``setup`` must be top-level functions; ``setup`` runs first there, say quiet settings);
     the results are the same either way."""
     if config.workers > 1 and len(config.models) > 1:
-        context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(min(config.workers, len(config.models)), mp_context=context) as pool:
+        with process_pool(min(config.workers, len(config.models))) as pool:
             futures = [pool.submit(fn, config, name, *args, setup) for name in config.models]
             return [f.result() for f in futures]
     return [fn(config, name, *args, None) for name in config.models]

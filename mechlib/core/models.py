@@ -85,6 +85,13 @@ def _resolve_path_or_hub(name: str) -> tuple[str, bool]:
         if not (path / "config.json").is_file():
             raise ValueError(f"model={name!r} is a directory without a config.json; expected save_pretrained output")
         return str(path), True
+    if path.is_file():
+        if path.suffix.lower() == ".gguf":
+            raise ValueError(f"model={name!r} is a GGUF file; mechlib reads GGUF through its shipped models "
+                             f"({', '.join(sorted(shipped_models.SHIPPED))}). For another GGUF, save it once as a checkpoint "
+                             "(transformers: AutoModelForCausalLM.from_pretrained(FOLDER, gguf_file=NAME).save_pretrained(DIR), "
+                             "and the tokenizer likewise) and pass model='DIR'")
+        raise ValueError(f"model={name!r} is a file; expected a checkpoint directory (save_pretrained output) or a model name")
     if path.suffix or name.startswith((".", "/", "~")):
         raise ValueError(f"model={name!r} looks like a path, and no such directory exists")
     if not _hub_cached(name):
@@ -109,6 +116,7 @@ class ModelSpec:
     local: bool
     n_heads: int | None = None
     family: str | None = None  # mechlib model family, when known without loading
+    d_mlp: int | None = None  # neurons per MLP
 
     def tokenizer(self):
         """The model's tokenizer (no weights), read once per process: parameter checks ask for
@@ -140,10 +148,12 @@ def model_spec(name_or_path: str | Path) -> ModelSpec:
     name = str(name_or_path)
     if name == ORGANISM_NAME:
         recipe = OrganismRecipe()
-        return ModelSpec(name, recipe.n_layer, recipe.n_positions, str(organism_dir(recipe)), True, recipe.n_head, "gpt2")
+        return ModelSpec(name, recipe.n_layer, recipe.n_positions, str(organism_dir(recipe)), True, recipe.n_head, "gpt2",
+                         4 * recipe.n_embd)
     if (real := shipped_models.shipped(name)) is not None:
         shipped_models.package_dir(real)  # a missing package fails here, with the pip command
-        return ModelSpec(name, real.n_layers, CONTEXT_CAP, str(shipped_models.checkpoint_dir(real)), True, real.n_heads, real.family)
+        return ModelSpec(name, real.n_layers, CONTEXT_CAP, str(shipped_models.checkpoint_dir(real)), True, real.n_heads, real.family,
+                         real.d_mlp)
     if is_finetune(name):
         source, local = str(finetuned_dir(name)), True
     else:
@@ -162,7 +172,8 @@ def model_spec(name_or_path: str | Path) -> ModelSpec:
     family = family.name if family else None
     if family is not None and n_ctx is not None:
         n_ctx = min(n_ctx, CONTEXT_CAP)
-    return ModelSpec(name, n_layers, n_ctx, source, local, n_heads, family)
+    d_mlp = config.get("intermediate_size") or config.get("n_inner") or (4 * config["n_embd"] if "n_embd" in config else None)
+    return ModelSpec(name, n_layers, n_ctx, source, local, n_heads, family, d_mlp)
 
 
 def tokenizer_fingerprint(name_or_path: str | Path) -> str:

@@ -10,11 +10,36 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import os
+import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+
+
+def _die_with_parent(setup: Callable[[], None] | None = None) -> None:
+    """Pool-worker initializer: a thread ends this worker as soon as the process that started
+    it is gone (its parent changes: a SIGKILL of the chapter's kernel or the CLI above it
+    cannot clean up, and a worker left running holds gigabytes of model). Then ``setup``."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="mechlib-parent-watch", daemon=True).start()
+    if setup is not None:
+        setup()
+
+
+def process_pool(workers: int, setup: Callable[[], None] | None = None) -> ProcessPoolExecutor:
+    """``workers`` spawned processes that die with this one, each running ``setup`` (a
+    top-level function) first: every process pool in mechlib is made here."""
+    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_die_with_parent,
+                               initargs=(setup,))
 
 
 def beside(main: Callable[[], T], side: Callable[..., Any] | None, side_args: tuple = (), workers: int = 2) -> tuple[T, Any]:
@@ -23,7 +48,7 @@ def beside(main: Callable[[], T], side: Callable[..., Any] | None, side_args: tu
     if side is None or workers < 2:
         out = main()
         return out, (side(*side_args) if side is not None else None)
-    pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+    pool = process_pool(1)
     try:
         future = pool.submit(side, *side_args)
         out = main()

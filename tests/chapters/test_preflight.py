@@ -116,3 +116,34 @@ def test_every_chapter_checks_its_model_before_a_kernel_starts(tmp_path):
 def test_an_unknown_pretrained_model_is_named_before_any_training(chapter, offline, isolated_cache):
     message = fast(check_chapter, chapter, "tiny", {"real_model": "no-such-org/no-such-model"})
     assert "'real_model'" in message
+
+
+def test_a_speak_prompt_longer_than_a_real_models_context_is_refused_before_it_loads():
+    message = fast(check_chapter, "02_layers", "default", {"speak_prompts": ["7+8=", "1+1=" * 1500]})
+    assert "'speak_prompts', item 1" in message and "context of 2,048" in message and len(message) < 400
+
+
+def test_neuron_counts_above_a_real_models_mlp_are_refused_up_front():
+    message = fast(check_chapter, "05_circuits", "default", {"real_neuron_counts": [8, 5000]})
+    assert "'real_neuron_counts'" in message and "1,536 neurons per MLP" in message
+
+
+@pytest.mark.parametrize("how", ["a file", "read-only", "full"])
+def test_a_cache_that_cannot_take_a_real_model_is_refused_up_front(tmp_path, monkeypatch, how):
+    """Real-model work that must write into the cache checks it before any model loads."""
+    import collections
+    import shutil
+
+    root = tmp_path / "cache"
+    if how == "a file":
+        root.write_text("not a folder")
+    elif how == "read-only":
+        root.mkdir()
+        monkeypatch.setattr("tempfile.NamedTemporaryFile", lambda **kw: (_ for _ in ()).throw(PermissionError(13, "Permission denied")))
+    else:
+        usage = collections.namedtuple("usage", "total used free")
+        monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**12, 10**12 - 10**8, 10**8))
+    monkeypatch.setenv("MECHLIB_CACHE", str(root))
+    message = fast(check_chapter, "01_baseline", "default", {"real_models": ["smollm2-135m-instruct"]})
+    assert ("'real_models'" in message or "'model' = 'arith-organism' must be trained" in message) and str(root) in message
+    assert {"a file": "is a file", "read-only": "not writable", "full": "GB free"}[how] in message

@@ -99,3 +99,13 @@ def test_the_paired_format_sentence_counts_discordant_problems():
     assert "few-shot only: 5, in bare only: 0" in text
     top = format_summary.top_errors(fake_study(right), "bare")
     assert top.startswith("m, addition: ") and top.endswith("of 7).")  # the 7 wrong answers in bare
+
+
+def test_a_study_without_multi_digit_cells_says_its_claims_were_not_measured(study):
+    """The sources' claims are about multi-digit problems: with only 1x1 run, every claim reads
+    'not measured' and every view still renders (it failed after all the scoring)."""
+    one_digit = study[study.difficulty == "1x1"]
+    assert claim_table(one_digit).empty
+    verdicts = format_summary.verdicts(one_digit)
+    assert all(verdicts[f"{key}_{v}"].startswith("not measured") for key in CLAIMS for v in ("holds", "false", "unclear"))
+    assert "<table" in format_views.claims(one_digit).to_html()

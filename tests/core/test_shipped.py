@@ -262,3 +262,17 @@ def test_a_relative_cache_is_pinned_to_an_absolute_path(tmp_path, monkeypatch):
     monkeypatch.setenv("MECHLIB_CACHE", "rel-cache")
     assert cache_root() == tmp_path / "rel-cache"
     assert os.environ["MECHLIB_CACHE"] == str(tmp_path / "rel-cache")  # what kernels and workers inherit
+
+
+@pytest.mark.parametrize("damage", ["altered", "missing"])
+def test_a_bad_or_missing_gguf_is_found_by_the_chapter_check_before_a_kernel_starts(fake_release, damage):
+    from mechlib.book.execute import check_chapter
+    from mechlib.chapters.base import ParamError
+
+    package, real = fake_release
+    if damage == "altered":
+        blob = bytearray(real.read_bytes())
+        blob[1000] ^= 0xFF
+        (package / SMOL.gguf_file).write_bytes(bytes(blob))
+    with pytest.raises(ParamError, match=r"parameter 'real_models'.*(SHA256|GGUF .* is missing).*(--force-reinstall|reinstall)"):
+        check_chapter("01_baseline", "default", {"real_models": [SMOL.name]})
