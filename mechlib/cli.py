@@ -115,6 +115,8 @@ def _main(argv: list[str]) -> None:
     agent.add_argument("--max-tokens", type=int, default=None, help="stop once this many tokens are used")
     agent.add_argument("--max-cost", type=float, default=None, help="stop once the estimated cost (USD) reaches this")
     agent.add_argument("--max-seconds", type=float, default=None, help="stop after this much wall time")
+    agent.add_argument("--max-tool-calls-per-reply", type=int, default=16,
+                       help="run at most this many tool calls of one reply; the rest are answered as not run")
     agent.add_argument("--usd-per-1k-prompt", type=float, default=0.0, help="price per 1k prompt tokens, for the cost")
     agent.add_argument("--usd-per-1k-completion", type=float, default=0.0, help="price per 1k completion tokens")
     agent.add_argument("--resume", help="a session directory to resume")

@@ -3,27 +3,36 @@ any OpenAI-compatible Chat Completions endpoint (OpenAI, vLLM, Ollama, llama.cpp
 
 Each iteration asks the model for its next step, runs the tool calls it makes through the
 MCP server (``python -m mechlib mcp`` over stdio: one tool surface, not two), and feeds the
-results back. A malformed call (an unknown tool, arguments that are not JSON) becomes an
-error message the model reads, never a crash. The loop stops when the model answers without
-calling a tool, or when a budget runs out (iterations, tokens, cost, wall time).
+results back. A malformed call (an unknown tool, arguments that are not JSON, a call that is
+not a function call) becomes an error message the model reads, never a crash; a reply that
+cannot be read at all (no message, content or usage of the wrong type, JSON nested too deep)
+ends the loop in one line, the session left resumable. The loop stops when the model answers
+without calling a tool, or when a budget runs out (iterations, tokens, cost, wall time, the
+last checked before every tool call too). At most ``max_tool_calls_per_reply`` calls of one
+reply run; the rest are answered as not run.
 
 A session directory holds everything, written as it happens, so an interrupt loses nothing
 already recorded: ``session.json`` (question, model, budget), ``messages.jsonl`` (every
-message and tool call), ``iterations/NNNN.json`` (the state after each iteration: messages,
-usage, run ids, notes), ``notes.md`` and ``usage.json``. ``--resume DIR --from N`` restarts
-from the state before iteration N. :func:`render_report` turns a session into a Markdown
-lab-notebook page whose numbers are read from the run records and tool results, never
-retyped from the model's text.
+message and tool call, appended once), ``iterations/NNNN.json`` (the state after each
+iteration: usage, run ids, that iteration's calls and note, and the conversation as line
+ranges of ``messages.jsonl``, so a snapshot stays the size of its own iteration), ``notes.md``
+and ``usage.json``. ``--resume DIR --from N`` restarts from the state before iteration N
+(snapshots of the older format, with the messages inline, load too). :func:`render_report`
+turns a session into a Markdown lab-notebook page whose numbers are read from the run records
+and tool results, never retyped from the model's text.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
+
+from .agent_replies import _reply
+from .agent_session import AgentError, Session, _extend, _field, _read_json, _whole, _write_json
 
 SYSTEM_PROMPT = """You are a careful interpretability researcher with tools that run experiments on small
 transformers doing arithmetic (the default model is an embedded 4-layer organism, not GPT-2). Work in
@@ -33,10 +42,21 @@ logit_lens, generate) for exploration; use run_chapter for results worth recordi
 their n and intervals as the tools give them. When you can answer the question, reply without calling a tool:
 that reply is your final answer."""
 
+MAX_TOOL_CALLS_PER_REPLY = 16
+
+FLAGS = {"max_iterations": "--max-iterations", "max_tokens": "--max-tokens", "max_cost_usd": "--max-cost",
+         "max_seconds": "--max-seconds", "max_tool_calls_per_reply": "--max-tool-calls-per-reply",
+         "usd_per_1k_prompt": "--usd-per-1k-prompt", "usd_per_1k_completion": "--usd-per-1k-completion"}
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
 
 @dataclasses.dataclass
 class Budget:
-    """When the loop stops on its own. ``None`` means no limit."""
+    """When the loop stops on its own. ``None`` means no limit. A value that could only stop
+    the loop at once, or never (negative, zero, NaN), is refused here, naming its flag."""
 
     max_iterations: int = 10
     max_tokens: int | None = None
@@ -44,6 +64,22 @@ class Budget:
     max_seconds: float | None = None
     usd_per_1k_prompt: float = 0.0  # prices for the cost estimate (0: cost not tracked)
     usd_per_1k_completion: float = 0.0
+    max_tool_calls_per_reply: int = MAX_TOOL_CALLS_PER_REPLY  # the rest of a reply's calls are answered, not run
+
+    def __post_init__(self):
+        for name, optional in (("max_iterations", False), ("max_tokens", True), ("max_tool_calls_per_reply", False)):
+            value = getattr(self, name)
+            if not (optional and value is None) and not (_whole(value) and value >= 1):
+                raise AgentError(f"{FLAGS[name]} {value}: expected a whole number of at least 1"
+                                 + (" (leave the flag out for no limit)" if optional else ""))
+        for name in ("max_cost_usd", "max_seconds"):
+            value = getattr(self, name)
+            if value is not None and not (_number(value) and value > 0):
+                raise AgentError(f"{FLAGS[name]} {value}: expected a number greater than 0 (leave the flag out for no limit)")
+        for name in ("usd_per_1k_prompt", "usd_per_1k_completion"):
+            value = getattr(self, name)
+            if not (_number(value) and value >= 0):
+                raise AgentError(f"{FLAGS[name]} {value}: expected a price of at least 0 (USD per 1000 tokens)")
 
     def exhausted(self, iteration: int, usage: dict, started: float) -> str | None:
         if iteration >= self.max_iterations:
@@ -56,96 +92,9 @@ class Budget:
             return "max_seconds"
         return None
 
-
-class AgentError(Exception):
-    """A failure the user should read as one line: a bad endpoint reply, a bad session folder."""
-
-
-def _read_json(path: Path):
-    """JSON from a session file; a missing or damaged file is an AgentError naming it."""
-    try:
-        return json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise AgentError(f"{path} is missing") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise AgentError(f"{path} cannot be read ({type(err).__name__}: {err}); the file is truncated or damaged") from None
-
-
-class Session:
-    """A session directory: append-only logs plus one snapshot per iteration."""
-
-    def __init__(self, path: Path):
-        self.path = Path(path)
-
-    def require(self, flag: str) -> Session:
-        """This folder must hold a session (for ``--resume`` or ``--report``)."""
-        if not self.path.is_dir():
-            raise AgentError(f"{flag} {self.path}: no such folder")
-        if not (self.path / "session.json").is_file():
-            raise AgentError(f"{flag} {self.path}: not a session folder (no session.json)")
-        _read_json(self.path / "session.json")
-        return self
-
-    def repair_log(self) -> int:
-        """Drop a partial last line of ``messages.jsonl`` (an interrupt mid-write), so a
-        resumed session never glues its entries onto it. Returns the bytes dropped."""
-        log = self.path / "messages.jsonl"
-        if not log.is_file():
-            return 0
-        data = log.read_bytes()
-        if not data or data.endswith(b"\n"):
-            return 0
-        keep = data.rfind(b"\n") + 1
-        with open(log, "r+b") as handle:
-            handle.truncate(keep)
-        return len(data) - keep
-
-    def create(self, question: str, model: str, base_url: str | None, budget: Budget) -> Session:
-        if (self.path / "session.json").exists():
-            raise AgentError(f"--session {self.path}: a session exists there; resume it with --resume {self.path} --from N, "
-                             "or choose a new folder")
-        (self.path / "iterations").mkdir(parents=True, exist_ok=True)
-        meta = {"question": question, "model": model, "base_url": base_url, "budget": dataclasses.asdict(budget),
-                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-        _write_json(self.path / "session.json", meta)
-        return self
-
-    @property
-    def meta(self) -> dict:
-        return _read_json(self.path / "session.json")
-
-    def log(self, iteration: int, message: dict) -> None:
-        with open(self.path / "messages.jsonl", "a") as handle:
-            handle.write(json.dumps({"iteration": iteration, **message}) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-
-    def note(self, iteration: int, text: str) -> None:
-        with open(self.path / "notes.md", "a") as handle:
-            handle.write(f"\n## Iteration {iteration}\n\n{text.strip()}\n")
-
-    def snapshot(self, iteration: int, state: dict) -> None:
-        _write_json(self.path / "iterations" / f"{iteration:04d}.json", {"iteration": iteration, **state})
-        _write_json(self.path / "usage.json", state["usage"])
-
-    def state_before(self, iteration: int) -> dict | None:
-        """The state after iteration - 1 (None: start from the question)."""
-        done = sorted(int(p.stem) for p in (self.path / "iterations").glob("[0-9]*.json"))
-        if iteration < 1 or iteration > (max(done) if done else 0) + 1:
-            raise AgentError(f"--from {iteration}: session {self.path} has iterations {done or 'none'}; "
-                             f"resume from 1 to {(max(done) if done else 0) + 1}")
-        if iteration == 1:
-            return None
-        return _read_json(self.path / "iterations" / f"{iteration - 1:04d}.json")
-
-    def iterations(self) -> list[dict]:
-        return [_read_json(p) for p in sorted((self.path / "iterations").glob("[0-9]*.json"))]
-
-
-def _write_json(path: Path, data) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, path)
+    def seconds_left(self, started: float) -> float | None:
+        """What is left of ``max_seconds`` (None: no limit)."""
+        return None if self.max_seconds is None else self.max_seconds - (time.time() - started)
 
 
 def openai_tools(mcp_tools) -> list[dict]:
@@ -155,17 +104,22 @@ def openai_tools(mcp_tools) -> list[dict]:
             for t in mcp_tools]
 
 
-def _message_dict(message) -> dict:
-    """The assistant message as plain JSON for the log and the next request."""
-    out: dict[str, Any] = {"role": "assistant", "content": message.content or ""}
-    if message.tool_calls:
-        out["tool_calls"] = [{"id": c.id, "type": "function", "function": {"name": c.function.name, "arguments": c.function.arguments}}
-                             for c in message.tool_calls]
-    return out
+def _add_usage(usage: dict, tokens: tuple[int, int] | None, budget: Budget) -> None:
+    if tokens is None:
+        return
+    usage["prompt_tokens"] += tokens[0]
+    usage["completion_tokens"] += tokens[1]
+    usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+    usage["cost_usd"] = round(usage["prompt_tokens"] / 1000 * budget.usd_per_1k_prompt
+                              + usage["completion_tokens"] / 1000 * budget.usd_per_1k_completion, 6)
 
 
-async def dispatch(mcp_client, names: set[str], call: dict) -> tuple[str, dict | None]:
-    """Run one tool call; (text for the model, parsed result or None). Errors are text."""
+async def dispatch(mcp_client, names: set[str], call: dict, timeout: float | None = None) -> tuple[str, dict | None]:
+    """Run one tool call; (text for the model, parsed result or None). Errors are text; a call
+    still running after ``timeout`` seconds raises TimeoutError (the server is asked to stop)."""
+    from mcp.shared.exceptions import MCPError
+    from mcp.types import CONNECTION_CLOSED, REQUEST_TIMEOUT
+
     name, raw = call["function"]["name"], call["function"]["arguments"]
     if name not in names:
         return f"error: unknown tool {name!r}; the tools are {sorted(names)}", None
@@ -173,76 +127,116 @@ async def dispatch(mcp_client, names: set[str], call: dict) -> tuple[str, dict |
         args = json.loads(raw or "{}")
         if not isinstance(args, dict):
             raise ValueError("arguments must be a JSON object")
-    except (ValueError, json.JSONDecodeError) as err:
+    except (ValueError, json.JSONDecodeError, RecursionError) as err:
         return f"error: the arguments of {name} are not valid JSON ({err}); send a JSON object", None
-    result = await mcp_client.call_tool(name, args)
+    try:
+        result = await mcp_client.call_tool(name, args, read_timeout_seconds=timeout)
+    except TimeoutError:  # the transport's own, not the budget's
+        raise AgentError(f"the MCP server did not take the call to {name} (its transport timed out)") from None
+    except MCPError as err:
+        if err.code == REQUEST_TIMEOUT:
+            raise TimeoutError(name) from None
+        if err.code == CONNECTION_CLOSED:
+            raise AgentError(f"the MCP server closed the connection during {name} (it crashed or was killed)") from None
+        return f"error: {err.message}", None
     text = "\n".join(getattr(c, "text", "") for c in result.content)
     if result.is_error:
         return f"error: {text}", None
     try:
         return text, json.loads(text)
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):
         return text, None
 
 
-async def run_loop(session: Session, chat, model: str, budget: Budget, mcp_params, start_at: int = 1) -> dict:
-    """Iterate from ``start_at`` (1 = the question) until the model answers or a budget stops it."""
-    from mcp import Client
+async def _answers(mcp_client, names: set[str], calls: list[dict], refused: dict[str, str], budget: Budget, started: float):
+    """For each tool call of one reply, in order: (call, text for the model, parsed result, whether
+    the wall time ran out). Every call gets its answer (the protocol wants one per id): those past
+    ``max_tool_calls_per_reply``, and all once ``max_seconds`` is spent, are answered as not run."""
+    over_time = False
+    for i, call in enumerate(calls):
+        name, parsed, left = call["function"]["name"], None, budget.seconds_left(started)
+        if call["id"] in refused:
+            text = refused[call["id"]]
+        elif i >= budget.max_tool_calls_per_reply:
+            text = (f"error: not run: this reply made {len(calls)} tool calls, and at most {budget.max_tool_calls_per_reply} "
+                    "run per reply (--max-tool-calls-per-reply); ask again for the ones you still need")
+        elif over_time or (left is not None and left <= 0):
+            over_time, text = True, "error: not run: the wall-time budget (--max-seconds) ran out before this call"
+        else:
+            try:
+                text, parsed = await dispatch(mcp_client, names, call, timeout=left)
+            except TimeoutError:
+                over_time, text = True, f"error: {name} was stopped: the wall-time budget (--max-seconds) ran out while it ran"
+        yield call, text, parsed, over_time
 
-    state = session.state_before(start_at) or {
-        "messages": [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": session.meta["question"]}],
-        "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0, "cost_usd": 0.0},
-        "run_ids": [], "stop": None,
-    }
+
+class _Conversation:
+    """The messages the endpoint gets, each logged once; ``history`` says where they sit in
+    ``messages.jsonl`` (line ranges), which is all a snapshot needs to hold."""
+
+    def __init__(self, session: Session):
+        self.session, self.messages, self.history = session, [], []
+
+    def add(self, iteration: int, message: dict) -> None:
+        self.messages.append(message)
+        _extend(self.history, self.session.log(iteration, message))
+
+
+def _start(session: Session, start_at: int) -> tuple[_Conversation, dict, list]:
+    """The conversation, usage and run ids to go on from (the question, or a snapshot)."""
+    state = session.state_before(start_at)
     dropped = session.repair_log()
     if dropped:
         session.log(start_at, {"role": "meta", "content": f"dropped a partial last line of messages.jsonl ({dropped} bytes)"})
-    if start_at == 1:
+    talk = _Conversation(session)
+    if state is None:
+        for m in ({"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": session.meta["question"]}):
+            talk.add(0, m)
+        return talk, {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0, "cost_usd": 0.0}, []
+    session.log(start_at, {"role": "meta", "content": f"resumed from iteration {start_at}"})
+    if state["history"] is None:  # an older snapshot, its messages inline: logged once here, so new snapshots can refer to them
+        session.log(start_at, {"role": "meta", "content": f"the {len(state['messages'])} messages of the older-format snapshot "
+                                                          f"{start_at - 1:04d}.json follow"})
         for m in state["messages"]:
-            session.log(0, m)
+            talk.add(start_at - 1, m)
     else:
-        session.log(start_at, {"role": "meta", "content": f"resumed from iteration {start_at}"})
-    messages, usage, run_ids = state["messages"], state["usage"], state["run_ids"]
+        talk.messages, talk.history = state["messages"], state["history"]
+    return talk, state["usage"], state["run_ids"]
+
+
+async def run_loop(session: Session, chat, model: str, budget: Budget, mcp_params, start_at: int = 1) -> dict:
+    """Iterate from ``start_at`` (1 = the question) until the model answers or a budget stops it.
+    ``mcp_params`` is what :class:`mcp.Client` connects to (:func:`mcp_server_params`, or a server)."""
+    from mcp import Client
+
+    talk, usage, run_ids = _start(session, start_at)
     started = time.time()
     iteration = start_at - 1
     stop = None
     async with Client(mcp_params) as mcp_client:
         mcp_tools = (await mcp_client.list_tools()).tools
         tools, names = openai_tools(mcp_tools), {t.name for t in mcp_tools}
-        while True:
-            stop = budget.exhausted(iteration, usage, started)
-            if stop:
-                break
-            iteration += 1
-            response = await _complete(chat, model, messages, tools, budget, started)
+        while not (stop := budget.exhausted(iteration, usage, started)):
+            response = await _complete(chat, model, talk.messages, tools, budget, started)
             if response is None:  # the wall-clock budget ran out while waiting for the endpoint
-                iteration -= 1
                 stop = "max_seconds"
                 break
-            if response.usage:
-                usage["prompt_tokens"] += response.usage.prompt_tokens or 0
-                usage["completion_tokens"] += response.usage.completion_tokens or 0
-                usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
-                usage["cost_usd"] = round(usage["prompt_tokens"] / 1000 * budget.usd_per_1k_prompt
-                                          + usage["completion_tokens"] / 1000 * budget.usd_per_1k_completion, 6)
-            assistant = _message_dict(response.choices[0].message)
-            messages.append(assistant)
-            session.log(iteration, assistant)
+            iteration += 1
+            assistant, refused, tokens = _reply(response, str(chat.base_url), iteration)
+            _add_usage(usage, tokens, budget)
+            talk.add(iteration, assistant)
             if assistant["content"].strip():
                 session.note(iteration, assistant["content"])
-            calls = assistant.get("tool_calls", [])
-            results = []
-            for call in calls:
-                text, parsed = await dispatch(mcp_client, names, call)
-                if call["function"]["name"] == "run_chapter" and parsed and parsed.get("run_id"):
+            calls, results = assistant.get("tool_calls", []), []
+            async for call, text, parsed, over_time in _answers(mcp_client, names, calls, refused, budget, started):
+                if call["function"]["name"] == "run_chapter" and isinstance(parsed, dict) and parsed.get("run_id"):
                     run_ids.append(parsed["run_id"])
-                tool_message = {"role": "tool", "tool_call_id": call["id"], "content": text}
-                messages.append(tool_message)
-                session.log(iteration, tool_message)
+                talk.add(iteration, {"role": "tool", "tool_call_id": call["id"], "content": text})
                 results.append({"name": call["function"]["name"], "arguments": call["function"]["arguments"], "result": text})
+                stop = "max_seconds" if over_time else None
             if not calls:
                 stop = "finished"
-            session.snapshot(iteration, {"messages": messages, "usage": usage, "run_ids": run_ids, "calls": results,
+            session.snapshot(iteration, {"history": talk.history, "usage": usage, "run_ids": run_ids, "calls": results,
                                          "note": assistant["content"], "stop": stop})
             if stop:
                 break
@@ -259,7 +253,7 @@ async def _complete(chat, model: str, messages: list, tools: list, budget: Budge
     import openai
 
     endpoint = str(chat.base_url)
-    remaining = None if budget.max_seconds is None else budget.max_seconds - (time.time() - started)
+    remaining = budget.seconds_left(started)
     try:
         request = chat.chat.completions.create(model=model, messages=messages, tools=tools,
                                                **({"timeout": max(remaining, 0.1)} if remaining is not None else {}))
@@ -274,12 +268,8 @@ async def _complete(chat, model: str, messages: list, tools: list, budget: Budge
         raise AgentError(f"the endpoint {endpoint} cannot be reached ({err.__cause__ or err})") from None
     except (ValueError, json.JSONDecodeError) as err:
         raise AgentError(f"the endpoint {endpoint} sent a reply that is not JSON ({err})") from None
-    if isinstance(response, (str, bytes)):
-        raise AgentError(f"the endpoint {endpoint} sent text, not a completion: {str(response)[:120]!r}")
-    if not getattr(response, "choices", None):
-        raise AgentError(f"the endpoint {endpoint} sent a completion with no choices")
-    if getattr(response.choices[0], "message", None) is None:
-        raise AgentError(f"the endpoint {endpoint} sent a choice with no message")
+    except RecursionError:
+        raise AgentError(f"the endpoint {endpoint} sent a reply nested too deeply to read") from None
     return response
 
 
@@ -307,37 +297,43 @@ def render_report(session_path: Path, store: Path | None = None) -> str:
              "tables is read from a tool result or a run record.", ""]
     for it in session.iterations():
         lines += [f"## Iteration {it['iteration']}", ""]
-        if it.get("note"):
+        if it["note"]:
             lines += ["The model wrote:", "", *[f"> {line}" for line in it["note"].strip().splitlines()], ""]
-        for call in it.get("calls", []):
-            lines += [f"- `{call['name']}({call['arguments']})`"]
-            try:
-                result = json.loads(call["result"])
-            except json.JSONDecodeError:
-                lines += [f"  - {call['result'][:300]}"]
-                continue
-            if call["name"] == "run_chapter" and result.get("run_id") in records:
-                rec = records[result["run_id"]]
-                lines += [f"  - run `{rec['id']}` ({rec['chapter']}, commit `{(rec.get('git_commit') or '')[:8]}`):"]
-                lines += [f"    - {k}: {v}" for k, v in rec["metrics"].items() if isinstance(v, str) and k.endswith("_text")][:10]
-            elif call["name"] == "evaluate":
-                for cell in result.get("cells", []):
-                    lines += [f"  - {cell['op']} {cell['difficulty']} ({cell['kind']}): {cell['accuracy']:.1%} "
-                              f"[{cell['lo'] * 100:.1f}, {cell['hi'] * 100:.1f}], n = {cell['n']}"]
-            else:
-                lines += [f"  - result: `{json.dumps(result)[:300]}`"]
+        for call in it["calls"]:
+            lines += [f"- `{call['name']}({call['arguments']})`", *_result_lines(call, records)]
         lines.append("")
     result_path = session.path / "result.json"
     if result_path.is_file():
-        result = json.loads(result_path.read_text())
-        lines += [f"Stopped: {result['stop']} after {result['iterations']} iterations; {result['usage']['total_tokens']} tokens"
-                  + (f", ${result['usage']['cost_usd']:.4f}" if result["usage"].get("cost_usd") else "") + "."]
+        result, what = _read_json(result_path), "a session result"
+        stop, done = _field(result_path, result, "stop", (str, type(None)), what), _field(result_path, result, "iterations", int, what)
+        usage = _field(result_path, result, "usage", dict, what)
+        tokens, cost = _field(result_path, usage, "total_tokens", int, "a usage record"), usage.get("cost_usd")
+        lines += [f"Stopped: {stop} after {done} iterations; {tokens} tokens" + (f", ${cost:.4f}" if _number(cost) and cost else "") + "."]
     return "\n".join(lines) + "\n"
 
 
+def _result_lines(call: dict, records: dict) -> list[str]:
+    """A tool result as report lines: a run's record, evaluate's cells, or the result itself."""
+    try:
+        result = json.loads(call["result"])
+    except (json.JSONDecodeError, RecursionError):
+        return [f"  - {call['result'][:300]}"]
+    try:
+        if call["name"] == "run_chapter" and result.get("run_id") in records:
+            rec = records[result["run_id"]]
+            return ([f"  - run `{rec['id']}` ({rec['chapter']}, commit `{(rec.get('git_commit') or '')[:8]}`):"]
+                    + [f"    - {k}: {v}" for k, v in rec["metrics"].items() if isinstance(v, str) and k.endswith("_text")][:10])
+        if call["name"] == "evaluate":
+            return [f"  - {cell['op']} {cell['difficulty']} ({cell['kind']}): {cell['accuracy']:.1%} "
+                    f"[{cell['lo'] * 100:.1f}, {cell['hi'] * 100:.1f}], n = {cell['n']}" for cell in result.get("cells", [])]
+    except (AttributeError, KeyError, TypeError, ValueError):  # not a result these tools give: shown as it is
+        pass
+    return [f"  - result: `{json.dumps(result)[:300]}`"]
+
+
 def main(args) -> int:
-    """CLI entry: a new session, a resumed one, or a report. A bad session folder or a bad
-    endpoint reply ends in one line naming it; the session stays resumable."""
+    """CLI entry: a new session, a resumed one, or a report. A bad session folder, a bad budget
+    or a bad endpoint reply ends in one line naming it; the session stays resumable."""
     try:
         return _main(args)
     except AgentError as err:
@@ -355,6 +351,14 @@ def _find_agent_error(err: BaseException) -> AgentError | None:
     return None
 
 
+def budget_from_args(args) -> Budget:
+    """The budget the flags ask for (refused in one line, naming the flag, when it cannot work)."""
+    return Budget(max_iterations=args.max_iterations, max_tokens=args.max_tokens, max_cost_usd=args.max_cost,
+                  max_seconds=args.max_seconds, usd_per_1k_prompt=args.usd_per_1k_prompt,
+                  usd_per_1k_completion=args.usd_per_1k_completion,
+                  max_tool_calls_per_reply=getattr(args, "max_tool_calls_per_reply", MAX_TOOL_CALLS_PER_REPLY))
+
+
 def _main(args) -> int:
     import asyncio
 
@@ -363,13 +367,11 @@ def _main(args) -> int:
     if args.report:
         print(render_report(Session(Path(args.report)).require("--report").path))
         return 0
-    budget = Budget(max_iterations=args.max_iterations, max_tokens=args.max_tokens, max_cost_usd=args.max_cost,
-                    max_seconds=args.max_seconds, usd_per_1k_prompt=args.usd_per_1k_prompt,
-                    usd_per_1k_completion=args.usd_per_1k_completion)
+    budget = budget_from_args(args)
     if args.resume:
         session = Session(Path(args.resume)).require("--resume")
         meta = session.meta
-        session.state_before(args.start_from)  # a bad --from fails before any request
+        session.state_before(args.start_from)  # a bad --from or a damaged snapshot fails before any request
         model, base_url, start = args.model or meta["model"], args.base_url or meta["base_url"], args.start_from
     else:
         if not args.question:
@@ -388,7 +390,7 @@ def _main(args) -> int:
         err = _find_agent_error(raised)
         if err is None:
             raise
-        done = [it["iteration"] for it in session.iterations()]
+        done = session.done()
         raise AgentError(f"{err}. Session {session.path} kept ({len(done)} iterations recorded); resume with "
                          f"--resume {session.path} --from {(max(done) if done else 0) + 1}") from None
     (session.path / "report.md").write_text(render_report(session.path))

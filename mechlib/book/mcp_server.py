@@ -5,11 +5,13 @@ list the chapters and their parameter schemas, run a chapter through papermill i
 run store exactly as the CLI does (a run already recorded is returned, not redone), run
 quick in-process experiments (evaluate, logit lens, generate), query the run store and keep
 a lab notebook. Bad parameters come back as tool errors carrying the validation message;
-per-call caps bound problems, tokens and wall time; no tool runs code it is given or writes
-outside the run store.
+per-call caps bound problems, prompts, tokens and wall time (``run_chapter``: each cell,
+``MECHLIB_MCP_MAX_CELL_SECONDS``; the in-process experiments: the whole call,
+``MECHLIB_MCP_MAX_CALL_SECONDS``); no tool runs code it is given or writes outside the run store.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -35,6 +37,7 @@ class Limits:
     max_prompts: int = 32
     max_new_tokens: int = 32
     max_cell_seconds: int = 600  # papermill's per-cell timeout for run_chapter
+    max_call_seconds: int = 300  # one evaluate, logit_lens or generate call, waiting for the model included
 
     @classmethod
     def from_env(cls) -> Limits:
@@ -74,6 +77,37 @@ def _lock(key: str) -> threading.Lock:
         return _LOCKS.setdefault(key, threading.Lock())
 
 
+def _over_time(tool: str, started: float, cap: float, variable: str, what: str = "") -> ToolError:
+    """The one error every capped tool gives when it runs past its wall-time cap."""
+    return ToolError(f"{tool} stopped after {time.monotonic() - started:.1f} s{what}: this server caps it at {cap} s "
+                     f"({variable}); ask for less (fewer problems, cells or prompts, a smaller model)")
+
+
+@contextlib.contextmanager
+def _on_model(name: str, tool: str, limits: Limits, started: float):
+    """The cached model, held alone (see :func:`_lock`) until ``limits.max_call_seconds`` after
+    ``started`` (the call's start), waiting for the lock included. Torch work on a worker thread
+    cannot be killed, so each block checks the clock before it runs and stops the call past the cap."""
+    cap = limits.max_call_seconds
+    if not _lock(name).acquire(timeout=max(cap - (time.monotonic() - started), 0)):
+        raise _over_time(tool, started, cap, "MECHLIB_MCP_MAX_CALL_SECONDS", " waiting for another call on this model")
+
+    def check(module, args):
+        if time.monotonic() - started > cap:
+            raise _over_time(tool, started, cap, "MECHLIB_MCP_MAX_CALL_SECONDS")
+
+    handles = []
+    try:
+        lm = _model(name)
+        check(None, None)  # loading counts too, though it cannot be cut short
+        handles = [m.register_forward_pre_hook(check) for m in (list(getattr(lm, "blocks", [])) or [lm])]
+        yield lm
+    finally:
+        for handle in handles:
+            handle.remove()
+        _lock(name).release()
+
+
 def _reasoned(fn):
     """Every failure reaches the client with its reason: the SDK hides an unexpected
     exception's text behind 'Error executing tool'."""
@@ -107,7 +141,9 @@ MAX_NOTE_CHARS = 20_000
 
 def _problems(model: str, operators, difficulties, n: int, prompt_format: str, seed: int, limits: Limits):
     """Problems drawn exactly as chapter 1 draws them (held-out pairs in the organism's
-    trained cells), validated by chapter 1's own parameters and capped."""
+    trained cells), validated by chapter 1's own parameters and capped (chapter 1's
+    pretrained models left out: checking them reads their tokenizers, seconds spent on
+    models these tools never run)."""
     from ..chapters import baseline
     from ..core.problem_sets import problem_set
 
@@ -121,7 +157,7 @@ def _problems(model: str, operators, difficulties, n: int, prompt_format: str, s
             raise ToolError(f"parameter {name!r} = {value!r}: give at least one (or leave it out for the default)")
     try:
         params = baseline.Params(model=model, device="cpu", operators=operators, difficulties=difficulties, n_per_cell=n,
-                                 prompt_format=prompt_format, seed=seed, organism_seeds=())
+                                 prompt_format=prompt_format, seed=seed, organism_seeds=(), real_models=())
         baseline.check(params)
     except ParamError as err:
         raise _fail(err) from None
@@ -130,6 +166,21 @@ def _problems(model: str, operators, difficulties, n: int, prompt_format: str, s
         raise ToolError(f"{len(problems)} problems exceed this server's cap of {limits.max_problems} "
                         "(MECHLIB_MCP_MAX_PROBLEMS); ask for fewer per cell")
     return params, problems
+
+
+def _check_prompts(prompts: list[str], limits: Limits) -> None:
+    """1..max_prompts prompts, each non-empty and given once (the result maps prompt to
+    continuation): one error naming the first bad item, before any model loads."""
+    if not prompts or len(prompts) > limits.max_prompts:
+        raise ToolError(f"prompts: give 1..{limits.max_prompts} prompts (MECHLIB_MCP_MAX_PROMPTS), not {len(prompts)}")
+    seen: dict[str, int] = {}
+    for i, prompt in enumerate(prompts):
+        if not prompt:
+            raise ToolError(f"prompts[{i}] = '': a prompt needs at least one character (the model continues it)")
+        if prompt in seen:
+            raise ToolError(f"prompts[{i}] = {prompt[:80]!r} repeats prompts[{seen[prompt]}]; give each prompt once "
+                            "(the result maps each prompt to its continuation)")
+        seen[prompt] = i
 
 
 def _or(value, default):
@@ -147,7 +198,7 @@ def _corruption(model, spec: str):
 
 
 def build_server(limits: Limits | None = None) -> MCPServer:
-    """The server with every tool and resource registered."""
+    """The server with every tool and resource registered (tools in the order clients list them)."""
     limits = limits or Limits.from_env()
     server = MCPServer(
         "mechlib",
@@ -159,6 +210,17 @@ def build_server(limits: Limits | None = None) -> MCPServer:
             "model are the embedded organism's (a 4-layer GPT-2 trained by mechlib), not GPT-2's."
         ),
     )
+    _chapter_tools(server, limits)
+    _experiment_tools(server, limits)
+    _generate_tool(server, limits)
+    _store_tools(server)
+    _resources(server)
+    _strict(server)
+    return server
+
+
+def _chapter_tools(server: MCPServer, limits: Limits) -> None:
+    """list_chapters and run_chapter."""
 
     @server.tool()
     @_reasoned
@@ -176,7 +238,10 @@ def build_server(limits: Limits | None = None) -> MCPServer:
     def run_chapter(chapter: str, params: dict | None = None, param_set: str = "default") -> dict:
         """Validate, then execute one chapter through papermill into the run store, as `mechlib chapter`
         does. `params` overrides fields of `param_set`. A run already recorded with the same parameters is
-        returned, not redone. Returns the run id, headline metrics and the executed notebook's path."""
+        returned, not redone. Each cell may run for MECHLIB_MCP_MAX_CELL_SECONDS (default 600).
+        Returns the run id, headline metrics and the executed notebook's path."""
+        from nbclient.exceptions import CellTimeoutError
+
         from .execute import check_chapter, execute_chapter
         from .paths import project_root
 
@@ -193,16 +258,23 @@ def build_server(limits: Limits | None = None) -> MCPServer:
         with _lock(f"run:{rid}"):  # the same run asked twice at once runs once; the second call reads it
             cached = record_path.is_file() and notebook.is_file()
             if not cached:
-                start = time.time()
+                start = time.monotonic()
                 try:
                     execute_chapter(chapter, None, resolved.to_dict(), out_dir=out_dir, out_name=rid,
                                     execution_timeout=limits.max_cell_seconds)
+                except CellTimeoutError:
+                    raise _over_time(chapter, start, limits.max_cell_seconds, "MECHLIB_MCP_MAX_CELL_SECONDS",
+                                     ": a cell ran past its cap") from None
                 except Exception as err:  # a failed run is the caller's to read, never a crashed server
-                    raise ToolError(f"{chapter} failed after {time.time() - start:.0f} s: {type(err).__name__}: "
+                    raise ToolError(f"{chapter} failed after {time.monotonic() - start:.0f} s: {type(err).__name__}: "
                                     f"{str(err)[-800:]}") from None
         record = json.loads(record_path.read_text())
         return {"run_id": rid, "cached": cached, "chapter": chapter, "notebook": str(notebook),
                 "metrics": _headline(record["metrics"]), "timings": record.get("timings", {})}
+
+
+def _experiment_tools(server: MCPServer, limits: Limits) -> None:
+    """evaluate and logit_lens: problem sets drawn as chapter 1 draws them, scored in-process."""
 
     @server.tool()
     @_reasoned
@@ -210,14 +282,14 @@ def build_server(limits: Limits | None = None) -> MCPServer:
                  n: int = 50, corruption: str = "none", prompt_format: str = "bare", seed: int = 0) -> dict:
         """Score a model on arithmetic problems in-process (seconds): accuracy per cell with n and a Wilson
         95% interval, the error classes, and a few outputs. `corruption` is a layer corruption spec such as
-        'skip:1', 'repeat:2x2' or 'ablate:mlp0:mean'."""
+        'skip:1', 'repeat:2x2' or 'ablate:mlp0:mean'. A call may run for MECHLIB_MCP_MAX_CALL_SECONDS (default 300)."""
         from ..chapters.baseline import cell_accuracy
         from ..core.evaluate import evaluate as run_eval
         from ..core.interventions import corrupted, mean_activations
 
+        started = time.monotonic()
         params, problems = _problems(model, _or(operators, ["+"]), _or(difficulties, ["1x1", "1x2", "2x2"]), n, prompt_format, seed, limits)
-        with _lock(model):
-            lm = _model(model)
+        with _on_model(model, "evaluate", limits, started) as lm:
             c = _corruption(lm, corruption)
             sites = [(s, layer) for s, layer, mode in c.ablations if mode == "mean"]
             means = mean_activations(lm, problems["prompt"].tolist(), sites) if sites else {}
@@ -238,40 +310,53 @@ def build_server(limits: Limits | None = None) -> MCPServer:
                    n: int = 50, seed: int = 0) -> dict:
         """Read the residual stream after the embedding (layer -1) and each block through the unembedding:
         per layer, how often the first answer token is top-1, its mean probability, and how often the
-        whole answer is the argmax (teacher-forced)."""
+        whole answer is the argmax (teacher-forced). A call may run for MECHLIB_MCP_MAX_CALL_SECONDS (default 300)."""
         from ..core.interventions import logit_lens as lens
 
+        started = time.monotonic()
         _, problems = _problems(model, _or(operators, ["+"]), _or(difficulties, ["1x1", "1x2", "2x2"]), n, "bare", seed, limits)
-        with _lock(model):
-            table = lens(_model(model), problems["prompt"].tolist(), problems["target"].tolist())
+        with _on_model(model, "logit_lens", limits, started) as lm:
+            table = lens(lm, problems["prompt"].tolist(), problems["target"].tolist())
         per_layer = table.groupby("layer")[["top1_first", "p_first", "tf_correct"]].mean().round(4).reset_index()
         return {"model": model, "n_problems": int(len(problems)), "layers": per_layer.to_dict("records")}
+
+
+def _generate_tool(server: MCPServer, limits: Limits) -> None:
+    """generate: greedy continuations of the caller's own prompts."""
 
     @server.tool()
     @_reasoned
     def generate(prompts: list[str], model: str = "arith-organism", corruption: str = "none", max_new_tokens: int = 8) -> dict:
-        """Greedy continuations of a few prompts, optionally under a layer corruption ('ablate' specs use
-        zero ablation here: mean ablation needs a problem set)."""
+        """Greedy continuations of a few prompts (each non-empty, each once), optionally under a layer corruption
+        ('ablate' specs use zero ablation here: mean ablation needs a problem set). A call may run for
+        MECHLIB_MCP_MAX_CALL_SECONDS (default 300)."""
         from ..core.evaluate import check_context, encode, greedy_decode
         from ..core.interventions import corrupted
 
-        if not prompts or len(prompts) > limits.max_prompts:
-            raise ToolError(f"prompts: give 1..{limits.max_prompts} prompts (MECHLIB_MCP_MAX_PROMPTS)")
+        started = time.monotonic()
+        _check_prompts(prompts, limits)
         if not 1 <= max_new_tokens <= limits.max_new_tokens:
             raise ToolError(f"max_new_tokens: give 1..{limits.max_new_tokens} (MECHLIB_MCP_MAX_NEW_TOKENS)")
         if "ablate" in corruption and ":mean" in corruption:
             raise ToolError("generate: mean ablation needs a problem set to average over; use ':zero' here, or evaluate")
-        with _lock(model):
-            lm = _model(model)
+        with _on_model(model, "generate", limits, started) as lm:
             c = _corruption(lm, corruption)
-            longest = max(len(ids) for ids in encode(lm, prompts))
+            ids = encode(lm, prompts)
+            empty = [i for i, row in enumerate(ids) if not row]
+            if empty:
+                raise ToolError(f"prompts[{empty[0]}] = {prompts[empty[0]][:80]!r}: no tokens for {model}'s tokenizer; "
+                                "give text the model can read")
             try:
-                check_context(lm, longest + max_new_tokens - 1, f"the longest prompt plus max_new_tokens = {max_new_tokens}")
+                check_context(lm, max(map(len, ids)) + max_new_tokens - 1, f"the longest prompt plus max_new_tokens = {max_new_tokens}")
             except ValueError as err:
                 raise _fail(err) from None
             with corrupted(lm, c) as forward:
                 out = greedy_decode(lm, prompts, max_new_tokens, forward=forward, stop_at_newline=False)
         return {"model": model, "corruption": corruption, "continuations": dict(zip(prompts, out))}
+
+
+def _store_tools(server: MCPServer) -> None:
+    """query_runs, get_run and add_note: the run store and the lab notebook."""
 
     @server.tool()
     @_reasoned
@@ -314,6 +399,10 @@ def build_server(limits: Limits | None = None) -> MCPServer:
             handle.write(json.dumps(entry) + "\n")
         return {"saved": True, "notes": sum(1 for _ in open(path))}
 
+
+def _resources(server: MCPServer) -> None:
+    """Parameter sets, run records and findings as resources."""
+
     @server.resource("mechlib://params/{name}", mime_type="application/json")
     def param_set(name: str) -> str:
         """A parameter set (params/NAME.yaml) as JSON."""
@@ -339,9 +428,6 @@ def build_server(limits: Limits | None = None) -> MCPServer:
         if not runs:
             raise ResourceError(f"mechlib://findings/{chapter}: no recorded run of {chapter!r}")
         return json.dumps({"run_id": runs[-1]["id"], "findings": runs[-1]["metrics"]})
-
-    _strict(server)
-    return server
 
 
 def notebook_path() -> Path:

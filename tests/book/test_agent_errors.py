@@ -13,6 +13,8 @@ import pytest
 
 from mechlib.book import agent
 
+from .test_agent_budgets import Endpoint, completion, run, tool_answers, toy_server
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -35,6 +37,8 @@ class BadEndpoint:
                     "html": (200, "text/html", b"<html><body>Welcome to nginx!</body></html>"),
                     "no_choices": (200, "application/json", json.dumps({"id": "x", "object": "chat.completion", "created": 0,
                                                                         "model": "m", "choices": []}).encode()),
+                    "usage_text": (200, "application/json", completion({"role": "assistant", "content": "hi"}, usage="lots")),
+                    "deep": (200, "application/json", b"[" * 100_000 + b"]" * 100_000),
                 }[outer.kind]
                 self.send_response(status)
                 self.send_header("Content-Type", ctype)
@@ -65,6 +69,8 @@ def mechlib_agent(*args, timeout=120):
     ("http500", "answered HTTP 500"),
     ("html", "sent text, not a completion"),
     ("no_choices", "no choices"),
+    ("usage_text", "sent usage that is not an object"),
+    ("deep", "nested too deeply"),
 ])
 def test_a_bad_endpoint_is_one_line_and_the_session_stays_resumable(tmp_path, kind, message):
     endpoint = BadEndpoint(kind)
@@ -86,6 +92,71 @@ def test_max_seconds_holds_against_an_endpoint_that_hangs(tmp_path):
     assert seconds < 45  # the budget, plus starting Python and the MCP server
 
 
+@pytest.fixture
+def endpoints():
+    """Scripted endpoints (:class:`Endpoint`), shut down after the test."""
+    made: list[Endpoint] = []
+    yield lambda replies: made.append(Endpoint(replies)) or made[-1]
+    for e in made:
+        e.server.shutdown()
+
+
+DEEP = b"[" * 100_000 + b"]" * 100_000
+
+
+@pytest.mark.parametrize("body, message", [
+    (completion({"role": "assistant", "content": "hi"}, usage="lots"), 'sent usage that is not an object: "lots"'),
+    (completion({"role": "assistant", "content": "hi"}, usage={"prompt_tokens": "many"}), "token counts that are not whole numbers"),
+    (completion({"role": "assistant", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}), "message content that is not text"),
+    (completion({"role": "assistant", "content": 42}), "message content that is not text: 42"),
+    (completion("hello"), "sent a message that is a str, not an object: 'hello'"),
+    (completion({"role": "assistant", "tool_calls": {"id": "c0"}}), "tool_calls that are not a list of objects"),
+    (completion({"role": "assistant", "tool_calls": ["count"]}), "tool_calls that are not a list of objects"),
+    (DEEP, "sent a reply nested too deeply to read"),
+    (b'{"choices": [{"message": {"role": "assistant", "content": ' + DEEP + b"}}]}", "sent a reply nested too deeply to read"),
+], ids=["usage_text", "usage_counts_text", "content_image", "content_number", "message_text", "tool_calls_object",
+        "tool_call_text", "deep_body", "deep_content"])
+def test_a_malformed_reply_is_one_line_and_the_session_resumes(tmp_path, monkeypatch, capsys, endpoints, body, message):
+    """Replies the protocol has no way to answer end the loop in one line (before: a 60-94 line
+    traceback); resumed against a sound endpoint, the session goes on from where it stopped."""
+    from mechlib import cli
+
+    monkeypatch.setattr(agent, "mcp_server_params", lambda store=None: toy_server()[0])
+    monkeypatch.setenv("MECHLIB_RUN_STORE", str(tmp_path / "runs"))
+    bad, s = endpoints([body]), tmp_path / "s"
+    with pytest.raises(SystemExit) as stopped:
+        cli._main(["agent", "q", "--base-url", bad.url, "--model", "m", "--session", str(s)])
+    line = stopped.value.code
+    assert isinstance(line, str) and "\n" not in line and line.startswith(f"mechlib agent: the endpoint {bad.url}"), line
+    assert message in line and f"--resume {s} --from 1" in line
+    assert (s / "session.json").is_file() and not list((s / "iterations").glob("*.json"))
+    good = endpoints([{"content": "done"}])
+    with pytest.raises(SystemExit) as resumed:
+        cli._main(["agent", "--resume", str(s), "--from", "1", "--base-url", good.url])
+    assert resumed.value.code == 0 and json.loads(capsys.readouterr().out)["stop"] == "finished"
+
+
+def test_malformed_tool_calls_are_answered_and_the_loop_goes_on(tmp_path, endpoints):
+    """A call that is not a function call, or names nothing, is answered with an error the model
+    reads (before: an AttributeError's traceback); an id missing or repeated is replaced, so
+    every call has its answer; arguments sent as an object run; text parts are text."""
+    odd = [{"id": "a", "type": "custom", "custom": {"name": "count", "input": "{}"}},
+           {"id": "b", "type": "function", "function": {"arguments": "{}"}},
+           {"id": "c", "type": "function", "function": {"name": "nap", "arguments": {"seconds": 0}}},
+           {"type": "function", "function": {"name": "count", "arguments": "{}"}},
+           {"id": "c", "type": "function", "function": {"name": "count", "arguments": "{}"}}]
+    chat = endpoints([{"content": None, "tool_calls": odd}, {"content": [{"type": "text", "text": "the "}, {"type": "text", "text": "end"}]}])
+    summary, ran = run(tmp_path / "s", chat, agent.Budget())
+    assert summary["stop"] == "finished" and summary["iterations"] == 2
+    answers = tool_answers(chat.requests[1])
+    assert list(answers) == ["a", "b", "c", "call_1_3", "call_1_4"]
+    assert answers["a"].startswith("error: this tool call has type 'custom'") and "names no function" in answers["b"]
+    assert json.loads(answers["c"]) == {"slept": 0} and ran == [("nap", 0), ("count",), ("count",)]
+    sent = [m for m in chat.requests[1]["messages"] if m["role"] == "assistant"][0]["tool_calls"]
+    assert {c["type"] for c in sent} == {"function"} and all(isinstance(c["function"]["arguments"], str) for c in sent)
+    assert json.loads((tmp_path / "s" / "iterations" / "0002.json").read_text())["note"] == "the end"
+
+
 def write_session(path: Path, iterations: int = 1) -> Path:
     agent.Session(path).create("q", "m", None, agent.Budget())
     for i in range(1, iterations + 1):
@@ -101,9 +172,32 @@ def write_session(path: Path, iterations: int = 1) -> Path:
     ("from_minus_1", "--from -1: session {p}/s has iterations [1]; resume from 1 to 2"),
     ("truncated_session", "{p}/s/session.json cannot be read"),
     ("truncated_iteration", "{p}/s/iterations/0001.json cannot be read"),
+    ("snapshot_without_usage", "{p}/s/iterations/0001.json: not an iteration snapshot (no 'usage')"),
+    ("snapshot_without_tokens", "{p}/s/iterations/0001.json: not a usage record (no 'prompt_tokens')"),
+    ("snapshot_without_history", "{p}/s/iterations/0001.json: not an iteration snapshot (no 'history')"),
+    ("history_past_the_log", "{p}/s/iterations/0001.json: its history [[0, 9]] is not line ranges within"),
+    ("snapshot_is_a_list", "{p}/s/iterations/0001.json: not an iteration snapshot (a JSON list, not an object)"),
+    ("call_without_result", "{p}/s/iterations/0001.json: not a call record (no 'result')"),
+    ("session_without_question", "{p}/s/session.json: not a session file (no 'question')"),
 ])
 def test_session_folder_errors_are_one_line(tmp_path, case, message):
     s = write_session(tmp_path / "s")
+    usage = {"prompt_tokens": 1, "completion_tokens": 1}
+    damaged = {  # a snapshot (or session file) with keys missing: before, a KeyError's traceback
+        "snapshot_without_usage": {"history": [[0, 2]], "run_ids": []},
+        "snapshot_without_tokens": {"history": [[0, 2]], "run_ids": [], "usage": {"total_tokens": 0}},
+        "snapshot_without_history": {"usage": usage, "run_ids": []},
+        "history_past_the_log": {"usage": usage, "run_ids": [], "history": [[0, 9]]},
+        "snapshot_is_a_list": [],
+        "call_without_result": {"calls": [{"name": "count", "arguments": "{}"}]},
+    }
+    if case in damaged:
+        for _ in range(2):
+            agent.Session(s).log(0, {"role": "user", "content": "q"})
+        (s / "iterations" / "0001.json").write_text(json.dumps(damaged[case]))
+    if case == "session_without_question":
+        (s / "session.json").write_text(json.dumps({"model": "m", "base_url": None, "created": "now"}))
+    resume = ["--resume", str(s), "--from", "2", "--base-url", "http://127.0.0.1:9/v1"]
     args = {
         "resume_missing": ["--resume", str(tmp_path / "nope"), "--base-url", "http://127.0.0.1:9/v1"],
         "report_missing": ["--report", str(tmp_path / "nope")],
@@ -112,6 +206,9 @@ def test_session_folder_errors_are_one_line(tmp_path, case, message):
         "from_minus_1": ["--resume", str(s), "--from", "-1", "--base-url", "http://127.0.0.1:9/v1"],
         "truncated_session": ["--report", str(s)],
         "truncated_iteration": ["--report", str(s)],
+        **dict.fromkeys(["snapshot_without_usage", "snapshot_without_tokens", "snapshot_without_history", "history_past_the_log"],
+                        resume),
+        **dict.fromkeys(["snapshot_is_a_list", "call_without_result", "session_without_question"], ["--report", str(s)]),
     }[case]
     if case == "truncated_session":
         (s / "session.json").write_text('{"question": "q", "mod')

@@ -121,7 +121,7 @@ def test_resume_from_an_iteration_replays_the_state_before_it(tmp_path, scripted
     budget = agent.Budget(max_iterations=5)
     session = agent.Session(tmp_path / "s").create("q", "scripted", chat.url, budget)
     run(session, chat, budget, tmp_path)
-    after_one = json.loads((tmp_path / "s" / "iterations" / "0001.json").read_text())["messages"]
+    after_one = chat.requests[1]["messages"]  # what the first run sent after iteration 1
     chat2 = scripted([{"content": "two, again", "calls": [("query_runs", "{}")]}, {"content": "done"}])
     summary = run(agent.Session(tmp_path / "s"), chat2, budget, tmp_path, start_at=2)
     assert chat2.requests[0]["messages"] == after_one  # exactly the state after iteration 1

@@ -157,3 +157,99 @@ def test_the_same_run_asked_twice_at_once_runs_once(server, monkeypatch, tiny_gp
     for t in threads:
         t.join()
     assert len(calls) == 1 and sorted(o["cached"] for o in out) == [False, True]
+
+
+@pytest.mark.parametrize("prompts, message", [
+    (["12+34=", ""], "prompts[1] = '': a prompt needs at least one character"),
+    ([""], "prompts[0] = '': a prompt needs at least one character"),
+    (["1+1=", "7+8=", "1+1="], "prompts[2] = '1+1=' repeats prompts[0]; give each prompt once"),
+    ([], "prompts: give 1..32 prompts"),
+])
+def test_generate_names_the_bad_prompt(server, tiny_gpt2_dir, monkeypatch, prompts, message):
+    """Before: one empty prompt failed the whole call with an IndexError (a model that does not
+    prepend BOS gave it no tokens), and a repeated prompt silently lost its entry."""
+    monkeypatch.setattr(mcp_server._model(str(tiny_gpt2_dir)).cfg, "default_prepend_bos", False)
+    out = call(server, "generate", {"model": str(tiny_gpt2_dir), "prompts": prompts, "max_new_tokens": 2})
+    assert isinstance(out, Exception) and message in str(out) and "IndexError" not in str(out), out
+    good = call(server, "generate", {"model": str(tiny_gpt2_dir), "prompts": ["12+34=", "7+8="], "max_new_tokens": 2})
+    assert list(good["continuations"]) == ["12+34=", "7+8="]
+
+
+def test_generate_names_a_prompt_that_encodes_to_nothing(server, tiny_gpt2_dir, monkeypatch):
+    from mechlib.core import evaluate
+
+    monkeypatch.setattr(evaluate, "encode", lambda model, texts: [[5, 6], []])  # a tokenizer that drops every character
+    out = call(server, "generate", {"model": str(tiny_gpt2_dir), "prompts": ["12+34=", "\u2603"]})
+    assert isinstance(out, Exception) and "prompts[1] = '\u2603': no tokens" in str(out), out
+
+
+def spin(lm, *args, **kwargs):
+    """Stands in for an experiment that runs too long: forward passes for 8 s."""
+    import time
+
+    import torch
+
+    end = time.monotonic() + 8
+    while time.monotonic() < end:
+        lm(torch.tensor([[1, 2, 3]]))
+    return "ran to the end"
+
+
+@pytest.mark.parametrize("tool, target", [
+    ("evaluate", "mechlib.core.evaluate.evaluate"),
+    ("logit_lens", "mechlib.core.interventions.logit_lens"),
+    ("generate", "mechlib.core.evaluate.greedy_decode"),
+])
+def test_in_process_tools_stop_at_their_wall_time_cap(tmp_path, monkeypatch, tiny_gpt2_dir, tool, target):
+    """Before, evaluate, logit_lens and generate had no wall-time cap (run_chapter caps each cell)."""
+    import time
+
+    import mechlib.chapters.baseline  # noqa: F401 (its imports take seconds: done before the clock starts)
+
+    monkeypatch.setenv("MECHLIB_RUN_STORE", str(tmp_path / "runs"))
+    monkeypatch.setattr(target, spin)
+    server = mcp_server.build_server(mcp_server.Limits(max_problems=300, max_call_seconds=1))
+    args = {"model": str(tiny_gpt2_dir), **({"prompts": ["1+1="]} if tool == "generate" else {"n": 3, "difficulties": ["1x1"]})}
+    start = time.monotonic()
+    out = call(server, tool, args)
+    assert time.monotonic() - start < 5
+    assert isinstance(out, Exception) and f"{tool} stopped after" in str(out), out
+    assert "caps it at 1 s (MECHLIB_MCP_MAX_CALL_SECONDS)" in str(out)
+    monkeypatch.undo()  # the model is free again, its hooks gone
+    monkeypatch.setenv("MECHLIB_RUN_STORE", str(tmp_path / "runs"))
+    assert call(server, "generate", {"model": str(tiny_gpt2_dir), "prompts": ["1+1="], "max_new_tokens": 2})["continuations"]
+
+
+def test_a_call_waiting_for_a_busy_model_stops_at_the_cap(tmp_path, monkeypatch, tiny_gpt2_dir):
+    import time
+
+    monkeypatch.setenv("MECHLIB_RUN_STORE", str(tmp_path / "runs"))
+    server = mcp_server.build_server(mcp_server.Limits(max_call_seconds=1))
+    lock = mcp_server._lock(str(tiny_gpt2_dir))
+    lock.acquire()  # another call holds the model for 6 s
+    threading.Timer(6, lock.release).start()
+    start = time.monotonic()
+    out = call(server, "generate", {"model": str(tiny_gpt2_dir), "prompts": ["1+1="]})
+    assert time.monotonic() - start < 4
+    assert isinstance(out, Exception) and "waiting for another call on this model" in str(out), out
+
+
+def test_run_chapter_names_its_cell_cap_when_a_cell_times_out(server, monkeypatch, tiny_gpt2_dir, tmp_path):
+    from nbclient.exceptions import CellTimeoutError
+
+    from mechlib.book import execute
+
+    def too_slow(*args, **kwargs):
+        raise CellTimeoutError("A cell timed out while it was being executed, after 600 seconds.")
+
+    monkeypatch.setattr(execute, "execute_chapter", too_slow)
+    monkeypatch.setattr("mechlib.book.paths.project_root", lambda: tmp_path)
+    args = {"chapter": "01_baseline", "params": {"model": str(tiny_gpt2_dir), "device": "cpu", "n_per_cell": 3, "real_models": []}}
+    out = call(server, "run_chapter", args)
+    assert isinstance(out, Exception) and "caps it at 600 s (MECHLIB_MCP_MAX_CELL_SECONDS)" in str(out), out
+
+
+def test_the_call_cap_comes_from_the_environment(monkeypatch):
+    monkeypatch.setenv("MECHLIB_MCP_MAX_CALL_SECONDS", "7")
+    assert mcp_server.Limits.from_env().max_call_seconds == 7
+    assert mcp_server.Limits().max_call_seconds == 300

@@ -38,7 +38,7 @@ def test_evaluator_scores_a_trained_bpe_model_right(tmp_path):
         logits = hf.lm_head(hidden[rows, cols])  # only the answer positions go through the 50257-way head
         right = logits.gather(1, targets[:, None])[:, 0]
         runner_up = logits.scatter(1, targets[:, None], -float("inf")).max(-1).values
-        margin = float((right - runner_up).min())
+        margin = float((right - runner_up).min().detach())
         if margin >= MARGIN:
             break  # every answer token and end-of-text is the argmax with room to spare
         loss = torch.nn.functional.cross_entropy(logits, targets)
