@@ -87,41 +87,35 @@ def save(model: HookedTransformer, source: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def is_current(source: Path) -> bool:
-    """Whether ``source`` has a converted copy made from its present weights by this code
-    (cheap: the record and sizes; :func:`load` also checks the checksum)."""
+def _current_record(source: Path) -> dict | None:
+    """The entry's record when it is complete and made from the present weights by this code
+    (the record, the key and the weights' size: cheap)."""
     try:
         record = json.loads((source / FOLDER / RECORD).read_text())
-        return ({k: record.get(k) for k in ("format", "transformer_lens", "source")} == _key(source)
-                and (source / FOLDER / WEIGHTS).stat().st_size == record["bytes"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return False
-
-
-def _read_record(source: Path) -> dict | None:
-    """The entry's record when it is complete, current and its weights' bytes hash right."""
-    folder = source / FOLDER
-    try:
-        record = json.loads((folder / RECORD).read_text())
-        weights = folder / WEIGHTS
         if {k: record.get(k) for k in ("format", "transformer_lens", "source")} != _key(source):
             return None
-        if weights.stat().st_size != record["bytes"] or file_checksum(weights) != record["checksum"]:
-            return None
-        return record
-    except (OSError, ValueError, KeyError, TypeError):
+        return record if (source / FOLDER / WEIGHTS).stat().st_size == record["bytes"] else None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
+
+
+def is_current(source: Path) -> bool:
+    """Whether ``source`` has a converted copy made from its present weights by this code
+    (:func:`load` also checks the weights' checksum)."""
+    return _current_record(source) is not None
 
 
 def load(source: Path, tokenizer, model_name: str) -> HookedTransformer | None:
     """The cached model of ``source`` on the CPU, or None when there is no usable entry."""
-    record = _read_record(source)
-    if record is None:
+    record = _current_record(source)
+    if record is None or file_checksum(source / FOLDER / WEIGHTS) != record.get("checksum"):
         return None
-    cfg = dict(record["cfg"], model_name=model_name)
-    cfg["dtype"] = getattr(torch, cfg["dtype"])
-    with torch.device("meta"):
-        model = HookedTransformer(HookedTransformerConfig.from_dict(cfg), tokenizer=tokenizer, move_to_device=False)
+    try:
+        cfg = dict(record["cfg"], model_name=model_name, dtype=getattr(torch, record["cfg"]["dtype"]))
+        with torch.device("meta"):
+            model = HookedTransformer(HookedTransformerConfig.from_dict(cfg), tokenizer=tokenizer, move_to_device=False)
+    except (KeyError, TypeError, ValueError, AttributeError, AssertionError):
+        return None  # a record this TransformerLens cannot build from: rebuild
     state = {}
     with safe_open(str(source / FOLDER / WEIGHTS), framework="pt") as f:
         for name in f.keys():  # noqa: SIM118 (safe_open is not a dict)

@@ -21,6 +21,7 @@ def quiet() -> None:
         from transformers.utils import logging as hf_logging
 
         hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()  # its own bars ("Writing model shards" in save_pretrained) ignore TQDM_DISABLE set late
     except ImportError:
         pass
     try:

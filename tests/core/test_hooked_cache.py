@@ -39,19 +39,26 @@ def assert_same_model(a, b):
 @pytest.mark.parametrize("shape", ["llama", "gemma", "gpt2"])
 def test_a_cached_conversion_is_the_fresh_conversion(shape, llama_shaped_dir, gemma_shaped_dir, tiny_gpt2_dir,
                                                       tmp_path, monkeypatch):
+    """What a later load builds from the cache is what the conversion built, and no
+    conversion runs."""
     folder = {"llama": llama_shaped_dir, "gemma": gemma_shaped_dir, "gpt2": tiny_gpt2_dir}[shape]
     monkeypatch.setenv("MECHLIB_CACHE", str(tmp_path / "cache"))
-    fresh, _ = load_model(str(folder), device="cpu")
-    assert not (folder / hooked_cache.FOLDER).exists()  # a user's folder is never written into
     cached_dir = as_cached_finetune(folder, f"test-{shape}")
-    built, _ = load_model(f"test-{shape}", device="cpu")  # converts and caches
+    built, _ = load_model(f"test-{shape}", device="cpu")  # a fresh conversion, then cached
     assert hooked_cache.is_current(cached_dir)
     calls = []
     monkeypatch.setattr("mechlib.core.models.hooked_from_hf", lambda *a, **k: calls.append(1))
     again, _ = load_model(f"test-{shape}", device="cpu")  # from the cache: no conversion
     assert calls == []
-    assert_same_model(fresh, built)
-    assert_same_model(fresh, again)
+    assert_same_model(built, again)
+
+
+def test_a_users_folder_is_converted_and_never_written_into(llama_shaped_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("MECHLIB_CACHE", str(tmp_path / "cache"))
+    before = sorted(p.name for p in llama_shaped_dir.iterdir())
+    model, _ = load_model(str(llama_shaped_dir), device="cpu")
+    assert sorted(p.name for p in llama_shaped_dir.iterdir()) == before
+    assert_same_model(model, load_model(str(as_cached_finetune(llama_shaped_dir, "test-user")), device="cpu")[0])
 
 
 def damage_flip(entry):

@@ -98,3 +98,12 @@ def test_value_bars_keep_the_data_order_and_title_their_axes():
     assert spec["encoding"]["x"]["sort"] == [0, 1, 2] and spec["encoding"]["y"]["title"] == "loss (nats)"
     assert spec["encoding"]["color"]["title"] == "chosen"
     assert plots.value_bars(df.iloc[:0], "layer", "opening loss", "chosen", "Empty").to_dict()["mark"]["type"] == "text"
+def test_quiet_silences_transformers_own_progress_bars(tmp_path, capfd, tiny_gpt2_dir):
+    """save_pretrained draws 'Writing model shards' on stderr, which a page shows: quiet() stops it."""
+    from transformers import GPT2LMHeadModel
+
+    from mechlib.views.quiet import quiet
+
+    quiet()
+    GPT2LMHeadModel.from_pretrained(tiny_gpt2_dir).save_pretrained(tmp_path / "m")
+    assert "Writing model shards" not in capfd.readouterr().err
