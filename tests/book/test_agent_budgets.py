@@ -9,7 +9,6 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -17,6 +16,8 @@ import pytest
 from openai import AsyncOpenAI
 
 from mechlib.book import agent
+
+from .local_endpoint import answer, serve
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -47,19 +48,9 @@ class Endpoint:
                 outer.requests.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
                 reply = outer.replies.pop(0) if outer.replies else {"role": "assistant", "content": "out of script"}
                 body = reply if isinstance(reply, bytes) else completion({"role": "assistant", **reply})
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                answer(self, body)
 
-            def log_message(self, *args):
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        self.server, self.url = serve(Handler)
 
     def client(self):
         return AsyncOpenAI(base_url=self.url, api_key="test", max_retries=0)

@@ -5,7 +5,6 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import pytest
 
 from mechlib.book import agent
 
+from .local_endpoint import answer, serve
 from .test_agent_budgets import Endpoint, completion, run, tool_answers, toy_server
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -40,19 +40,9 @@ class BadEndpoint:
                     "usage_text": (200, "application/json", completion({"role": "assistant", "content": "hi"}, usage="lots")),
                     "deep": (200, "application/json", b"[" * 100_000 + b"]" * 100_000),
                 }[outer.kind]
-                self.send_response(status)
-                self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                answer(self, body, status, ctype)
 
-            def log_message(self, *args):
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        self.server, self.url = serve(Handler)
 
 
 def mechlib_agent(*args, timeout=120):

@@ -5,12 +5,13 @@ budgets, resume, the report); nothing here is a transcript a model wrote."""
 import asyncio
 import http.server
 import json
-import threading
 
 import pytest
 from openai import AsyncOpenAI
 
 from mechlib.book import agent
+
+from .local_endpoint import answer, serve
 
 
 class ScriptedChat:
@@ -26,19 +27,9 @@ class ScriptedChat:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 outer.requests.append(body)
                 reply = outer.replies.pop(0) if outer.replies else {"content": "out of script"}
-                data = json.dumps(_completion(reply)).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                answer(self, json.dumps(_completion(reply)).encode())
 
-            def log_message(self, *args):
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        self.server, self.url = serve(Handler)
 
     def client(self):
         return AsyncOpenAI(base_url=self.url, api_key="test", max_retries=0)
