@@ -69,7 +69,8 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(130) from None
 
 
-def _main(argv: list[str]) -> None:
+def _parser() -> argparse.ArgumentParser:
+    """The command line: one subcommand per job, and the agent's flags."""
     parser = argparse.ArgumentParser(prog="python -m mechlib", description=__doc__,
                                      epilog="Add --traceback to see the full traceback of an error.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -101,10 +102,18 @@ def _main(argv: list[str]) -> None:
     pdf.add_argument("--params", default="default", help="parameter set for chapters not yet executed")
 
     sub.add_parser("mcp", help="serve the experiments as Model Context Protocol tools over stdio (for MCP clients)")
+    _agent_flags(sub.add_parser("agent", help="a resumable research loop over the MCP tools, through an OpenAI-compatible endpoint"))
 
+    show = sub.add_parser("params", help="print a chapter's parameters (defaults, or a set with overrides) as YAML")
+    show.add_argument("name", help="chapter file stem, e.g. 01_baseline")
+    show.add_argument("--params", default="default", help="parameter set in params/ or a .yaml path")
+    show.add_argument("-p", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"), help="override one parameter")
+    return parser
+
+
+def _agent_flags(agent: argparse.ArgumentParser) -> None:
     import os
 
-    agent = sub.add_parser("agent", help="a resumable research loop over the MCP tools, through an OpenAI-compatible endpoint")
     agent.add_argument("question", nargs="?", help="the research question (omit with --resume or --report)")
     agent.add_argument("--session", help="session directory (default _build/agent-sessions/<time>)")
     agent.add_argument("--model", default=os.environ.get("MECHLIB_AGENT_MODEL", "gpt-4o-mini"), help="chat model name")
@@ -123,12 +132,9 @@ def _main(argv: list[str]) -> None:
     agent.add_argument("--from", dest="start_from", type=int, default=1, help="with --resume: the iteration to restart at")
     agent.add_argument("--report", help="print a session as a Markdown lab-notebook page")
 
-    show = sub.add_parser("params", help="print a chapter's parameters (defaults, or a set with overrides) as YAML")
-    show.add_argument("name", help="chapter file stem, e.g. 01_baseline")
-    show.add_argument("--params", default="default", help="parameter set in params/ or a .yaml path")
-    show.add_argument("-p", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"), help="override one parameter")
 
-    args = parser.parse_args(argv)
+def _main(argv: list[str]) -> None:
+    args = _parser().parse_args(argv)
     if args.command == "agent":
         from .book.agent import main as agent_main
 
